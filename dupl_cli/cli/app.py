@@ -1,0 +1,73 @@
+"""The ``dupl`` command: global options and the composition of one module per command.
+
+Nothing here imports torch; commands import the engine inside their functions.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from dupl_cli import __version__
+from dupl_cli.cli import config_cmd, plugins_cmd, presets_cmd
+from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
+from dupl_cli.errors import UserError
+
+
+class DuplGroup(TyperGroup):
+    """Turns a ``UserError`` raised anywhere below into one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=DuplGroup,
+    name="dupl",
+    help="Train, evaluate and run DuPL weakly supervised semantic segmentation.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"dupl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail in logs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Global options apply to every command; a command's own --preset/--config/--set win over them."""
+    verbosity = -1 if quiet else (1 if verbose else 0)
+    ctx.obj = GlobalOptions(preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity)
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s")
+
+
+app.add_typer(presets_cmd.app, name="presets")
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(plugins_cmd.app, name="plugins")
+
+
+def main() -> None:
+    app(prog_name="dupl")

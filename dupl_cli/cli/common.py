@@ -1,0 +1,54 @@
+"""Options shared by every command and the settings they resolve to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="Built-in preset name or path to a preset TOML.", show_default=False)
+]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (same format as a preset).", show_default=False)
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one setting: section.key=value (TOML literal). Repeatable.", show_default=False),
+]
+
+
+@dataclass
+class GlobalOptions:
+    preset: str | None = None
+    config: Path | None = None
+    sets: list[str] = field(default_factory=list)
+    verbosity: int = 0  # -1 quiet, 0 normal, 1 verbose
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    root = ctx.find_root()
+    if not isinstance(root.obj, GlobalOptions):
+        root.obj = GlobalOptions()
+    return root.obj
+
+
+def resolve_settings(ctx: typer.Context, preset: str | None = None, config: Path | None = None, sets: list[str] | None = None):
+    """Settings from the global options overlaid with the command's own (the command's win)."""
+    from dupl_cli.config.sources import load_settings
+
+    opts = global_options(ctx)
+    return load_settings(
+        preset=preset or opts.preset,
+        config_file=config or opts.config,
+        assignments=[*opts.sets, *(sets or [])],
+    )
+
+
+def console(ctx: typer.Context | None = None, stderr: bool = False):
+    from rich.console import Console
+
+    quiet = ctx is not None and global_options(ctx).verbosity < 0
+    return Console(stderr=stderr, quiet=quiet, highlight=False)

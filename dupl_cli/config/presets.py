@@ -1,0 +1,76 @@
+"""Built-in presets (TOML shipped as package data) and user preset files with ``base = "..."``."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from dupl_cli.errors import UserError
+
+
+def _preset_dir():
+    return resources.files("dupl_cli.presets")
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name[: -len(".toml")] for p in _preset_dir().iterdir() if p.name.endswith(".toml"))
+
+
+def _read_toml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{origin}: not valid TOML: {exc}") from None
+
+
+def preset_text(name: str) -> tuple[str, str]:
+    """Return (text, origin) of a built-in preset name or a path to a TOML file."""
+    path = Path(name)
+    if path.suffix == ".toml" or "/" in name or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{path}: preset file does not exist")
+        return path.read_text(encoding="utf-8"), str(path)
+    resource = _preset_dir() / f"{name}.toml"
+    if not resource.is_file():
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, builtin_names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UserError(f"unknown preset {name!r} (built-in: {', '.join(builtin_names())}){hint}")
+    return resource.read_text(encoding="utf-8"), f"preset {name}"
+
+
+def description(name: str) -> str:
+    """The first comment line of a preset: what it is for."""
+    text, _ = preset_text(name)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+    return ""
+
+
+def load_layers(name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """Layers of a preset, base first: [(origin, table), ...]. ``base`` chains are followed."""
+    if name in _seen:
+        raise UserError(f"preset {name!r}: circular base chain {' -> '.join((*_seen, name))}")
+    text, origin = preset_text(name)
+    table = _read_toml(text, origin)
+    base = table.pop("base", None)
+    table.pop("description", None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if base is not None:
+        if not isinstance(base, str):
+            raise UserError(f"{origin}: base must be a preset name or path, got {base!r}")
+        layers = load_layers(base, (*_seen, name))
+    layers.append((origin, table))
+    return layers
+
+
+def load_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """A --config file: same format as a preset (may use ``base``)."""
+    if not path.is_file():
+        raise UserError(f"{path}: config file does not exist")
+    layers = load_layers(str(path))
+    return [(f"config file {path}" if origin == str(path) else origin, table) for origin, table in layers]

@@ -1,0 +1,235 @@
+"""Typed settings: every hyper-parameter of the method with the release default (SPEC.md).
+
+Sections are plain pydantic models with ``extra="forbid"`` so an unknown key is an error, not a
+silent no-op. ``DuplSettings`` is the pydantic-settings root; its sources are assembled in
+``config.sources``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+VOC_TAU_END_PER_CLASS = [
+    0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
+    0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
+]  # fmt: skip
+"""The release's per-class DTA targets: 0.70 for aeroplane, bicycle, bird, boat, chair, train."""
+
+STRONG_OPS = ("autocontrast", "equalize", "posterize", "color", "contrast", "brightness", "sharpness")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(Section):
+    backbone: str = Field("vit", description="Backbone family: a `dupl.backbones` entry point (vit, resnet, mit, ...); 'family:arch' also sets arch")
+    arch: str = Field("deit_base_patch16_224", description="Architecture inside the family (a timm model name for vit/resnet, mit_b0..mit_b5)")
+    pretrained: str = Field("timm", description="Backbone weights: 'none', 'timm' (hub, needs network) or a local .safetensors/.pth file")
+    aux_layer: int = Field(-3, description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12)")
+    head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
+    head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
+
+    @model_validator(mode="after")
+    def _split_family_arch(self) -> ModelSettings:
+        if ":" in self.backbone:
+            family, arch = self.backbone.split(":", 1)
+            object.__setattr__(self, "backbone", family)
+            object.__setattr__(self, "arch", arch)
+        return self
+
+
+class DataSettings(Section):
+    adapter: str = Field("voc", description="Dataset adapter: a `dupl.datasets` entry point (voc, coco, folder, demo)")
+    root: Path = Field(Path("data/VOCdevkit"), description="Dataset root folder (see the adapter's documented layout)")
+    train_split: str = Field("train_aug", description="Split used for training")
+    val_split: str = Field("val", description="Split used for validation and evaluation")
+    train_list: Path | None = Field(None, description="Optional list file of training ids (overrides the split file)")
+    val_list: Path | None = Field(None, description="Optional list file of validation ids (overrides the split file)")
+    labels_file: Path | None = Field(None, description="Optional CSV of image-level labels (id, class names separated by spaces)")
+    crop_size: int = Field(448, ge=16, description="Training crop size in pixels")
+    scale_range: tuple[float, float] = Field((0.5, 2.0), description="Random rescale ratio range of the weak view")
+    hflip: bool = Field(True, description="Random horizontal flip (p=0.5) in the weak view")
+    color_jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.2, 0.1), description="ColorJitter brightness, contrast, saturation, hue")
+    color_jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of applying ColorJitter")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of RandomGrayscale")
+    blur_radius: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur radius range (uniform)")
+    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean (ImageNet)")
+    std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std (ImageNet)")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes")
+    on_error: Literal["fail", "skip"] = Field("fail", description="Bad samples: stop listing every problem ('fail') or skip and report them ('skip')")
+    split_seed: int = Field(0, description="Seed of the deterministic split when a folder dataset has no split files")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of images put in val by the deterministic split")
+    demo_seed: int = Field(0, description="Seed of the generated demo dataset")
+    demo_size: int = Field(128, ge=32, description="Side of the generated demo images")
+    demo_n_train: int = Field(300, ge=1, description="Number of generated demo training images")
+    demo_n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
+
+    @field_validator("scale_range", "blur_radius")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1] or v[0] < 0:
+            raise ValueError("must be [low, high] with 0 <= low <= high")
+        return v
+
+
+class TrainSettings(Section):
+    max_iters: int = Field(20000, ge=1, description="Total iterations T")
+    batch_size: int = Field(4, ge=1, description="Images per device per step")
+    reference_batch: int = Field(4, ge=1, description="Total batch the preset's results were obtained with (VOC 4, COCO 8)")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps")
+    precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="Mixed precision: auto = bf16 on CUDA when supported, else fp32")
+    lr: float = Field(6e-5, gt=0, description="Backbone learning rate")
+    head_lr_mult: float = Field(10.0, gt=0, description="LR multiplier for classifiers and the segmentation head")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (every group)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    warmup_iters: int = Field(1500, ge=0, description="Linear warm-up iterations")
+    warmup_ratio: float = Field(1e-6, gt=0, le=1, description="Warm-up starts at warmup_ratio * lr")
+    poly_power: float = Field(0.9, gt=0, description="Poly decay power: lr * (1 - t/T)^power")
+    seed: int = Field(0, description="Global seed")
+    deterministic: bool = Field(False, description="Deterministic algorithms (slower; for exact resume checks)")
+    runs_root: Path = Field(Path("runs"), description="Folder holding run directories")
+    run_name: str | None = Field(None, description="Run directory name under runs_root (default: preset + timestamp)")
+    log_every: int = Field(20, ge=1, description="Steps between metrics.jsonl lines / progress updates")
+    image_every: int = Field(500, ge=1, description="Steps between image grids sent to trackers")
+    val_every: int = Field(2000, ge=1, description="Steps between validations")
+    val_max_images: int = Field(0, ge=0, description="Cap on validation images (0 = whole split)")
+    ckpt_every: int = Field(1000, ge=1, description="Steps between rotating checkpoints")
+    keep_checkpoints: int = Field(3, ge=1, description="Rotating checkpoints kept")
+    max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps before stopping")
+    tracker: Literal["none", "tensorboard"] = Field("none", description="Experiment tracker (tensorboard needs the tb extra)")
+    compile: bool = Field(False, description="torch.compile the students")
+
+
+class MethodSettings(Section):
+    cam_scales: tuple[float, ...] = Field((1.0, 0.5, 1.5), description="Scales of the training-time multi-scale CAM")
+    cam_flip: bool = Field(True, description="Add horizontal flips to the multi-scale CAM")
+    tau_low: float = Field(0.25, ge=0, le=1, description="Low CAM threshold tau_l (background below)")
+    tau_high_start: float = Field(0.70, ge=0, le=1, description="High CAM threshold tau_0 before and at the start of DTA")
+    tau_high_end: float | list[float] = Field(0.55, description="DTA target tau_end: one value or one per class")
+    t_seg: int = Field(2000, ge=0, description="Iteration the segmentation loss (and DTA, PAR labels) starts")
+    t_anf: int = Field(8000, ge=0, description="Iteration noise filtering and consistency start")
+    aux_seg_until: int = Field(0, ge=0, description="COCO release stage: train the head from aux-CAM labels with fixed tau until this iteration (0 = off)")
+    aux_seg_tau: float = Field(0.65, ge=0, le=1, description="Fixed tau_h of the aux-CAM stage")
+    w_ptc: float = Field(0.2, ge=0, description="Weight of the patch token contrast loss")
+    w_dis: float = Field(0.1, ge=0, description="Weight of the discrepancy loss")
+    w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
+    w_reg: float = Field(0.05, ge=0, description="Weight of the consistency loss on discarded pixels")
+    discrepancy: Literal["release", "paper"] = Field("release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))")
+    par_dilations: tuple[int, ...] = Field((1, 2, 4, 8, 12, 24), description="PAR neighbourhood dilations")
+    par_iters: int = Field(10, ge=1, description="PAR propagation iterations")
+    par_downscale: int = Field(2, ge=1, description="PAR runs on the image and CAM downscaled by this factor")
+    par_w_color: float = Field(0.3, gt=0, description="PAR colour temperature")
+    par_w_pos: float = Field(0.01, ge=0, description="PAR positional affinity weight")
+    anf_gamma: float = Field(0.95, gt=0, lt=1, description="Noise posterior threshold gamma")
+    anf_eta: float = Field(1.0, ge=0, description="Minimum |mu0 - mu1| for a valid fit")
+    anf_min_pixels: int = Field(1000, ge=1, description="Fit only with more than this many foreground pixels")
+    anf_loss_floor: float = Field(0.1, ge=0, description="Fit only on pixels whose loss exceeds this")
+    anf_iters: int = Field(10, ge=1, description="EM iterations")
+    anf_tol: float = Field(1e-2, gt=0, description="EM tolerance on the mean log-likelihood")
+    anf_reg: float = Field(5e-4, ge=0, description="Variance floor added to each component")
+    reg_confidence: float = Field(0.9, ge=0, le=1, description="Confidence above which discarded pixels get the consistency loss")
+    strong_ops: tuple[str, ...] = Field(STRONG_OPS, description="Photometric RandAugment ops of the strong view")
+    strong_n: int = Field(5, ge=0, description="Ops drawn (with replacement) per image")
+    strong_magnitude: int = Field(10, ge=0, le=30, description="RandAugment magnitude (out of 30)")
+    strong_scale: float = Field(0.75, gt=0, le=1, description="Downscale of the strong view")
+    strong_flip: bool = Field(True, description="Always flip the strong view")
+
+    @field_validator("strong_ops")
+    @classmethod
+    def _known_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [op for op in v if op not in STRONG_OPS]
+        if unknown:
+            raise ValueError(f"unknown op {unknown[0]!r}; allowed: {', '.join(STRONG_OPS)}")
+        return v
+
+
+class EvalSettings(Section):
+    checkpoint: Path | None = Field(None, description="Checkpoint (.safetensors) or run directory used by evaluate/infer/pseudo-label")
+    split: str = Field("val", description="Split evaluated")
+    scales: tuple[float, ...] = Field((1.0, 1.25, 1.5), description="Multi-scale TTA scales")
+    flip: bool = Field(True, description="Horizontal-flip TTA")
+    flip_merge: Literal["sum", "max"] = Field("sum", description="How an image and its flip are merged")
+    scale_merge: Literal["max", "sum"] = Field("max", description="How scales are merged")
+    resize: int = Field(0, ge=0, description="Resize to this square size before TTA (0 = native resolution; COCO release: 448)")
+    student: Literal["best", "1", "2", "ensemble"] = Field("best", description="Student used for predictions")
+    cam_threshold: float = Field(0.5, ge=0, le=1, description="Background threshold of CAM pseudo-label evaluation")
+    batch_size: int = Field(1, ge=1, description="Images per forward at inference")
+    max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
+
+
+class CrfSettings(Section):
+    iters: int = Field(10, ge=1, description="Mean-field iterations")
+    gauss_sxy: float = Field(1.0, gt=0, description="Gaussian kernel spatial std")
+    gauss_compat: float = Field(1.0, ge=0, description="Gaussian kernel compatibility")
+    bilateral_sxy: float = Field(121.0, gt=0, description="Bilateral kernel spatial std")
+    bilateral_srgb: float = Field(5.0, gt=0, description="Bilateral kernel colour std")
+    bilateral_compat: float = Field(4.0, ge=0, description="Bilateral kernel compatibility")
+    cam_gauss_sxy: float = Field(3.0, gt=0, description="Gaussian spatial std for CAM pseudo-labels")
+    cam_gauss_compat: float = Field(3.0, ge=0, description="Gaussian compatibility for CAM pseudo-labels")
+    cam_bilateral_sxy: float = Field(36.0, gt=0, description="Bilateral spatial std for CAM pseudo-labels")
+    cam_bilateral_srgb: float = Field(3.0, gt=0, description="Bilateral colour std for CAM pseudo-labels")
+    cam_bilateral_compat: float = Field(4.0, ge=0, description="Bilateral compatibility for CAM pseudo-labels")
+    cam_tau_high: float = Field(0.70, ge=0, le=1, description="High background score of the CAM CRF pass")
+    cam_tau_low: float = Field(0.25, ge=0, le=1, description="Low background score of the CAM CRF pass")
+    workers: int = Field(0, ge=0, description="CRF worker processes (0 = available cores)")
+
+
+class ExportSettings(Section):
+    format: Literal["safetensors", "onnx", "torchscript"] = Field("safetensors", description="Export format")
+    student: Literal["best", "1", "2"] = Field("best", description="Student exported")
+    full: bool = Field(False, description="Keep the classifiers (for CAMs) in the export")
+    opset: int = Field(17, ge=17, description="ONNX opset")
+    atol: float = Field(1e-3, gt=0, description="Max abs logit difference allowed when checking an export")
+    check_sizes: tuple[tuple[int, int], ...] = Field(((224, 224), (160, 288)), description="Input sizes (H, W) the export is checked at")
+
+
+class CompatSettings(Section):
+    ptc_pixel_box: bool = Field(False, description="Release quirk: slice the token label with the pixel img_box")
+    reg_include_padding: bool = Field(False, description="Release quirk: consistency mask includes zero-padded pixels")
+    anf_two_sided: bool = Field(False, description="Release quirk: flag noise below the clean mean too")
+    eval_gt_student: bool = Field(False, description="Release quirk: pick the student with the evaluated split's ground truth")
+    delayed_weights: bool = Field(False, description="Release quirk: switch each loss weight on one iteration late")
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "train": TrainSettings,
+    "method": MethodSettings,
+    "eval": EvalSettings,
+    "crf": CrfSettings,
+    "export": ExportSettings,
+    "compat": CompatSettings,
+}
+
+
+class DuplSettings(BaseSettings):
+    """All settings. Build through ``config.sources.load_settings`` to get the documented priority."""
+
+    model_config = SettingsConfigDict(env_prefix="DUPL_", env_nested_delimiter="__", extra="forbid")
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    method: MethodSettings = Field(default_factory=MethodSettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    crf: CrfSettings = Field(default_factory=CrfSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
+    compat: CompatSettings = Field(default_factory=CompatSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # Env, presets and files are layered in config.sources (with provenance); here only init values.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _schedule_order(self) -> DuplSettings:
+        if self.method.t_anf < self.method.t_seg:
+            raise ValueError(f"method.t_anf ({self.method.t_anf}) must be >= method.t_seg ({self.method.t_seg})")
+        return self

@@ -1,0 +1,18 @@
+"""Errors meant for the user: shown as one line, never as a traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user (settings, files, data). ``exit_code`` follows the CLI convention."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class DataError(UserError):
+    """A problem with a dataset file; the message names the file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, exit_code=1)

@@ -1,0 +1,20 @@
+"""Backbones: the contract in ``base``; built-in families (vit, resnet, mit) register as plugins."""
+
+from __future__ import annotations
+
+from dupl_cli.models.backbones.base import Backbone, BackboneFeatures
+
+__all__ = ["Backbone", "BackboneFeatures", "build_backbone"]
+
+
+def build_backbone(model_settings, img_size: int) -> Backbone:
+    """Build the backbone named by ``model.backbone`` (entry point) and ``model.arch``."""
+    from dupl_cli.plugins import BACKBONES, load
+
+    factory = load(BACKBONES, model_settings.backbone)
+    return factory(
+        model_settings.arch,
+        pretrained=model_settings.pretrained,
+        img_size=img_size,
+        aux_layer=model_settings.aux_layer,
+    )
