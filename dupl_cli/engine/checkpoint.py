@@ -1,0 +1,137 @@
+"""Inference checkpoints: ``<name>.safetensors`` (weights) + ``<name>.json`` (card). No pickle anywhere.
+
+The card carries everything needed to rebuild the model and use its output: resolved settings,
+class names, palette, the student chosen by validation, step, metrics and library versions.
+Writes are atomic (temporary file + rename), so a kill never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dupl_cli.errors import UserError
+
+CARD_FORMAT = "dupl-checkpoint/1"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def versions() -> dict[str, str]:
+    import timm
+
+    from dupl_cli import __version__
+
+    return {"dupl": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def card_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_model(path: Path, model: torch.nn.Module, card: dict[str, Any]) -> Path:
+    """Write ``path`` (.safetensors) and its card; the card gets format and versions filled in."""
+    from safetensors.torch import save_file
+
+    path = Path(path).with_suffix(".safetensors")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    full_card = {"format": CARD_FORMAT, "versions": versions(), **card}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": CARD_FORMAT}))
+    atomic_write_text(card_path(path), json.dumps(full_card, indent=2))
+    return path
+
+
+def read_card(path: Path) -> dict[str, Any]:
+    card_file = card_path(path)
+    if not card_file.is_file():
+        raise UserError(f"{card_file}: checkpoint card is missing (it must sit beside {Path(path).name})")
+    try:
+        card = json.loads(card_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{card_file}: checkpoint card is not valid JSON ({exc})") from None
+    if card.get("format") != CARD_FORMAT:
+        raise UserError(f"{card_file}: not a dupl checkpoint card (format {card.get('format')!r})")
+    return card
+
+
+def settings_from_card(card: dict[str, Any]):
+    from dupl_cli.config.schema import DuplSettings
+
+    return DuplSettings.model_validate(card["settings"])
+
+
+def load_model(path: Path, map_location: str | torch.device = "cpu"):
+    """Rebuild the DualStudent of a checkpoint; returns ``(model, card)``. Weights never downloaded."""
+    from safetensors.torch import load_file
+
+    from dupl_cli.models.dual import build_dual_student
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint does not exist")
+    card = read_card(path)
+    settings = settings_from_card(card)
+    model_settings = settings.model.model_copy(update={"pretrained": "none"})
+    model = build_dual_student(model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size)
+    try:
+        state = load_file(str(path), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(
+            f"{path}: weights do not match the card's model "
+            f"(missing {len(missing)} keys, e.g. {missing[:1]}; unexpected {len(unexpected)}, e.g. {unexpected[:1]})"
+        )
+    return model.to(map_location).eval(), card
+
+
+def newest_run(runs_root: Path) -> Path | None:
+    runs = [p for p in Path(runs_root).glob("*/") if (p / "best.safetensors").is_file() or (p / "final.safetensors").is_file()]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
+
+
+def resolve_checkpoint(arg: Path | None, settings) -> tuple[Path, str]:
+    """The checkpoint to use and how it was chosen: explicit file or run dir, eval.checkpoint, newest run."""
+    how = "given"
+    if arg is None and settings.eval.checkpoint is not None:
+        arg, how = settings.eval.checkpoint, "from eval.checkpoint"
+    if arg is None:
+        run = newest_run(settings.train.runs_root)
+        if run is None:
+            raise UserError(
+                f"no checkpoint given and no run with a checkpoint under {settings.train.runs_root}/; "
+                "pass CHECKPOINT or RUN_DIR, or set eval.checkpoint"
+            )
+        arg, how = run, "newest run"
+    arg = Path(arg)
+    if arg.is_dir():
+        for name in ("best.safetensors", "final.safetensors"):
+            if (arg / name).is_file():
+                return arg / name, how
+        raise UserError(f"{arg}: run directory has no best.safetensors or final.safetensors yet")
+    if not arg.is_file():
+        raise UserError(f"{arg}: checkpoint does not exist")
+    return arg, how
