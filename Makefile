@@ -1,0 +1,42 @@
+# Two commands set everything up from nothing: `make demo` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+DUPL    := $(VENV)/bin/dupl
+# Blank find-links: the machine's local torch 2.13.0+cpu wheel breaks torchvision; use the index.
+PIP     := PIP_FIND_LINKS= $(PY) -m pip
+STAMP   := $(VENV)/.installed
+PLUGIN  := plugins/dupl-example-backbone
+DEMO_RUN ?= runs/demo
+
+.PHONY: install demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch torchvision
+	$(PIP) install -q -e ".[dev,crf,onnx,tb,coco]"
+	$(PIP) install -q -e $(PLUGIN)
+	$(PY) -c "import torch, torchvision, timm, pydensecrf; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(DUPL) data demo --out .demo/data
+	$(DUPL) train --preset demo --set data.root=.demo/data --run-dir $(DEMO_RUN)
+	$(DUPL) evaluate $(DEMO_RUN) --preset demo --set data.root=.demo/data
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint: install
+	$(VENV)/bin/ruff check dupl_cli tests $(PLUGIN)
+
+clean:
+	rm -rf .demo runs .pytest_cache
