@@ -79,7 +79,7 @@ def segformer_state_dict(dims, depths, prefix="") -> dict[str, torch.Tensor]:
         state[prefix + name] = torch.randn(*shape, generator=g)
 
     in_ch = 3
-    for k, (dim, depth) in enumerate(zip(dims, depths), start=1):
+    for k, (dim, depth) in enumerate(zip(dims, depths, strict=True), start=1):
         kernel = 7 if k == 1 else 3
         put(f"patch_embed{k}.proj.weight", dim, in_ch, kernel, kernel)
         put(f"patch_embed{k}.proj.bias", dim)

@@ -151,7 +151,8 @@ class MixVisionTransformer(nn.Module):
         last_dilation = 2 if output_stride == 16 else 1
         in_chs = (3, *dims[:-1])
         self.stages = nn.ModuleList(
-            MixStage(in_chs[i], dims[i], depths[i], i, dilation=last_dilation if i == 3 else 1) for i in range(4)
+            MixStage(in_chs[i], dims[i], depths[i], i, dilation=last_dilation if i == 3 else 1)
+            for i in range(4)
         )
         self.out_channels = dims[3]
         self.aux_channels = dims[2]
@@ -215,7 +216,13 @@ def segformer_key(key: str) -> str | None:
 
 
 def build(
-    arch: str, *, pretrained: str = "none", img_size: int = 448, aux_layer: int = -3, output_stride: int = 16, **_: object
+    arch: str,
+    *,
+    pretrained: str = "none",
+    img_size: int = 448,
+    aux_layer: int = -3,
+    output_stride: int = 16,
+    **_: object,
 ) -> MixVisionTransformer:
     """MiT backbone ``mit_b0`` .. ``mit_b5``; ``pretrained`` is ``none`` or a local SegFormer weights file."""
     if arch not in VARIANTS:
