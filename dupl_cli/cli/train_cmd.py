@@ -1,0 +1,48 @@
+"""``dupl train``: run DuPL training (single process, or under ``accelerate launch`` / ``torchrun``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, global_options, resolve_settings
+
+
+def train(
+    ctx: typer.Context,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>-<time>).")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            "--resume",
+            flag_value="latest",
+            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH.",
+            metavar="[PATH]",
+        ),
+    ] = None,
+    max_iters: Annotated[
+        int | None, typer.Option("--max-iters", min=1, help="Stop after this iteration; the schedule is unchanged (resume later).")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Build everything, one forward/backward per phase on two samples, write nothing.")
+    ] = False,
+) -> None:
+    """Train DuPL. Multi-GPU: accelerate launch -m dupl_cli train ... (CPU data parallel: torchrun)."""
+    resolved = resolve_settings(ctx, preset, config, sets)
+    from dupl_cli.engine.trainer import Trainer, TrainOptions
+
+    options = TrainOptions(
+        run_dir=run_dir,
+        resume=resume,
+        stop_at=max_iters,
+        dry_run=dry_run,
+        preset=resolved.preset,
+        sources=resolved.sources,
+        quiet=global_options(ctx).verbosity < 0,
+    )
+    Trainer(resolved.settings, options).run()

@@ -1,0 +1,346 @@
+"""The Accelerate training loop around ``method.step.training_step``.
+
+One process by default; ``accelerate launch -m dupl_cli train`` or ``torchrun`` for data parallel
+(CPU gloo when there is no CUDA). Nothing here reads rank variables: Accelerate does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dupl_cli.config.schema import DuplSettings
+from dupl_cli.engine import run_dir as runs
+from dupl_cli.engine.accel import make_accelerator
+from dupl_cli.engine.checkpoint import save_model
+from dupl_cli.engine.progress import TrainingProgress, phase_of
+from dupl_cli.errors import UserError
+
+
+@dataclass
+class TrainOptions:
+    run_dir: Path | None = None
+    resume: str | None = None  # None, "latest" or a path
+    stop_at: int | None = None  # stop after this iteration (schedule unchanged)
+    dry_run: bool = False
+    preset: str | None = None
+    sources: dict[str, str] = field(default_factory=dict)
+    quiet: bool = False
+
+
+class TrainingModule(nn.Module):
+    """Wraps the dual student so one DDP forward covers the whole step (CAMs, labels, losses)."""
+
+    def __init__(self, dual: nn.Module, settings: DuplSettings) -> None:
+        super().__init__()
+        self.dual = dual
+        self.settings = settings
+
+    def forward(self, batch: dict[str, Any], step: int, generator: torch.Generator | None = None):
+        from dupl_cli.method.step import training_step
+
+        return training_step(self.dual, batch, step, self.settings, generator=generator)
+
+
+def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The strong view's randomness is a function of (seed, step): identical after a resume."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + step) % (2**63))
+    return gen
+
+
+def _datasets(settings: DuplSettings, split_for_val: bool = True):
+    from dupl_cli.data.verify import check_split
+    from dupl_cli.plugins import DATASETS, load
+
+    factory = load(DATASETS, settings.data.adapter)
+    train_set = factory(settings.data, settings.data.train_split)
+    train_set = check_split(train_set, on_error=settings.data.on_error)
+    val_set = None
+    if split_for_val:
+        val_set = factory(settings.data, settings.data.val_split)
+        if not val_set.has_masks:
+            val_set = None
+    return train_set, val_set
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    student = model.students[0]
+    count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+    backbone, heads = student.param_groups()
+    return {
+        "per_student_trainable": count(backbone) + count(heads),
+        "per_student_backbone": count(backbone),
+        "per_student_heads": count(heads),
+        "frozen": count(p for p in model.parameters() if not p.requires_grad),
+        "total": count(model.parameters()),
+    }
+
+
+def _card(settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict) -> dict:
+    return {
+        "step": step,
+        "classes": list(classes),
+        "palette": [list(c) for c in palette],
+        "student": student,
+        "metrics": metrics,
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+class Trainer:
+    def __init__(self, settings: DuplSettings, options: TrainOptions) -> None:
+        self.settings = settings
+        self.options = options
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
+        opts, t = self.options, self.settings.train
+        if opts.dry_run:
+            return None, None
+        if opts.resume is not None:
+            run_dir, ckpt = runs.find_resume(opts.resume, opts.run_dir, t.runs_root)
+            return run_dir, ckpt
+        run_dir = opts.run_dir or runs.new_run_dir(t.runs_root, t.run_name, opts.preset)
+        if runs.latest_checkpoint(run_dir) is not None:
+            raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --run-dir")
+        return run_dir, None
+
+    def run(self) -> Path | None:
+        from accelerate.utils import set_seed
+
+        from dupl_cli.data.loader import train_loader
+        from dupl_cli.method.schedule import build_optimizer, build_scheduler
+        from dupl_cli.models.dual import build_dual_student
+
+        s, t = self.settings, self.settings.train
+        run_dir, resume_ckpt = self._prepare_run_dir()
+        acc = make_accelerator(t.precision, t.grad_accum, run_dir, t.tracker if run_dir else "none")
+        main = acc.is_main_process
+        progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet)
+        if run_dir is not None and main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
+            for line in changed:
+                progress.message(f"warning: setting changed since the checkpoint: {line}")
+            runs.write_config(run_dir, s.model_dump(mode="json"), self.options.sources)
+        set_seed(t.seed, deterministic=t.deterministic)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+        train_set, val_set = _datasets(s, split_for_val=not self.options.dry_run)
+        classes, palette = train_set.classes, train_set.palette
+        if isinstance(s.method.tau_high_end, list) and len(s.method.tau_high_end) != len(classes):
+            raise UserError(
+                f"method.tau_high_end has {len(s.method.tau_high_end)} per-class values but the dataset has {len(classes)} classes"
+            )
+        model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
+        effective = acc.num_processes * t.batch_size * t.grad_accum
+        if main:
+            progress.message(
+                f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x {t.grad_accum} accumulation"
+                f" | precision {acc.mixed_precision} | device {acc.device}"
+            )
+            if effective != t.reference_batch:
+                progress.message(
+                    f"warning: effective batch {effective} differs from this preset's reference batch {t.reference_batch}; results depend on it"
+                )
+        if self.options.dry_run:
+            return self._dry_run(acc, model, train_set, progress)
+
+        optimizer = build_optimizer(model, t)
+        scheduler = build_scheduler(optimizer, t)
+        loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed)
+        module = TrainingModule(model, s)
+        module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
+        state = {"step": 0, "best": None, "bad_in_row": 0}
+        if resume_ckpt is not None:
+            acc.load_state(str(resume_ckpt))
+            state = runs.read_state(resume_ckpt)
+            progress.message(f"resumed from {resume_ckpt} at step {state['step']}")
+        if t.tracker != "none" and run_dir is not None:
+            acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})
+        progress.start = state["step"]
+        loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state)
+        try:
+            loop.run()
+        finally:
+            progress.close()
+            acc.end_training()
+        return run_dir
+
+    def _dry_run(self, acc, model, train_set, progress) -> None:
+        from dupl_cli.config.toml_writer import dumps
+        from dupl_cli.data.loader import train_loader
+
+        s = self.settings
+        loader = train_loader(train_set, s.data, 2, seed=s.train.seed, num_workers=0)
+        batch = next(iter(loader))
+        module = acc.prepare(TrainingModule(model, s))
+        print(dumps(s.model_dump(mode="json")))
+        for key, value in parameter_counts(model).items():
+            print(f"parameters {key}: {value:,}")
+        for step in sorted({0, s.method.t_seg, s.method.t_anf}):
+            result = module(batch, step, _step_generator(s.train.seed, step, acc.device))
+            acc.backward(result.loss)
+            module.zero_grad(set_to_none=True)
+            terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
+            print(f"dry run: phase {phase_of(step, s.method.t_seg, s.method.t_anf)} step {step}: loss {float(result.loss):.4f} ({terms})")
+        return None
+
+
+class _Loop:
+    """The iteration loop with its bookkeeping (kept apart from set-up for readability)."""
+
+    def __init__(self, trainer, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state):
+        self.s = trainer.settings
+        self.opts = trainer.options
+        self.acc, self.module, self.optimizer, self.scheduler = acc, module, optimizer, scheduler
+        self.loader, self.val_set = loader, val_set
+        self.classes, self.palette = classes, palette
+        self.run_dir, self.progress, self.state = run_dir, progress, state
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    @property
+    def model(self):
+        return self.acc.unwrap_model(self.module).dual
+
+    def run(self) -> None:
+        t = self.s.train
+        stop = min(t.max_iters, self.opts.stop_at or t.max_iters)
+        step = self.state["step"]
+        per_epoch = len(self.loader)
+        if per_epoch == 0:
+            raise UserError(f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} processes)")
+        micro = step * t.grad_accum
+        epoch, offset = divmod(micro, per_epoch)
+        bad_micro = torch.zeros((), device=self.acc.device)
+        while step < stop:
+            self.loader.set_epoch(epoch)
+            batches = self.acc.skip_first_batches(self.loader, offset) if offset else self.loader
+            for batch in batches:
+                with self.acc.accumulate(self.module):
+                    result = self.module(batch, step, _step_generator(t.seed, step, self.acc.device))
+                    finite = torch.isfinite(result.loss.detach())
+                    bad_micro = bad_micro + (~finite).float()
+                    self.acc.backward(result.loss)
+                    if self.acc.sync_gradients:
+                        # One host sync per iteration: every process must agree to skip a bad step.
+                        bad = bool(self.acc.reduce(bad_micro, "sum") > 0)
+                        bad_micro = torch.zeros((), device=self.acc.device)
+                        if bad:
+                            self._bad_step(step, result)
+                        else:
+                            self.state["bad_in_row"] = 0
+                            self.optimizer.step()
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                if not self.acc.sync_gradients:
+                    continue
+                if not bad:
+                    self._accumulate(result)
+                step += 1
+                self.state["step"] = step
+                self._after_step(step, stop, result)
+                if step >= stop:
+                    break
+            epoch, offset = epoch + 1, 0
+        self._finish(step)
+
+    def _bad_step(self, step: int, result) -> None:
+        names = [k for k, v in result.terms.items() if not torch.isfinite(v).all()] or ["total"]
+        self.state["bad_in_row"] += 1
+        self.progress.message(f"warning: step {step}: non-finite loss ({', '.join(names)}); step skipped")
+        if self.state["bad_in_row"] >= self.s.train.max_bad_steps:
+            last = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
+            raise UserError(
+                f"{self.state['bad_in_row']} non-finite steps in a row (last: {', '.join(names)}); stopped. "
+                f"Last good checkpoint: {last or 'none'}. Lower train.lr or use train.precision=no",
+                exit_code=1,
+            )
+
+    def _accumulate(self, result) -> None:
+        values = {f"loss/{k}": v.detach().float() for k, v in result.terms.items()}
+        values["loss/total"] = result.loss.detach().float()
+        values.update({k: v.detach().float().mean() for k, v in result.stats.items()})
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value
+        self.count += 1
+
+    def _after_step(self, step: int, stop: int, result) -> None:
+        t = self.s.train
+        if step % t.log_every == 0 or step == stop:
+            self._log(step)
+        if self.s.train.tracker != "none" and step % t.image_every == 0 and self.acc.is_main_process:
+            self._log_images(step, result)
+        if self.val_set is not None and (step % t.val_every == 0 or step == stop):
+            self._validate(step)
+        if self.run_dir is not None and (step % t.ckpt_every == 0 or step == stop):
+            runs.save_checkpoint(self.acc, self.run_dir, step, dict(self.state), t.keep_checkpoints)
+
+    def _log(self, step: int) -> None:
+        if not self.sums:
+            return
+        keys = sorted(self.sums)
+        stacked = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
+        means = self.acc.reduce(stacked, "mean").tolist()  # the only sync for logging, every N steps
+        record = dict(zip(keys, means, strict=True))
+        record.setdefault("tau_h", float("nan"))
+        record.setdefault("noise_share", 0.0)
+        record["lr"] = self.scheduler.get_last_lr()[0]
+        record["phase"] = phase_of(step, self.s.method.t_seg, self.s.method.t_anf)
+        self.sums, self.count = {}, 0
+        images = self.s.train.batch_size * self.s.train.grad_accum * self.acc.num_processes
+        self.progress.update(step, record, images)
+        if self.s.train.tracker != "none":
+            self.acc.log({k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v)}, step=step)
+
+    def _log_images(self, step: int, result) -> None:
+        from dupl_cli.engine.visual_grid import training_grid
+
+        grid = training_grid(result.visuals, self.palette)
+        if grid is not None:
+            self.acc.get_tracker("tensorboard").log_images({"train/grid": grid}, step=step, dataformats="HWC")
+
+    def _validate(self, step: int) -> None:
+        from dupl_cli.data.loader import eval_loader
+        from dupl_cli.engine.validation import ShardView, validate
+
+        shard = ShardView(self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images)
+        loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
+        scores = validate(
+            self.model, loader, num_classes=len(self.classes), class_names=self.classes,
+            cam_scales=self.s.method.cam_scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
+        )  # fmt: skip
+        student = 1 if scores["seg_s1"] >= scores["seg_s2"] else 2
+        best_score = scores[f"seg_s{student}"]
+        text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
+        self.progress.message(f"validation step {step}: {text} (mIoU %)")
+        if self.run_dir is None or not self.acc.is_main_process:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps({"step": step, "validation": scores, "best_student": student}) + "\n")
+        if self.s.train.tracker != "none":
+            self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=step)
+        best = self.state.get("best")
+        if best is None or best_score > best["score"]:
+            self.state["best"] = {"step": step, "score": best_score, "student": student, "scores": scores}
+            save_model(self.run_dir / "best", self.model, _card(self.s, self.classes, self.palette, step, student, scores))
+            self.progress.message(f"new best: student {student} seg mIoU {best_score:.1f} -> {self.run_dir / 'best.safetensors'}")
+
+    def _finish(self, step: int) -> None:
+        if self.run_dir is None or step < self.s.train.max_iters:
+            return
+        if self.acc.is_main_process:
+            best = self.state.get("best") or {}
+            card = _card(self.s, self.classes, self.palette, step, best.get("student", 1), best.get("scores", {}))
+            path = save_model(self.run_dir / "final", self.model, card)
+            self.progress.message(f"training finished at step {step}: {path}")
+        self.acc.wait_for_everyone()
