@@ -36,7 +36,7 @@ def token_affinity(token_labels: torch.Tensor) -> torch.Tensor:
     """B×N×N uint8 target from B×h×w token labels: 1 same label, 0 different, 255 ignored pair or diagonal."""
     flat = token_labels.flatten(1).long()
     same = (flat[:, :, None] == flat[:, None, :]).to(torch.uint8)
-    ignored = (flat == IGNORE)
+    ignored = flat == IGNORE
     invalid = ignored[:, :, None] | ignored[:, None, :]
     invalid |= torch.eye(flat.shape[1], dtype=torch.bool, device=flat.device)[None]
     return same.masked_fill(invalid, IGNORE)
@@ -64,7 +64,9 @@ def _spatial_cosine(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(fixed.flatten(2), moving.flatten(2), dim=-1, eps=1e-6)
 
 
-def discrepancy_terms(f1: torch.Tensor, f2: torch.Tensor, *, form: str = "release") -> tuple[torch.Tensor, torch.Tensor]:
+def discrepancy_terms(
+    f1: torch.Tensor, f2: torch.Tensor, *, form: str = "release"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(term with gradient to student 2, term with gradient to student 1).
 
     release: ``1 + mean cos(sg(F_a), F_b)`` with the cosine per channel over spatial positions.
@@ -76,6 +78,7 @@ def discrepancy_terms(f1: torch.Tensor, f2: torch.Tensor, *, form: str = "releas
             to_2 = 1.0 + _spatial_cosine(f1.detach(), f2).mean()
             to_1 = 1.0 + _spatial_cosine(f2.detach(), f1).mean()
         elif form == "paper":
+
             def log_term(fixed, moving):
                 cos = F.cosine_similarity(fixed.flatten(1), moving.flatten(1), dim=1, eps=1e-6)
                 return -torch.log((1.0 - cos).clamp_min(1e-6)).mean()

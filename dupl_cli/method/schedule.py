@@ -68,7 +68,13 @@ def lr_lambda(train_settings):
     s = train_settings
 
     def factor(t: int) -> float:
-        return lr_factor(t, max_iters=s.max_iters, warmup_iters=s.warmup_iters, warmup_ratio=s.warmup_ratio, power=s.poly_power)
+        return lr_factor(
+            t,
+            max_iters=s.max_iters,
+            warmup_iters=s.warmup_iters,
+            warmup_ratio=s.warmup_ratio,
+            power=s.poly_power,
+        )
 
     return factor
 

@@ -54,9 +54,7 @@ def test_classification_loss_is_mlsm_mean():
     logits = torch.tensor([[2.0, -1.0], [0.5, 0.0]])
     labels = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     sig = torch.sigmoid
-    expected = -(
-        (torch.log(sig(logits)) * labels + torch.log(1 - sig(logits)) * (1 - labels)).mean(1)
-    ).mean()
+    expected = -((torch.log(sig(logits)) * labels + torch.log(1 - sig(logits)) * (1 - labels)).mean(1)).mean()
     assert L.classification_loss(logits, labels).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
