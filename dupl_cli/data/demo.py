@@ -1,0 +1,220 @@
+"""Built-in demo data: textured objects on cluttered backgrounds, written in the folder layout.
+
+Five classes with distinct colour + texture signatures (so image-level labels are learnable by a
+tiny ViT from scratch), 1-3 objects per image, and context that co-occurs with one class: boats
+always float on a water band (which also appears, rarely, without boats), so CAMs of "boat" spill
+onto water as they do on VOC. Generation is vectorised numpy, deterministic per (seed, image).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from dupl_cli.data import folder
+from dupl_cli.data.palette import flat_palette
+
+log = logging.getLogger(__name__)
+
+# name, hue (degrees), texture, shape
+CLASSES = [
+    ("boat", 2.0, "hstripes", "hull"),
+    ("balloon", 52.0, "dots", "ellipse"),
+    ("tree", 118.0, "mottled", "blob"),
+    ("sign", 225.0, "checker", "rect"),
+    ("flower", 300.0, "radial", "petals"),
+]
+WATER_HUE = 185.0
+WATER_WITHOUT_BOAT_P = 0.1
+FORMAT = "dupl-demo/1"
+
+
+def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV (h in degrees, s and v in [0, 1]) -> float RGB in [0, 1], shape (...,3)."""
+    h = np.mod(h, 360.0) / 60.0
+    c = v * s
+    x = c * (1 - np.abs(np.mod(h, 2) - 1))
+    sector = np.floor(h).astype(np.int64) % 6
+    zero = np.zeros_like(c)
+    r = np.choose(sector, [c, x, zero, zero, x, c])
+    g = np.choose(sector, [x, c, c, x, zero, zero])
+    b = np.choose(sector, [zero, zero, x, c, c, x])
+    m = v - c
+    return np.stack([r + m, g + m, b + m], axis=-1)
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid upsampled bilinearly."""
+    grid = rng.uniform(-1, 1, (cells + 1, cells + 1))
+    t = np.linspace(0, cells, size)
+    i0 = np.minimum(t.astype(int), cells - 1)
+    f = t - i0
+    rows = grid[i0] * (1 - f)[:, None] + grid[i0 + 1] * f[:, None]
+    return rows[:, i0] * (1 - f)[None, :] + rows[:, i0 + 1] * f[None, :]
+
+
+def _shape_mask(shape: str, yy, xx, cy, cx, ry, rx, angle, rng) -> np.ndarray:
+    dy, dx = yy - cy, xx - cx
+    ca, sa = np.cos(angle), np.sin(angle)
+    u, w = (dx * ca + dy * sa) / rx, (-dx * sa + dy * ca) / ry
+    if shape == "ellipse":
+        return u**2 + w**2 <= 1
+    if shape in ("rect", "hull"):
+        inside = (np.abs(u) <= 1) & (np.abs(w) <= 1)
+        if shape == "hull":  # narrower at the keel: a boat-like trapezoid
+            inside &= np.abs(u) <= 1 - 0.35 * (w + 1) / 2
+        return inside
+    theta = np.arctan2(w, u)
+    radius = np.sqrt(u**2 + w**2)
+    if shape == "petals":
+        k = rng.integers(5, 8)
+        return radius <= 0.75 + 0.25 * np.cos(k * theta + rng.uniform(0, np.pi))
+    harmonics = sum(rng.uniform(0.05, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    return radius <= 0.85 + harmonics  # blob
+
+
+def _texture(kind: str, yy, xx, cy, cx, rng, size: int) -> np.ndarray:
+    """A value modulation in [-1, 1] that identifies the class besides its hue."""
+    period = rng.uniform(5.0, 8.0) * size / 128
+    if kind == "hstripes":
+        return np.sign(np.sin(2 * np.pi * yy / period + rng.uniform(0, 6.3)))
+    if kind == "dots":
+        p = period * 1.2
+        d = np.hypot(np.mod(yy, p) - p / 2, np.mod(xx, p) - p / 2)
+        return np.where(d < p * 0.28, -1.0, 0.6)
+    if kind == "checker":
+        p = period * 1.3
+        return np.where((np.floor(yy / p) + np.floor(xx / p)) % 2 == 0, 1.0, -1.0)
+    if kind == "radial":
+        return np.sign(np.sin(8 * np.arctan2(yy - cy, xx - cx)))
+    return _smooth_noise(rng, size, max(4, size // 10))  # mottled
+
+
+def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 S×S×3, mask uint8 S×S) pair; deterministic in (seed, part, index)."""
+    rng = np.random.default_rng([seed, part, index])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    n_obj = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    cls = rng.integers(0, len(CLASSES), n_obj)
+
+    # cluttered, low-saturation background: smooth noise, faint blobs and lines, fine grain
+    hue = np.full((size, size), rng.uniform(0, 360)) + 25 * _smooth_noise(rng, size, 3)
+    sat = np.clip(rng.uniform(0.05, 0.2) + 0.08 * _smooth_noise(rng, size, 4), 0, 0.3)
+    val = rng.uniform(0.38, 0.62) + 0.1 * _smooth_noise(rng, size, 6)
+    for _ in range(rng.integers(3, 7)):
+        blob = _shape_mask("blob", yy, xx, *rng.uniform(0, size, 2), *rng.uniform(0.05, 0.2, 2) * size, rng.uniform(0, np.pi), rng)
+        val = np.where(blob, val + rng.uniform(-0.1, 0.1), val)
+        hue = np.where(blob, hue + rng.uniform(-40, 40), hue)
+    for _ in range(rng.integers(1, 4)):
+        a, off = rng.uniform(0, np.pi), rng.uniform(0, size)
+        line = np.abs(xx * np.cos(a) + yy * np.sin(a) - off) < rng.uniform(0.5, 1.5) * size / 128
+        val = np.where(line, val + rng.uniform(-0.12, 0.12), val)
+
+    # context: a water band under boats (and occasionally on its own)
+    water_top = rng.uniform(0.55, 0.72) * size
+    if (cls == 0).any() or rng.random() < WATER_WITHOUT_BOAT_P:
+        water = yy >= water_top + 2 * np.sin(xx / 7 + rng.uniform(0, 6.3))
+        waves = np.sin(xx / 3.0 + 2 * np.sin(yy / 4.0)) * 0.07
+        hue = np.where(water, WATER_HUE + rng.uniform(-8, 8), hue)
+        sat = np.where(water, rng.uniform(0.35, 0.5), sat)
+        val = np.where(water, rng.uniform(0.45, 0.6) + waves, val)
+
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for c in cls:
+        name, c_hue, texture, shape = CLASSES[c]
+        ry, rx = rng.uniform(0.13, 0.26, 2) * size
+        angle = rng.uniform(0, np.pi)
+        if shape == "hull":
+            rx, ry, angle = max(rx, ry) * 1.2, min(rx, ry) * 0.6, rng.uniform(-0.1, 0.1)
+        best = None
+        for _ in range(8):  # place where it hides least of the objects already there
+            cy, cx = rng.uniform(0.22, 0.78, 2) * size
+            if shape == "hull":
+                cy = water_top - ry * 0.3
+            inside = _shape_mask(shape, yy, xx, cy, cx, ry, rx, angle, rng)
+            overlap = int((inside & (mask > 0)).sum())
+            if best is None or overlap < best[0]:
+                best = (overlap, inside, cy, cx)
+            if overlap == 0:
+                break
+        _, inside, cy, cx = best
+        tex = _texture(texture, yy, xx, cy, cx, rng, size)
+        hue = np.where(inside, c_hue + rng.uniform(-8, 8) + 4 * tex, hue)
+        sat = np.where(inside, rng.uniform(0.65, 0.95) - 0.05 * tex, sat)
+        val = np.where(inside, rng.uniform(0.65, 0.9) + 0.14 * tex, val)
+        mask[inside] = c + 1
+
+    rgb = hsv_to_rgb(hue, np.clip(sat, 0, 1), np.clip(val, 0, 1))
+    rgb += rng.normal(0, 0.015, rgb.shape)
+    image = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    edge = np.zeros_like(mask, dtype=bool)  # thin ignore band on label boundaries, as VOC has
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    mask[edge] = 255
+    return image, mask
+
+
+def write_demo(out: Path, *, seed: int = 0, size: int = 128, n_train: int = 300, n_val: int = 60) -> Path:
+    """Write the dataset into ``out`` atomically (a sibling temp folder renamed at the end)."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        (tmp / "splits").mkdir()
+        (tmp / "classes.txt").write_text("".join(f"{c[0]}\n" for c in CLASSES))
+        rows, palette = [], flat_palette()
+        for part, (split, count) in enumerate((("train", n_train), ("val", n_val))):
+            ids = [f"{split}_{i:05d}" for i in range(count)]
+            for i, sample_id in enumerate(ids):
+                image, mask = generate_image(seed, part, i, size)
+                Image.fromarray(image).save(tmp / "images" / f"{sample_id}.png", compress_level=1)
+                m = Image.fromarray(mask, mode="L").convert("P")
+                m.putpalette(palette)
+                m.save(tmp / "masks" / f"{sample_id}.png", compress_level=1)
+                present = [CLASSES[k - 1][0] for k in np.unique(mask) if 0 < k <= len(CLASSES)]
+                rows.append(f"{sample_id},{' '.join(present)}\n")
+            (tmp / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s in ids))
+        (tmp / "labels.csv").write_text("id,labels\n" + "".join(rows))
+        meta = {"format": FORMAT, "seed": seed, "size": size, "n_train": n_train, "n_val": n_val}
+        (tmp / "demo.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out.exists() and not any(out.iterdir()):
+            out.rmdir()
+        os.replace(tmp, out)  # fails if out exists and is not empty: never overwrite someone's folder
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def ensure_demo(data_settings) -> Path:
+    """Generate the demo into data.root on first use; keep an existing one (another process may race us)."""
+    root = Path(data_settings.root).expanduser()
+    wanted = {"seed": data_settings.demo_seed, "size": data_settings.demo_size,
+              "n_train": data_settings.demo_n_train, "n_val": data_settings.demo_n_val}
+    if not (root / "classes.txt").is_file():
+        try:
+            write_demo(root, **wanted)
+        except OSError:
+            if not (root / "classes.txt").is_file():
+                raise
+    meta_file = root / "demo.json"
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+        if differs:
+            log.warning("demo data in %s was generated with other settings %s; delete it to regenerate", root, differs)
+    return root
+
+
+def build(data_settings, split: str):
+    ensure_demo(data_settings)
+    return folder.build(data_settings, split)
