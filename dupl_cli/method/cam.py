@@ -1,0 +1,68 @@
+"""Multi-scale, flip-merged, min-max normalised CAMs (SPEC.md §4.1), batched per scale."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
+    """Per image and class: (M - min M) / (max(M - min M) + 1e-5), in fp32."""
+    cam = cam.float()
+    cam = cam - cam.amin(dim=(-2, -1), keepdim=True)
+    return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
+
+
+def merge_flip(raw: torch.Tensor, size: tuple[int, int], batch: int, flip: bool) -> torch.Tensor:
+    """Raw CAM of ``cat([x, hflip(x)])`` (or of x alone) -> upsampled, flip-merged by max, ReLU."""
+    up = _resize(raw.float(), size)
+    if flip:
+        up = torch.maximum(up[:batch], up[batch:].flip(-1))
+    return up.relu()
+
+
+def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool):
+    """For each scale, ``student.cams`` of the resized batch (with its hflip appended when ``flip``)."""
+    h, w = images.shape[-2:]
+    out = []
+    for s in scales:
+        x = _resize(images, (int(s * h), int(s * w)))
+        if flip:
+            x = torch.cat([x, x.flip(-1)], dim=0)
+        out.append(student.cams(x))
+    return out
+
+
+@torch.no_grad()
+def multiscale_cam(student, images: torch.Tensor, *, scales=(1.0, 0.5, 1.5), flip: bool = True):
+    """(cam, cam_aux), both B×C×H×W in [0, 1]: ReLU-summed over scales, normalised per image and class."""
+    b, _, h, w = images.shape
+    cam = cam_aux = None
+    for raw, raw_aux in raw_cams_at_scales(student, images, scales, flip):
+        c = merge_flip(raw, (h, w), b, flip)
+        a = merge_flip(raw_aux, (h, w), b, flip)
+        cam = c if cam is None else cam + c
+        cam_aux = a if cam_aux is None else cam_aux + a
+    return normalise_cam(cam), normalise_cam(cam_aux)
+
+
+@torch.no_grad()
+def dual_multiscale_cam(model, images: torch.Tensor, *, scales=(1.0, 0.5, 1.5), flip: bool = True):
+    """Multi-scale CAMs of every student of ``model``: lists ``[cam_k]``, ``[cam_aux_k]``.
+
+    Each student sees all flips of a scale in one batch; the students have separate weights, so
+    they run one after the other (a shared batch would need functional vmapping for no gain on
+    the small per-scale batches).
+    """
+    cams, cams_aux = [], []
+    for student in model.students:
+        cam, cam_aux = multiscale_cam(student, images, scales=scales, flip=flip)
+        cams.append(cam)
+        cams_aux.append(cam_aux)
+    return cams, cams_aux

@@ -1,0 +1,139 @@
+"""CAM -> pseudo-labels: dynamic threshold (DTA), three-way thresholding, token labels and
+PAR-refined labels with the two thresholds combined (SPEC.md §4.2-4.5, §10)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from dupl_cli.method.par import DILATIONS, pixel_affinity, propagate
+
+IGNORE = 255
+
+
+def high_threshold(t: int, *, tau0: float, tau_end, t_start: int, t_end: int):
+    """Cosine decay from tau0 to tau_end over [t_start, t_end]; tau_end a float or per-class tensor."""
+    if t < t_start:
+        factor = 0.0
+    elif t >= t_end:
+        factor = 1.0
+    else:
+        factor = (1 - math.cos(math.pi * (t - t_start) / (t_end - t_start - 1))) / 2
+    if isinstance(tau_end, torch.Tensor):
+        return tau0 + (tau_end.float() - tau0) * factor
+    return tau0 + (float(tau_end) - tau0) * factor
+
+
+def image_thresholds(tau_class: torch.Tensor | float, labels: torch.Tensor) -> torch.Tensor:
+    """Per-image tau_h (B): the max of the per-class thresholds over the image's present classes."""
+    if not isinstance(tau_class, torch.Tensor):
+        return torch.full((labels.shape[0],), float(tau_class), device=labels.device)
+    tau = tau_class.to(labels.device).float().expand_as(labels)
+    present = torch.where(labels > 0, tau, torch.full_like(tau, -math.inf)).amax(1)
+    return torch.where(torch.isfinite(present), present, tau.amax(1))
+
+
+def box_mask(img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, pixel_coords: bool = False) -> torch.Tensor:
+    """B×h×w bool: cells inside ``img_box`` [y0, y1, x0, x1] (pixels).
+
+    ``stride`` > 1 maps the box to a coarser grid (a cell is inside when its centre is);
+    ``pixel_coords`` instead slices the grid with the pixel coordinates (release quirk §10).
+    """
+    h, w = size
+    box = img_box.to(torch.float64)
+    ys = torch.arange(h, device=img_box.device, dtype=torch.float64)
+    xs = torch.arange(w, device=img_box.device, dtype=torch.float64)
+    if not pixel_coords and stride != 1:
+        ys, xs = ys * stride + stride / 2, xs * stride + stride / 2
+    inside_y = (ys >= box[:, 0:1]) & (ys < box[:, 1:2])
+    inside_x = (xs >= box[:, 2:3]) & (xs < box[:, 3:4])
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def cam_to_label(cam, labels, *, tau_high, tau_low: float, img_box=None, ignore: int = IGNORE, box_stride: int = 1, pixel_box: bool = False):
+    """Three-way thresholding: class where max_c y_c·M_c > tau_h, ignore in (tau_l, tau_h], 0 below."""
+    b = cam.shape[0]
+    valid = cam.float() * labels.float()[:, :, None, None]
+    value, index = valid.max(dim=1)
+    tau_h = torch.as_tensor(tau_high, dtype=value.dtype, device=value.device).reshape(-1).expand(b)
+    out = torch.where(value > tau_h.view(b, 1, 1), index + 1, torch.full_like(index, ignore))
+    out = torch.where(value <= tau_low, torch.zeros_like(out), out)
+    if img_box is not None:
+        inside = box_mask(img_box, out.shape[-2:], stride=box_stride, pixel_coords=pixel_box)
+        out = torch.where(inside, out, torch.full_like(out, ignore))
+    return out
+
+
+def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=None, pixel_box: bool = False, ignore: int = IGNORE):
+    """PTC token labels: the normalised aux CAM resized to the token grid, then thresholded."""
+    tok = F.interpolate(cam_aux.float(), size=grid, mode="bilinear", align_corners=False)
+    stride = cam_aux.shape[-2] // grid[0]
+    return cam_to_label(tok, labels, tau_high=tau_high, tau_low=tau_low, img_box=img_box, ignore=ignore, box_stride=stride, pixel_box=pixel_box)
+
+
+def _present_slots(labels: torch.Tensor):
+    """Compact channel layout: slot 0 background, slots 1.. the present classes in order.
+
+    Returns (class index per slot B×(K-1), slot used B×(K-1) bool, label id per slot B×K).
+    """
+    present = labels > 0
+    # On the host the batch's largest class count is free to read and keeps PAR small; on an
+    # accelerator reading it would sync, so all C channels stay (absent ones masked).
+    k = max(int(present.sum(1).max()), 1) if labels.device.type == "cpu" else labels.shape[1]
+    order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
+    used = present.gather(1, order)
+    ids = torch.cat([torch.zeros_like(order[:, :1]), order + 1], 1)
+    return order, used, ids
+
+
+def refine_labels(
+    images01: torch.Tensor,
+    cam: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    tau_high,
+    tau_low: float,
+    img_box=None,
+    dilations=DILATIONS,
+    iters: int = 10,
+    downscale: int = 2,
+    w_color: float = 0.3,
+    w_pos: float = 0.01,
+    ignore: int = IGNORE,
+) -> torch.Tensor:
+    """PAR-refined labels (SPEC §4.5), B×H×W: foreground from the tau_h pass, background where
+    both the tau_h and tau_l passes say background, ignore elsewhere and outside ``img_box``.
+
+    ``images01`` B×3×H×W in [0, 1] (the de-normalised weak view), ``cam`` normalised B×C×H×W.
+    One affinity per image is shared by both passes; the present classes are packed into a
+    fixed number of channels (absent slots masked out of the softmax) so the batch runs at once.
+    """
+    b, _, h, w = cam.shape
+    small = (h // downscale, w // downscale)
+    order, used, ids = _present_slots(labels)
+    cam = cam.float() * labels.float()[:, :, None, None]
+    packed = cam.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
+    packed = F.interpolate(packed, size=small, mode="bilinear", align_corners=False)
+    tau_h = torch.as_tensor(tau_high, dtype=packed.dtype, device=packed.device).reshape(-1).expand(b)
+    blocked = ~used[:, :, None, None]
+
+    def stack(bkg: torch.Tensor) -> torch.Tensor:
+        logits = torch.cat([bkg.view(b, 1, 1, 1).expand(b, 1, *small), packed], 1)
+        logits[:, 1:] = logits[:, 1:].masked_fill(blocked, -math.inf)
+        return logits.softmax(dim=1)
+
+    probs = torch.cat([stack(tau_h), stack(torch.full_like(tau_h, tau_low))], 1)
+    img_small = F.interpolate(images01.float(), size=small, mode="bilinear", align_corners=False)
+    affinity = pixel_affinity(img_small, dilations=dilations, w_color=w_color, w_pos=w_pos)
+    refined = propagate(affinity, probs, dilations=dilations, iters=iters)
+    refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
+    k = ids.shape[1]
+    label_h = ids.gather(1, refined[:, :k].argmax(1).flatten(1)).view(b, h, w)
+    label_l = ids.gather(1, refined[:, k:].argmax(1).flatten(1)).view(b, h, w)
+    out = torch.where(label_h == 0, torch.full_like(label_h, ignore), label_h)
+    out = torch.where((label_h == 0) & (label_l == 0), torch.zeros_like(out), out)
+    if img_box is not None:
+        out = torch.where(box_mask(img_box, (h, w)), out, torch.full_like(out, ignore))
+    return out
