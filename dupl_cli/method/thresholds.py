@@ -73,15 +73,17 @@ def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=Non
     return cam_to_label(tok, labels, tau_high=tau_high, tau_low=tau_low, img_box=img_box, ignore=ignore, box_stride=stride, pixel_box=pixel_box)
 
 
-def _present_slots(labels: torch.Tensor):
+def _present_slots(labels: torch.Tensor, pack: bool | None = None):
     """Compact channel layout: slot 0 background, slots 1.. the present classes in order.
 
     Returns (class index per slot B×(K-1), slot used B×(K-1) bool, label id per slot B×K).
     """
     present = labels > 0
     # On the host the batch's largest class count is free to read and keeps PAR small; on an
-    # accelerator reading it would sync, so all C channels stay (absent ones masked).
-    k = max(int(present.sum(1).max()), 1) if labels.device.type == "cpu" else labels.shape[1]
+    # accelerator reading it would sync, so by default all C channels stay (absent ones masked).
+    if pack is None:
+        pack = labels.device.type == "cpu"
+    k = max(int(present.sum(1).max()), 1) if pack else labels.shape[1]
     order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
     used = present.gather(1, order)
     ids = torch.cat([torch.zeros_like(order[:, :1]), order + 1], 1)
@@ -102,17 +104,19 @@ def refine_labels(
     w_color: float = 0.3,
     w_pos: float = 0.01,
     ignore: int = IGNORE,
+    pack: bool | None = None,
 ) -> torch.Tensor:
     """PAR-refined labels (SPEC §4.5), B×H×W: foreground from the tau_h pass, background where
     both the tau_h and tau_l passes say background, ignore elsewhere and outside ``img_box``.
 
     ``images01`` B×3×H×W in [0, 1] (the de-normalised weak view), ``cam`` normalised B×C×H×W.
     One affinity per image is shared by both passes; the present classes are packed into a
-    fixed number of channels (absent slots masked out of the softmax) so the batch runs at once.
+    fixed number of channels (absent slots masked out of the softmax) so the batch runs at once:
+    the batch's largest class count when ``pack`` (default on CPU), else all C (no host sync).
     """
     b, _, h, w = cam.shape
     small = (h // downscale, w // downscale)
-    order, used, ids = _present_slots(labels)
+    order, used, ids = _present_slots(labels, pack)
     cam = cam.float() * labels.float()[:, :, None, None]
     packed = cam.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
     packed = F.interpolate(packed, size=small, mode="bilinear", align_corners=False)
