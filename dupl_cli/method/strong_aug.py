@@ -163,11 +163,17 @@ def strong_view(images_u8: torch.Tensor, *, method, mean, std, generator: torch.
     return strong, op_ids
 
 
-def downscale(images: torch.Tensor, scale: float) -> torch.Tensor:
-    if scale == 1.0:
-        return images
-    size = (int(images.shape[-2] * scale), int(images.shape[-1] * scale))
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+def downscale(images: torch.Tensor, scale: float, *, multiple: int = 1) -> torch.Tensor:
+    """Bilinear resize by ``scale``, then drop the bottom/right remainder to a multiple of ``multiple``.
+
+    The drop is what a stride-16 patch embedding does anyway (the release's 168-px strong view at
+    crop 224 gives 10 tokens); doing it here lets strict patch embeddings accept the input.
+    """
+    if scale != 1.0:
+        size = (int(images.shape[-2] * scale), int(images.shape[-1] * scale))
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+    h, w = images.shape[-2:]
+    return images[..., : h - h % multiple, : w - w % multiple]
 
 
 def undo_on_logits(logits: torch.Tensor, size: tuple[int, int], *, flip: bool = True) -> torch.Tensor:

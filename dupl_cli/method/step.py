@@ -1,0 +1,208 @@
+"""One DuPL training iteration up to the loss (SPEC.md §4-§8); the trainer does backward/step.
+
+Everything is batched over images; the only host sync is the one ANF may take. Work whose loss
+weight is zero in the current phase (PAR labels, ANF, the strong view) is skipped.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from dupl_cli.method import losses as L
+from dupl_cli.method.cam import dual_multiscale_cam
+from dupl_cli.method.noise_filter import noisy_pixels
+from dupl_cli.method.schedule import Phase, dta_window, phase_at
+from dupl_cli.method.strong_aug import denormalize_u8, downscale, strong_view, undo_on_logits
+from dupl_cli.method.thresholds import (
+    IGNORE,
+    box_mask,
+    cam_to_label,
+    high_threshold,
+    image_thresholds,
+    refine_labels,
+    token_labels,
+)
+
+
+class StepResult(NamedTuple):
+    loss: torch.Tensor  # scalar, float32, with graph
+    terms: dict[str, torch.Tensor]  # detached scalars: cls, ptc, dis, seg, reg (+ per student)
+    stats: dict[str, torch.Tensor]  # detached scalars: tau_h, noise_share
+    visuals: dict[str, torch.Tensor]  # first image: image (3×H×W uint8), cam, pseudo_label, prediction (H×W)
+
+
+class PseudoLabels(NamedTuple):
+    tau_image: torch.Tensor  # B, per-image tau_h of this iteration
+    token: list[torch.Tensor]  # per student, B×h×w PTC token labels
+    refined: list[torch.Tensor] | None  # per student, B×H×W PAR labels (before ANF)
+    filtered: list[torch.Tensor] | None  # per student, after ANF (the label the OTHER student learns)
+    noise: torch.Tensor | None  # 2B×H×W noise mask (student 1 images first)
+
+
+def class_thresholds(t: int, settings) -> torch.Tensor | float:
+    """tau_h per class (tensor) or one value at iteration t (DTA after t_seg / the aux stage)."""
+    m = settings.method
+    t_start, t_end = dta_window(m, settings.train.max_iters)
+    tau_end = torch.tensor(m.tau_high_end) if isinstance(m.tau_high_end, list) else m.tau_high_end
+    return high_threshold(t, tau0=m.tau_high_start, tau_end=tau_end, t_start=t_start, t_end=t_end)
+
+
+def make_pseudo_labels(
+    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, settings, grid
+) -> PseudoLabels:
+    """Token labels, PAR-refined labels and their noise-filtered version for both students."""
+    m, c = settings.method, settings.compat
+    tau_image = image_thresholds(class_thresholds(t, settings), labels)
+    token = [
+        token_labels(
+            a,
+            labels,
+            grid=grid,
+            tau_high=tau_image,
+            tau_low=m.tau_low,
+            img_box=img_box,
+            pixel_box=c.ptc_pixel_box,
+        )
+        for a in cams_aux
+    ]
+    if not phase.seg_labels:
+        return PseudoLabels(tau_image, token, None, None, None)
+    sources, tau_seg = (cams_aux, m.aux_seg_tau) if phase.aux_labels else (cams, tau_image)
+    par = dict(
+        dilations=m.par_dilations,
+        iters=m.par_iters,
+        downscale=m.par_downscale,
+        w_color=m.par_w_color,
+        w_pos=m.par_w_pos,
+    )
+    # Both students' label passes share one PAR batch (the affinity is per image either way).
+    b = labels.shape[0]
+    refined = refine_labels(
+        torch.cat([images01, images01]),
+        torch.cat(sources),
+        torch.cat([labels, labels]),
+        tau_high=torch.as_tensor(tau_seg, device=labels.device).reshape(-1).expand(b).repeat(2),
+        tau_low=m.tau_low,
+        img_box=torch.cat([img_box, img_box]),
+        **par,
+    )
+    noise = None
+    filtered = refined
+    if phase.anf:
+        own_loss = L.pixel_ce(torch.cat(seg_logits).detach(), refined)
+        noise = noisy_pixels(
+            own_loss,
+            refined,
+            gamma=m.anf_gamma,
+            eta=m.anf_eta,
+            min_pixels=m.anf_min_pixels,
+            loss_floor=m.anf_loss_floor,
+            iters=m.anf_iters,
+            tol=m.anf_tol,
+            reg=m.anf_reg,
+            one_sided=not c.anf_two_sided,
+        )
+        filtered = refined.masked_fill(noise, IGNORE)
+    return PseudoLabels(tau_image, token, list(refined.split(b)), list(filtered.split(b)), noise)
+
+
+def training_step(
+    model, batch: dict, t: int, settings, *, generator: torch.Generator | None = None
+) -> StepResult:
+    m, c = settings.method, settings.compat
+    phase = phase_at(t, m, c)
+    images = batch["image"]
+    labels = batch["labels"].to(images.device).float()
+    img_box = batch["img_box"].to(images.device)
+    size = tuple(images.shape[-2:])
+    students = list(model.students)
+
+    images_u8 = denormalize_u8(images, settings.data.mean, settings.data.std)
+    images01 = images_u8.float() / 255.0  # as the release: PAR sees the uint8-rounded image
+
+    cams, cams_aux = dual_multiscale_cam(model, images, scales=m.cam_scales, flip=m.cam_flip)
+    outs = [s(images) for s in students]
+    seg_weak = [o.seg for o in outs]
+    grid = tuple(outs[0].features.shape[-2:])
+    pseudo = make_pseudo_labels(images01, cams, cams_aux, seg_weak, labels, img_box, t, phase, settings, grid)
+
+    zero = images.new_zeros((), dtype=torch.float32)
+    terms: dict[str, torch.Tensor] = {}
+    cls = [
+        L.classification_loss(o.logits, labels) + L.classification_loss(o.aux_logits, labels) for o in outs
+    ]
+    terms["cls"] = cls[0] + cls[1]
+    total = phase.w_cls * terms["cls"]
+    if phase.w_ptc > 0:
+        ptc = [L.ptc_loss(o.features, tok) for o, tok in zip(outs, pseudo.token, strict=True)]
+        terms.update(ptc=ptc[0] + ptc[1], ptc_1=ptc[0], ptc_2=ptc[1])
+        total = total + phase.w_ptc * terms["ptc"]
+    if phase.w_dis > 0:
+        to_2, to_1 = L.discrepancy_terms(outs[0].features, outs[1].features, form=m.discrepancy)
+        terms.update(dis=to_2 + to_1, dis_1=to_2, dis_2=to_1)
+        total = total + phase.w_dis * terms["dis"]
+    if phase.w_seg > 0:
+        # cross supervision: student 1 learns student 2's label and vice versa
+        seg = [L.seg_loss(seg_weak[0], pseudo.filtered[1]), L.seg_loss(seg_weak[1], pseudo.filtered[0])]
+        terms.update(seg=seg[0] + seg[1], seg_1=seg[0], seg_2=seg[1])
+        total = total + phase.w_seg * terms["seg"]
+    if phase.w_reg > 0:
+        reg = consistency_terms(
+            students, images_u8, seg_weak, pseudo.filtered, img_box, size, settings, generator
+        )
+        terms.update(reg=reg[0] + reg[1], reg_1=reg[0], reg_2=reg[1])
+        total = total + phase.w_reg * terms["reg"]
+    for name in ("ptc", "dis", "seg", "reg"):
+        terms.setdefault(name, zero)
+    terms = {k: v.detach() for k, v in terms.items()}
+
+    stats = {"tau_h": pseudo.tau_image.float().mean(), "noise_share": _noise_share(pseudo, zero)}
+    visuals = _visuals(images_u8, cams[0], labels, seg_weak[0], pseudo, size, m.tau_low)
+    return StepResult(total, terms, stats, visuals)
+
+
+def consistency_terms(
+    students, images_u8, seg_weak, filtered, img_box, size, settings, generator
+) -> list[torch.Tensor]:
+    """L_reg,k: strong-view CE against student k's own confident weak argmax on discarded pixels."""
+    m = settings.method
+    strong, _ = strong_view(
+        images_u8, method=m, mean=settings.data.mean, std=settings.data.std, generator=generator
+    )
+    strong = downscale(strong, m.strong_scale, multiple=getattr(students[0].backbone, "stride", 1))
+    inside = None if settings.compat.reg_include_padding else box_mask(img_box, size)
+    out = []
+    for k, student in enumerate(students):
+        discarded = filtered[1 - k] == IGNORE  # the label student k is trained on
+        if inside is not None:
+            discarded = discarded & inside
+        target, mask, _ = L.consistency_target(seg_weak[k], discarded, confidence=m.reg_confidence)
+        strong_logits = undo_on_logits(student.segment(strong), size, flip=m.strong_flip)
+        out.append(L.consistency_loss(strong_logits, target, mask))
+    return out
+
+
+def _noise_share(pseudo: PseudoLabels, zero: torch.Tensor) -> torch.Tensor:
+    if pseudo.noise is None:
+        return zero
+    refined = torch.cat(pseudo.refined)
+    foreground = (refined != 0) & (refined != IGNORE)
+    return (pseudo.noise & foreground).sum().float() / foreground.sum().clamp_min(1).float()
+
+
+@torch.no_grad()
+def _visuals(images_u8, cam, labels, seg, pseudo: PseudoLabels, size, tau_low) -> dict[str, torch.Tensor]:
+    first_cam = (cam[:1].float() * labels[:1, :, None, None]).amax(1)[0]
+    if pseudo.filtered is not None:
+        label = pseudo.filtered[1][0]  # what student 1 is trained on
+    else:
+        label = cam_to_label(cam[:1], labels[:1], tau_high=pseudo.tau_image[:1], tau_low=tau_low)[0]
+    prediction = L.upsample(seg[:1].detach(), size).argmax(1)[0]
+    return {
+        "image": images_u8[0],
+        "cam": first_cam,
+        "pseudo_label": label.to(torch.uint8),
+        "prediction": prediction.to(torch.uint8),
+    }
