@@ -236,3 +236,23 @@ def list_override(settings, split: str) -> Path | None:
     if split == settings.val_split and settings.val_list is not None:
         return Path(settings.val_list).expanduser()
     return None
+
+
+class SubsetAdapter:
+    """A view of some indices of an adapter (e.g. the good ones after ``verify.check_split``)."""
+
+    def __init__(self, adapter, indices):
+        self.adapter, self.indices = adapter, list(indices)
+        self.classes, self.palette, self.split = adapter.classes, adapter.palette, adapter.split
+        self.has_masks = adapter.has_masks
+        self.ids = [adapter.ids[i] for i in self.indices]
+        self.source = getattr(adapter, "source", adapter.split)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Sample:
+        return self.adapter[self.indices[i]]
+
+    def path_of(self, i: int) -> Path:
+        return self.adapter.path_of(self.indices[i])

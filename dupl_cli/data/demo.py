@@ -61,6 +61,18 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
 
 
 def _shape_mask(shape: str, yy, xx, cy, cx, ry, rx, angle, rng) -> np.ndarray:
+    """Boolean S×S mask of a shape; computed only inside its bounding square (speed)."""
+    size = yy.shape[0]
+    reach = 1.5 * max(rx, ry)
+    y0, y1 = int(max(0, cy - reach)), int(min(size, cy + reach + 1))
+    x0, x1 = int(max(0, cx - reach)), int(min(size, cx + reach + 1))
+    out = np.zeros(yy.shape, dtype=bool)
+    if y1 > y0 and x1 > x0:
+        out[y0:y1, x0:x1] = _shape_local(shape, yy[y0:y1, x0:x1], xx[y0:y1, x0:x1], cy, cx, ry, rx, angle, rng)
+    return out
+
+
+def _shape_local(shape: str, yy, xx, cy, cx, ry, rx, angle, rng) -> np.ndarray:
     dy, dx = yy - cy, xx - cx
     ca, sa = np.cos(angle), np.sin(angle)
     u, w = (dx * ca + dy * sa) / rx, (-dx * sa + dy * ca) / ry
@@ -177,7 +189,8 @@ def write_demo(out: Path, *, seed: int = 0, size: int = 128, n_train: int = 300,
             for i, sample_id in enumerate(ids):
                 image, mask = generate_image(seed, part, i, size)
                 Image.fromarray(image).save(tmp / "images" / f"{sample_id}.png", compress_level=1)
-                m = Image.fromarray(mask, mode="L").convert("P")
+                m = Image.new("P", (size, size))
+                m.frombytes(mask.tobytes())
                 m.putpalette(palette)
                 m.save(tmp / "masks" / f"{sample_id}.png", compress_level=1)
                 present = [CLASSES[k - 1][0] for k in np.unique(mask) if 0 < k <= len(CLASSES)]

@@ -1,0 +1,150 @@
+"""Training and evaluation loaders over any DatasetAdapter.
+
+Each sample's random view is drawn from a generator seeded by (seed, epoch, position) chosen in
+the main process by ``SeededSampler``, so a run is reproducible whatever the number of workers.
+With a foreign sampler (e.g. a distributed one yielding plain indices) each worker falls back to
+its own generator seeded from the DataLoader's per-worker seed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torchvision.transforms.v2 import functional as F
+
+from dupl_cli.data.transforms import WeakView, normalize, to_tensor
+from dupl_cli.errors import DataError
+
+
+class SeededSampler(Sampler):
+    """A fresh permutation every epoch; yields (index, per-sample seed) pairs."""
+
+    def __init__(self, indices: Sequence[int], seed: int, shuffle: bool = True):
+        self.indices = list(indices)
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.indices)) if self.shuffle else np.arange(len(self.indices))
+        seeds = rng.integers(0, 2**62, len(self.indices))
+        self.epoch += 1  # the next pass is a new epoch even if nobody calls set_epoch
+        for pos, s in zip(order.tolist(), seeds.tolist(), strict=False):
+            yield self.indices[pos], s
+
+
+class WeakViewDataset(Dataset):
+    def __init__(self, adapter, data_settings, seed: int, indices: Sequence[int] | None = None):
+        self.adapter = adapter
+        self.view = WeakView(data_settings)
+        self.indices = list(range(len(adapter))) if indices is None else list(indices)
+        self.seed = seed
+        self._fallback: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _generator(self, key) -> tuple[int, torch.Generator]:
+        if isinstance(key, tuple):  # from SeededSampler: (adapter index, seed)
+            return key[0], torch.Generator().manual_seed(int(key[1]))
+        if self._fallback is None:
+            info = get_worker_info()
+            self._fallback = torch.Generator().manual_seed(info.seed if info else self.seed)
+        return self.indices[int(key)], self._fallback
+
+    def __getitem__(self, key) -> dict:
+        index, gen = self._generator(key)
+        sample = self.adapter[index]
+        image, box = self.view(sample.image, gen)
+        return {"image": image, "labels": torch.from_numpy(sample.labels), "img_box": box, "id": sample.id}
+
+
+def _worker_init(worker_id: int) -> None:
+    # numpy/random in user plugins: tie them to the loader's per-worker torch seed too
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def train_loader(adapter, data_settings, batch_size: int, *, seed: int, num_workers: int | None = None,
+                 drop_last: bool = True, sampler: Sampler | None = None, indices: Sequence[int] | None = None) -> DataLoader:
+    """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id}. Iterate it once per epoch.
+
+    ``indices``: the adapter indices to use (e.g. the good ones from ``verify.check_split``).
+    """
+    dataset = WeakViewDataset(adapter, data_settings, seed, indices)
+    if len(dataset) < (batch_size if drop_last else 1):
+        raise DataError(f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has {len(dataset)} usable "
+                        f"images, fewer than one batch of {batch_size}")
+    workers = data_settings.num_workers if num_workers is None else num_workers
+    if sampler is None:
+        sampler = SeededSampler(dataset.indices, seed)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
+        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+class EvalDataset(Dataset):
+    def __init__(self, adapter, data_settings, size: int | None, require_masks: bool):
+        self.adapter, self.size, self.require_masks = adapter, size, require_masks
+        self.mean, self.std = tuple(data_settings.mean), tuple(data_settings.std)
+        if require_masks and not adapter.has_masks:
+            raise DataError(f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has no masks; "
+                            "evaluation needs pixel masks")
+
+    def __len__(self) -> int:
+        return len(self.adapter)
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.adapter[i]
+        image = to_tensor(sample.image)
+        h, w = image.shape[1:]
+        if self.size is not None:
+            image = F.resize(image, [self.size, self.size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+        if sample.mask is None:
+            if self.require_masks:
+                raise DataError(f"{self.adapter.path_of(i)}: no mask for id {sample.id!r}")
+            mask = torch.full((h, w), 255, dtype=torch.int64)
+        else:
+            mask = torch.from_numpy(sample.mask).long()
+        return {"image": normalize(image.float().div_(255.0), self.mean, self.std), "mask": mask,
+                "labels": torch.from_numpy(sample.labels), "id": sample.id,
+                "orig_size": torch.tensor([h, w], dtype=torch.int64)}
+
+
+def collate_eval(items: list[dict]) -> dict:
+    """Stack; masks of different sizes are padded with 255 (ignore) — crop with ``orig_size``."""
+    hmax = max(int(it["mask"].shape[0]) for it in items)
+    wmax = max(int(it["mask"].shape[1]) for it in items)
+    masks = torch.full((len(items), hmax, wmax), 255, dtype=torch.int64)
+    for k, it in enumerate(items):
+        masks[k, : it["mask"].shape[0], : it["mask"].shape[1]] = it["mask"]
+    return {"image": torch.stack([it["image"] for it in items]), "mask": masks,
+            "labels": torch.stack([it["labels"] for it in items]), "id": [it["id"] for it in items],
+            "orig_size": torch.stack([it["orig_size"] for it in items])}
+
+
+def eval_loader(adapter, data_settings, *, size: int | None = 448, batch_size: int = 1,
+                num_workers: int | None = None, require_masks: bool = True) -> DataLoader:
+    """Batches {image B×3×size×size (native when size is None: batch 1), mask B×H×W, labels, id, orig_size}."""
+    if size is None and batch_size != 1:
+        raise DataError("eval_loader: native-size images need batch_size 1")
+    workers = data_settings.num_workers if num_workers is None else num_workers
+    return DataLoader(EvalDataset(adapter, data_settings, size, require_masks), batch_size=batch_size, shuffle=False,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_eval,
+                      persistent_workers=False)

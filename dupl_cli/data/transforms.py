@@ -1,0 +1,91 @@
+"""The weak view of SPEC §9, with every random draw taken from an explicit generator.
+
+rescale U(scale_range) -> hflip p .5 -> random crop (zero padding when smaller; ``img_box`` =
+[y0, y1, x0, x1] of the real image inside the crop) -> ColorJitter p .8 -> RandomGrayscale p .2
+-> GaussianBlur radius U(blur_radius) -> normalise. The ops are torchvision v2 functionals; the
+parameters are drawn here so a (seed, sample) pair always gives the same view, whatever the
+worker count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×3 -> uint8 3×H×W (no copy of the pixels beyond making them contiguous)."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """float [0,1] 3×H×W or B×3×H×W -> ImageNet-normalised."""
+    return F.normalize(x, list(mean), list(std))
+
+
+class WeakView:
+    def __init__(self, data_settings):
+        self.crop = data_settings.crop_size
+        self.scale_range = tuple(data_settings.scale_range)
+        self.hflip = data_settings.hflip
+        self.jitter = tuple(data_settings.color_jitter)
+        self.jitter_p = data_settings.color_jitter_p
+        self.grayscale_p = data_settings.grayscale_p
+        self.blur = tuple(data_settings.blur_radius)
+        self.mean, self.std = tuple(data_settings.mean), tuple(data_settings.std)
+
+    def geometry(self, image: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rescale, flip and crop a uint8 3×H×W image -> (uint8 3×S×S, img_box int64 [y0, y1, x0, x1])."""
+        _, h, w = image.shape
+        ratio = _uniform(gen, *self.scale_range)
+        nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
+        if (nh, nw) != (h, w):
+            image = F.resize(image, [nh, nw], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+        if self.hflip and float(torch.rand((), generator=gen)) < 0.5:
+            image = F.horizontal_flip(image)
+        s = self.crop
+        # zero canvas of at least S×S; the image sits at a random place in it when smaller
+        ch, cw = max(s, nh), max(s, nw)
+        py = int(torch.randint(0, ch - nh + 1, (), generator=gen))
+        px = int(torch.randint(0, cw - nw + 1, (), generator=gen))
+        cy = int(torch.randint(0, ch - s + 1, (), generator=gen))
+        cx = int(torch.randint(0, cw - s + 1, (), generator=gen))
+        out = torch.zeros((3, s, s), dtype=image.dtype)
+        y0, y1 = max(py - cy, 0), min(py + nh - cy, s)
+        x0, x1 = max(px - cx, 0), min(px + nw - cx, s)
+        out[:, y0:y1, x0:x1] = image[:, y0 + cy - py : y1 + cy - py, x0 + cx - px : x1 + cx - px]
+        return out, torch.tensor([y0, y1, x0, x1], dtype=torch.int64)
+
+    def photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """ColorJitter (random order, p), RandomGrayscale, GaussianBlur on float [0,1] 3×S×S."""
+        b, c, s, hue = self.jitter
+        if float(torch.rand((), generator=gen)) < self.jitter_p:
+            for op in torch.randperm(4, generator=gen).tolist():
+                if op == 0 and b > 0:
+                    x = F.adjust_brightness(x, _uniform(gen, max(0.0, 1 - b), 1 + b))
+                elif op == 1 and c > 0:
+                    x = F.adjust_contrast(x, _uniform(gen, max(0.0, 1 - c), 1 + c))
+                elif op == 2 and s > 0:
+                    x = F.adjust_saturation(x, _uniform(gen, max(0.0, 1 - s), 1 + s))
+                elif op == 3 and hue > 0:
+                    x = F.adjust_hue(x, _uniform(gen, -hue, hue))
+        if float(torch.rand((), generator=gen)) < self.grayscale_p:
+            x = F.rgb_to_grayscale(x, num_output_channels=3)
+        if self.blur[1] > 0:
+            sigma = _uniform(gen, *self.blur)  # PIL's blur radius is the Gaussian's sigma
+            if sigma > 0:
+                k = 2 * math.ceil(3 * sigma) + 1
+                x = F.gaussian_blur(x, [k, k], [sigma, sigma])
+        return x
+
+    def __call__(self, image: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        crop, box = self.geometry(to_tensor(image), gen)
+        x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
+        return normalize(x, self.mean, self.std), box
