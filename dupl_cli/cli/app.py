@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from dupl_cli import __version__
-from dupl_cli.cli import config_cmd, plugins_cmd, presets_cmd, train_cmd
+from dupl_cli.cli import config_cmd, data_cmd, plugins_cmd, presets_cmd, train_cmd
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
 from dupl_cli.errors import UserError
 
@@ -67,6 +67,7 @@ def main_options(
 app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
+app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
 
 
