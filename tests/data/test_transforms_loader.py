@@ -1,0 +1,114 @@
+"""Weak view: the box marks exactly the real-image part of the crop; reproducible under a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dataset_builders import make_folder, settings_for
+
+from dupl_cli.data.demo import write_demo
+from dupl_cli.data.loader import eval_loader, train_loader
+from dupl_cli.data.transforms import WeakView
+
+
+def _geometry_only(crop, scale=(0.5, 2.0), hflip=True):
+    s = settings_for("/x", "folder", f"data.crop_size={crop}", f"data.scale_range=[{scale[0]}, {scale[1]}]",
+                     f"data.hflip={'true' if hflip else 'false'}", "data.color_jitter_p=0", "data.grayscale_p=0",
+                     "data.blur_radius=[0.0, 0.0]")
+    return WeakView(s.data), s.data
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_box_marks_exactly_the_non_padded_area(seed):
+    view, d = _geometry_only(48)
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(10, 90)), int(rng.integers(10, 90))
+    image = rng.integers(1, 256, (h, w, 3), dtype=np.uint8)  # no zero pixels: padding is recognisable
+    x, box = view(image, torch.Generator().manual_seed(seed))
+    assert x.shape == (3, 48, 48) and box.dtype == torch.int64
+    y0, y1, x0, x1 = box.tolist()
+    pad_value = (-torch.tensor(d.mean) / torch.tensor(d.std)).view(3, 1, 1)
+    is_pad = torch.isclose(x, pad_value.expand_as(x), atol=1e-5).all(0)
+    inside = torch.zeros(48, 48, dtype=torch.bool)
+    inside[y0:y1, x0:x1] = True
+    assert (is_pad == ~inside).all()
+
+
+def test_flip_and_scale_one_keep_pixels_exact():
+    view, d = _geometry_only(64, scale=(1.0, 1.0))
+    image = np.random.default_rng(0).integers(1, 256, (20, 30, 3), dtype=np.uint8)
+    seen_flip = seen_plain = False
+    for seed in range(20):
+        x, box = view(image, torch.Generator().manual_seed(seed))
+        y0, y1, x0, x1 = box.tolist()
+        assert (y1 - y0, x1 - x0) == (20, 30)
+        real = x[:, y0:y1, x0:x1] * torch.tensor(d.std).view(3, 1, 1) + torch.tensor(d.mean).view(3, 1, 1)
+        real = (real * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+        if (real == image).all():
+            seen_plain = True
+        elif (real == image[:, ::-1]).all():
+            seen_flip = True
+        else:
+            raise AssertionError("crop content is neither the image nor its mirror")
+    assert seen_flip and seen_plain
+
+
+def test_large_image_is_cropped_without_padding():
+    view, _ = _geometry_only(32, scale=(1.0, 1.0))
+    x, box = view(np.full((50, 60, 3), 7, np.uint8), torch.Generator().manual_seed(0))
+    assert box.tolist() == [0, 32, 0, 32]
+
+
+def test_full_view_reproducible_and_varied():
+    d = settings_for("/x", "folder", "data.crop_size=32").data
+    view = WeakView(d)
+    image = np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    a = view(image, torch.Generator().manual_seed(5))
+    b = view(image, torch.Generator().manual_seed(5))
+    c = view(image, torch.Generator().manual_seed(6))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], c[0])
+
+
+def test_train_loader_batches_reproducible_across_worker_counts(tmp_path):
+    root = make_folder(tmp_path / "f", n=8)
+    d = settings_for(root, "folder", "data.crop_size=32").data
+    from dupl_cli.data.folder import build
+
+    ad = build(d, "train")
+    batches = []
+    for workers in (0, 2):
+        loader = train_loader(ad, d, 2, seed=3, num_workers=workers)
+        epoch1, epoch2 = list(loader), list(loader)
+        batches.append((epoch1, epoch2))
+        b = epoch1[0]
+        assert b["image"].shape == (2, 3, 32, 32) and b["labels"].shape == (2, 3) and b["img_box"].shape == (2, 4)
+        assert isinstance(b["id"], list) and len(epoch1) == 3
+    (a1, a2), (b1, b2) = batches
+    for x, y in zip(a1 + a2, b1 + b2, strict=True):
+        assert x["id"] == y["id"] and torch.equal(x["image"], y["image"]) and torch.equal(x["img_box"], y["img_box"])
+    assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a1, a2, strict=True))
+
+
+def test_train_loader_restricts_to_given_indices(tmp_path):
+    root = make_folder(tmp_path / "f", n=8)
+    d = settings_for(root, "folder", "data.crop_size=32").data
+    from dupl_cli.data.folder import build
+
+    ad = build(d, "train")
+    ids = {i for b in train_loader(ad, d, 1, seed=0, num_workers=0, indices=[1, 3]) for i in b["id"]}
+    assert ids == {"img1", "img3"}
+
+
+def test_eval_loader_native_and_resized(tmp_path):
+    root = write_demo(tmp_path / "d", size=48, n_train=2, n_val=3)
+    d = settings_for(root, "demo").data
+    from dupl_cli.data.demo import build
+
+    va = build(d, "val")
+    native = next(iter(eval_loader(va, d, size=None, num_workers=0)))
+    assert native["image"].shape == (1, 3, 48, 48) and native["mask"].dtype == torch.int64
+    assert native["orig_size"].tolist() == [[48, 48]]
+    np.testing.assert_array_equal(native["mask"][0].numpy(), va[0].mask)
+    resized = next(iter(eval_loader(va, d, size=64, batch_size=3, num_workers=0)))
+    assert resized["image"].shape == (3, 3, 64, 64) and resized["mask"].shape == (3, 48, 48)
