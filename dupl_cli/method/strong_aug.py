@@ -95,7 +95,8 @@ def color(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 
 def contrast(image: torch.Tensor, factor: float) -> torch.Tensor:
-    mean = _luma(image).double().mean((1, 2, 3), keepdim=True)
+    luma = _luma(image)
+    mean = luma.sum((1, 2, 3), keepdim=True, dtype=torch.int64).double() / luma[0].numel()
     degenerate = (mean + 0.5).floor()
     return _blend(degenerate.expand_as(image), image, factor)
 
@@ -106,11 +107,9 @@ def brightness(image: torch.Tensor, factor: float) -> torch.Tensor:
 
 def sharpness(image: torch.Tensor, factor: float) -> torch.Tensor:
     """Blend with Pillow's SMOOTH filter (3×3, centre 5, /13, rounded); the 1-pixel border is kept."""
-    kernel = torch.ones(3, 3, device=image.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(image.shape[1], 1, 3, 3)
-    smooth = F.conv2d(image.float(), kernel, groups=image.shape[1])
-    smooth = (smooth + 0.5).floor().clamp(0, 255)
+    x = image.float()
+    box = (F.avg_pool2d(x, 3, stride=1) * 9.0).round()  # exact 3×3 integer sums
+    smooth = ((box + 4.0 * x[..., 1:-1, 1:-1]) / 13.0 + 0.5).floor().clamp(0, 255)
     degenerate = image.float().clone()
     degenerate[..., 1:-1, 1:-1] = smooth
     return _blend(degenerate, image, factor)

@@ -1,0 +1,129 @@
+"""training_step on test_vit at 64 px: the right parameters learn in each phase, no per-image work."""
+
+import pytest
+import torch
+
+from dupl_cli.config.schema import DuplSettings, ModelSettings
+from dupl_cli.method import schedule
+from dupl_cli.method.step import training_step
+from dupl_cli.models.dual import build_dual_student
+
+T_SEG, T_ANF = 2, 4
+
+
+def _settings(**compat) -> DuplSettings:
+    s = DuplSettings(model=ModelSettings(arch="test_vit", pretrained="none", head_channels=16))
+    s.train.max_iters = 10
+    m = s.method
+    m.t_seg, m.t_anf, m.anf_min_pixels, m.par_iters, m.cam_scales = T_SEG, T_ANF, 10, 2, (1.0, 0.5)
+    for k, v in compat.items():
+        setattr(s.compat, k, v)
+    return s
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return build_dual_student(_settings().model, 5, img_size=64)
+
+
+def _batch(b=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(b, 5)
+    labels[torch.arange(b), torch.arange(b) % 5] = 1
+    labels[0, 3] = 1
+    box = torch.tensor([[0, 64, 0, 64]] * b)
+    box[-1] = torch.tensor([0, 64, 8, 56])
+    return {"image": torch.randn(b, 3, 64, 64, generator=g), "labels": labels, "img_box": box}
+
+
+def _grads(model, t, settings, batch=None):
+    model.zero_grad(set_to_none=True)
+    result = training_step(model, batch or _batch(), t, settings, generator=torch.Generator().manual_seed(1))
+    assert result.loss.dtype == torch.float32 and torch.isfinite(result.loss)
+    result.loss.backward()
+    has = {}
+    for name, p in model.named_parameters():
+        has[name] = p.grad is not None and bool(p.grad.abs().sum() > 0)
+    return result, has
+
+
+def _any(has, part):
+    return any(v for k, v in has.items() if k.startswith(f"{part}."))
+
+
+def test_phase_a_trains_backbone_and_classifiers_not_the_head():
+    model = _model()
+    result, has = _grads(model, 0, _settings())
+    for k in (0, 1):
+        assert _any(has, f"students.{k}.backbone") and has[f"students.{k}.classifier.weight"]
+        assert has[f"students.{k}.aux_classifier.weight"]
+        assert not _any(has, f"students.{k}.head")
+    assert not any(v for k, v in has.items() if "pos_embed" in k)
+    assert set(result.terms) >= {"cls", "ptc", "dis", "seg", "reg"}
+    assert result.terms["seg"] == 0 and result.terms["reg"] == 0
+    assert all(not t.requires_grad for t in result.terms.values())
+    assert result.stats["tau_h"].item() == pytest.approx(0.70)
+    assert result.stats["noise_share"] == 0
+    assert result.visuals["pseudo_label"].shape == (64, 64) and result.visuals["cam"].shape == (64, 64)
+
+
+@pytest.mark.parametrize("t", [T_SEG, T_ANF + 1])
+def test_later_phases_train_the_heads(t):
+    model = _model()
+    result, has = _grads(model, t, _settings())
+    for k in (0, 1):
+        assert _any(has, f"students.{k}.head")
+    assert result.terms["seg"] > 0
+    assert result.stats["tau_h"] < 0.70 or t == T_SEG
+    weights = schedule.phase_at(t, _settings().method, _settings().compat)
+    expected = (
+        result.terms["cls"]
+        + weights.w_ptc * result.terms["ptc"]
+        + weights.w_dis * result.terms["dis"]
+        + weights.w_seg * result.terms["seg"]
+        + weights.w_reg * result.terms["reg"]
+    )
+    assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    if t > T_ANF:
+        assert "reg_1" in result.terms and 0 <= result.stats["noise_share"] <= 1
+
+
+def test_delayed_weights_skip_the_seg_term_on_its_first_iteration():
+    model = _model()
+    _, has = _grads(model, T_SEG, _settings(delayed_weights=True))
+    assert not _any(has, "students.0.head") and not _any(has, "students.1.head")
+
+
+def test_strong_view_is_reproducible_with_a_generator():
+    model, s = _model(), _settings()
+    a = training_step(model, _batch(), T_ANF, s, generator=torch.Generator().manual_seed(7)).terms
+    b = training_step(model, _batch(), T_ANF, s, generator=torch.Generator().manual_seed(7)).terms
+    assert torch.equal(a["reg"], b["reg"])
+
+
+def test_number_of_forwards_does_not_grow_with_the_batch(monkeypatch):
+    model, s = _model(), _settings()
+    calls = []
+    for student in model.students:
+        original = student.backbone.forward
+        monkeypatch.setattr(
+            student.backbone, "forward", lambda x, f=original: calls.append(x.shape[0]) or f(x)
+        )
+    counts = []
+    for b in (1, 3):
+        calls.clear()
+        training_step(model, _batch(b), T_ANF + 1, s, generator=torch.Generator().manual_seed(0))
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
+
+
+def test_optimizer_on_dual_student_groups_and_frozen_pos_embed():
+    model = _model()
+    opt = schedule.build_optimizer(model, _settings().train)
+    backbone, heads = opt.param_groups
+    assert heads["lr"] == pytest.approx(10 * backbone["lr"])
+    ids = {id(p) for g in opt.param_groups for p in g["params"]}
+    frozen = [p for n, p in model.named_parameters() if "pos_embed" in n]
+    assert frozen and all(id(p) not in ids for p in frozen)
+    head_ids = {id(p) for n, p in model.named_parameters() if ".head." in n or "classifier" in n}
+    assert {id(p) for p in heads["params"]} == head_ids
