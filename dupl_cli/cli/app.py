@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from dupl_cli import __version__
-from dupl_cli.cli import config_cmd, data_cmd, plugins_cmd, presets_cmd, train_cmd
+from dupl_cli.cli import config_cmd, data_cmd, evaluate_cmd, infer_cmd, plugins_cmd, presets_cmd, pseudo_label_cmd, train_cmd
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
 from dupl_cli.errors import UserError
 
@@ -69,6 +69,9 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(data_cmd.app, name="data")
 app.command("train")(train_cmd.train)
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("infer")(infer_cmd.infer)
+app.command("pseudo-label")(pseudo_label_cmd.pseudo_label)
 
 
 def main() -> None:

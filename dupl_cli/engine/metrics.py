@@ -51,9 +51,8 @@ class ConfusionMeter:
         self.matrix = torch.zeros(num_classes, num_classes + 1, dtype=torch.int64, device=device)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        if pred.device != self.matrix.device:
-            self.matrix = self.matrix.to(pred.device)
-        self.matrix += confusion_matrix(pred, target, self.num_classes)
+        pred = pred.to(self.matrix.device)
+        self.matrix += confusion_matrix(pred, target.to(pred.device), self.num_classes)
 
     def reduced(self) -> torch.Tensor:
         return reduce_across_processes(self.matrix)

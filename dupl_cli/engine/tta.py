@@ -57,14 +57,34 @@ def scaled_size(size: tuple[int, int], scale: float, multiple: int = 1) -> tuple
     return tuple(max(multiple, int(scale * s)) for s in size)  # type: ignore[return-value]
 
 
+def padded_forward(logits_fn: LogitsFn, view: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Run ``logits_fn`` on ``view`` zero-padded (right, bottom) to a multiple of ``multiple``.
+
+    Patch backbones need sides divisible by their stride; zero in normalised space is the mean
+    colour. Returns logits upsampled to the padded size and cropped back to the view's size.
+    """
+    h, w = view.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if not ph and not pw:
+        return logits_fn(view)
+    logits = logits_fn(F.pad(view, (0, pw, 0, ph)))
+    logits = F.interpolate(logits.float(), size=(h + ph, w + pw), mode="bilinear", align_corners=False)
+    return logits[..., :h, :w]
+
+
 @torch.no_grad()
 def tta_logits(
-    logits_fn: LogitsFn, images: torch.Tensor, cfg: TTAConfig, out_size: tuple[int, int] | None = None
+    logits_fn: LogitsFn,
+    images: torch.Tensor,
+    cfg: TTAConfig,
+    out_size: tuple[int, int] | None = None,
+    multiple: int = 1,
 ) -> torch.Tensor:
     """Merged float32 logits B×K×H×W at ``out_size`` (default: the images' own size).
 
     ``images``: normalised B×3×H×W. ``logits_fn`` maps a batch to B×K×h×w logits at any resolution
-    (e.g. ``Student.segment`` or an ensemble). Views of equal size share one forward.
+    (e.g. ``Student.segment`` or an ensemble); views are zero-padded to a multiple of ``multiple``
+    (the backbone stride) when needed. Views of equal size share one forward.
     """
     out_size = tuple(out_size or images.shape[-2:])
     base = images
@@ -87,13 +107,18 @@ def tta_logits(
         if cfg.flip:
             view = torch.cat([view, view.flip(-1)], 0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
-            logits = logits_fn(view)
+            logits = padded_forward(logits_fn, view, multiple)
         logits = F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
         if cfg.flip:
             logits = _merge(logits[:batch], logits[batch:].flip(-1), cfg.flip_merge)
         for _ in members:
             merged = _merge(merged, logits, cfg.scale_merge)
     return merged
+
+
+def stride_of(model) -> int:
+    """Side multiple a DualStudent's backbones need (their output stride)."""
+    return int(getattr(model.students[0].backbone, "stride", 1) or 1)
 
 
 def ensemble(fns: Sequence[LogitsFn]) -> LogitsFn:

@@ -86,3 +86,13 @@ def test_bf16_on_cuda_returns_float32():
     conv = torch.nn.Conv2d(3, 2, 1).cuda()
     out = tta_logits(conv, torch.randn(1, 3, 8, 8, device="cuda"), TTAConfig(flip=True))
     assert out.dtype == torch.float32
+
+
+def test_views_padded_to_the_stride_and_cropped_back():
+    def strict(v):  # a patch model: rejects sides not divisible by 8, output at 1/8
+        assert v.shape[-2] % 8 == 0 and v.shape[-1] % 8 == 0, v.shape
+        return F.avg_pool2d(v, 8)
+
+    x = torch.randn(1, 3, 21, 13)
+    out = tta_logits(strict, x, TTAConfig(scales=(1.0, 1.5), flip=True), multiple=8)
+    assert out.shape == (1, 3, 21, 13) and torch.isfinite(out).all()

@@ -1,0 +1,63 @@
+"""``dupl infer``: palette PNG masks (and overlays, probabilities) for image files, folders, globs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options
+from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, prepare
+
+
+def infer(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for <name>.png masks.")] = Path(
+        "predictions"
+    ),
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also write <name>_overlay.jpg (image blended with the mask).")
+    ] = False,
+    probs: Annotated[
+        bool,
+        typer.Option(
+            "--probs", help="Also write <name>_probs.npz: float16 softmax at 1/4 size + class names."
+        ),
+    ] = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            "-k",
+            help="Checkpoint or run directory (default: eval.checkpoint, else the newest run).",
+        ),
+    ] = None,
+    multiscale: MultiscaleOpt = False,
+    crf: CrfOpt = False,
+    student: StudentOpt = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Segment images of any size and mode; unreadable files are reported and skipped (exit 1)."""
+    settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    from dupl_cli.engine.infer import check_out_dir, run_infer
+    from dupl_cli.engine.tta import TTAConfig
+
+    out_console = console(ctx)
+    err_console = console(None, stderr=True)
+    out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
+    result = run_infer(
+        loaded, paths, check_out_dir(out), settings, runtime,
+        tta=TTAConfig.from_settings(settings.eval, multiscale=multiscale), student=student_name, use_crf=crf,
+        overlay=overlay, probs=probs, show_progress=global_options(ctx).verbosity >= 0,
+        log=lambda msg: err_console.print(msg, markup=False),
+    )  # fmt: skip
+    out_console.print(f"wrote {len(result.written)} masks to {out}")
+    if result.failed:
+        err_console.print(f"{len(result.failed)} input(s) failed", markup=False)
+        raise typer.Exit(1)

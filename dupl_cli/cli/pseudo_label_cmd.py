@@ -1,0 +1,75 @@
+"""``dupl pseudo-label``: palette PNG pseudo-labels (255 = uncertain) for second-stage training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options
+from dupl_cli.cli.evaluate_cmd import (
+    CrfOpt,
+    MultiscaleOpt,
+    StudentOpt,
+    build_adapter,
+    metrics_table,
+    prepare,
+    print_protocol,
+)
+
+
+def pseudo_label(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Output folder: one <id>.png per image (resumable).")],
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="Checkpoint or run directory (default: eval.checkpoint, else the newest run)."),
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Split to label (default: data.train_split).")
+    ] = None,
+    source: Annotated[
+        str, typer.Option("--source", help="cam (multi-scale CAM + image labels) or seg (segmentation head).")
+    ] = "cam",
+    crf: CrfOpt = False,
+    multiscale: MultiscaleOpt = False,
+    student: StudentOpt = None,
+    evaluate: Annotated[
+        bool,
+        typer.Option("--evaluate", help="Score the pseudo-labels against ground-truth masks when present."),
+    ] = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Write a self-contained HTML report here.")
+    ] = None,
+    max_images: Annotated[
+        int, typer.Option("--max-images", min=0, help="Only the first N images (0 = all).")
+    ] = 0,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Write pseudo-labels; already complete files are skipped, writes are atomic."""
+    from dupl_cli.errors import UserError
+
+    if source not in ("cam", "seg"):
+        raise UserError(f"--source must be cam or seg, not {source!r}")
+    settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    from dupl_cli.engine.infer import check_out_dir
+    from dupl_cli.engine.pseudo_label import PseudoLabelRequest, run_pseudo_label
+
+    out_console = console(ctx)
+    split = split or settings.data.train_split
+    if runtime.is_main:
+        out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
+    adapter = build_adapter(settings, split)
+    req = PseudoLabelRequest(out=check_out_dir(out), split=split, source=source, crf=crf, multiscale=multiscale,
+                             student=student_name, evaluate=evaluate, report=report, max_images=max_images)  # fmt: skip
+    result = run_pseudo_label(loaded, adapter, settings, runtime, req, show_progress=global_options(ctx).verbosity >= 0,
+                              log=out_console.print)  # fmt: skip
+    if runtime.is_main:
+        print_protocol(out_console, result["protocol"])
+        if result["metrics"] is not None:
+            out_console.print(metrics_table(result["metrics"], f"pseudo-labels ({source}) on {split}"))
+            out_console.print(f"metrics: {out.parent / (out.name + '_metrics') / 'metrics.json'}")
+        out_console.print(f"pseudo-labels in {out}" + (f"; report {report}" if report else ""))

@@ -1,0 +1,56 @@
+"""A tiny trained-shape checkpoint (random weights) and demo data, built once per module."""
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    from dupl_cli.config.sources import load_settings
+    from dupl_cli.engine.checkpoint import save_model
+    from dupl_cli.models.dual import build_dual_student
+    from dupl_cli.plugins import DATASETS, load
+
+    root = tmp_path_factory.mktemp("engine")
+    data_root = root / "demo"
+    settings = load_settings(
+        "tiny-cpu", assignments=[f'data.root="{data_root}"', "eval.scales=[1.0, 1.5]"], environ={}
+    ).settings
+    adapter = load(DATASETS, "demo")(settings.data, "val")
+    import torch
+
+    torch.manual_seed(0)
+    model = build_dual_student(
+        settings.model, num_classes=len(adapter.classes), img_size=settings.data.crop_size
+    )
+    card = {
+        "step": 6,
+        "classes": list(adapter.classes),
+        "palette": [list(c) for c in adapter.palette],
+        "student": 2,
+        "metrics": {"seg_s1": 1.0, "seg_s2": 2.0},
+        "settings": settings.model_dump(mode="json"),
+    }
+    run_dir = root / "run"
+    save_model(run_dir / "best", model, card)
+    return run_dir, data_root, settings
+
+
+@pytest.fixture
+def cli(tiny_run, monkeypatch):
+    """Invoke the CLI with the tiny run; data root passed with --set (the card's settings are used)."""
+    from typer.testing import CliRunner
+
+    from dupl_cli.cli.app import app
+
+    run_dir, data_root, settings = tiny_run
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def invoke(*args):
+        return CliRunner().invoke(app, [*args], catch_exceptions=False)
+
+    invoke.run_dir = run_dir
+    invoke.data_root = Path(data_root)
+    invoke.settings = settings
+    return invoke
