@@ -13,7 +13,17 @@ import typer
 from typer.core import TyperGroup
 
 from dupl_cli import __version__
-from dupl_cli.cli import config_cmd, data_cmd, evaluate_cmd, infer_cmd, plugins_cmd, presets_cmd, pseudo_label_cmd, train_cmd
+from dupl_cli.cli import (
+    config_cmd,
+    data_cmd,
+    evaluate_cmd,
+    export_cmd,
+    infer_cmd,
+    plugins_cmd,
+    presets_cmd,
+    pseudo_label_cmd,
+    train_cmd,
+)
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
 from dupl_cli.errors import UserError
 
@@ -62,6 +72,8 @@ def main_options(
     ctx.obj = GlobalOptions(preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s")
+    # Accelerate reports every file it saves at INFO; keep that for --verbose.
+    logging.getLogger("accelerate").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 app.add_typer(presets_cmd.app, name="presets")
@@ -72,6 +84,7 @@ app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)
 app.command("pseudo-label")(pseudo_label_cmd.pseudo_label)
+app.command("export")(export_cmd.export)
 
 
 def main() -> None:

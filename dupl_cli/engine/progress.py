@@ -69,7 +69,10 @@ class TrainingProgress:
         if self.run_dir is not None:
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
                 out.write(json.dumps(record) + "\n")
-        losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/"))
+        # Per-student terms (…_1, …_2) go to metrics.jsonl; the line shows the sums.
+        losses = " ".join(
+            f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/") and not k.endswith(("_1", "_2"))
+        )
         info = (
             f"phase {record['phase']} | {losses} | lr {record['lr']:.2e} | tau_h {record['tau_h']:.3f} "
             f"| noise {100 * record['noise_share']:.1f}% | {rate:.1f} img/s"

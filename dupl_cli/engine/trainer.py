@@ -55,17 +55,26 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
     return gen
 
 
-def _datasets(settings: DuplSettings, split_for_val: bool = True):
+def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]:
+    """Training split checked before the first step (all problems listed at once), and the val split."""
+    from dupl_cli.data.base import SubsetAdapter
     from dupl_cli.data.verify import check_split
     from dupl_cli.plugins import DATASETS, load
 
     factory = load(DATASETS, settings.data.adapter)
     train_set = factory(settings.data, settings.data.train_split)
-    train_set = check_split(train_set, on_error=settings.data.on_error)
+    good, problems = check_split(train_set, on_error=settings.data.on_error)
+    if problems:
+        report(f"warning: skipping {len(problems)} bad training sample(s) (data.on_error = skip):")
+        for problem in problems:
+            report(f"  {problem.message}")
+    if len(good) != len(train_set):
+        train_set = SubsetAdapter(train_set, good)
     val_set = None
-    if split_for_val:
+    if with_val:
         val_set = factory(settings.data, settings.data.val_split)
         if not val_set.has_masks:
+            report(f"note: split {settings.data.val_split!r} has no masks; validation is off")
             val_set = None
     return train_set, val_set
 
@@ -98,6 +107,7 @@ class Trainer:
     def __init__(self, settings: DuplSettings, options: TrainOptions) -> None:
         self.settings = settings
         self.options = options
+        self.model: nn.Module | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
@@ -134,13 +144,14 @@ class Trainer:
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        train_set, val_set = _datasets(s, split_for_val=not self.options.dry_run)
+        train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
         classes, palette = train_set.classes, train_set.palette
         if isinstance(s.method.tau_high_end, list) and len(s.method.tau_high_end) != len(classes):
             raise UserError(
                 f"method.tau_high_end has {len(s.method.tau_high_end)} per-class values but the dataset has {len(classes)} classes"
             )
         model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
+        self.model = model  # the unwrapped dual student, for callers that inspect it after training
         effective = acc.num_processes * t.batch_size * t.grad_accum
         if main:
             progress.message(

@@ -20,7 +20,8 @@ def high_threshold(t: int, *, tau0: float, tau_end, t_start: int, t_end: int):
     elif t >= t_end:
         factor = 1.0
     else:
-        factor = (1 - math.cos(math.pi * (t - t_start) / (t_end - t_start - 1))) / 2
+        # (T' - 1) as in the release; a window of one or two iterations must not divide by zero.
+        factor = min((1 - math.cos(math.pi * (t - t_start) / max(t_end - t_start - 1, 1))) / 2, 1.0)
     if isinstance(tau_end, torch.Tensor):
         return tau0 + (tau_end.float() - tau0) * factor
     return tau0 + (float(tau_end) - tau0) * factor
