@@ -25,7 +25,8 @@ def resample_patch_pos_embed(pos: torch.Tensor, grid: tuple[int, int]) -> torch.
     side = math.isqrt(n)
     if side * side != n:
         raise ValueError(f"positional embedding of {n} tokens is not a square grid")
-    if (side, side) == grid:
+    # The shortcut is skipped while tracing/exporting: a traced graph must resample at every size.
+    if not (torch.jit.is_tracing() or torch.compiler.is_exporting()) and (side, side) == grid:
         return pos
     square = pos.reshape(1, side, side, dim).permute(0, 3, 1, 2)
     resized = F.interpolate(square.float(), size=grid, mode="bicubic", align_corners=False)

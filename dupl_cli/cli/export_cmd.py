@@ -1,0 +1,82 @@
+"""``dupl export``: one student of a checkpoint as safetensors, ONNX or TorchScript, verified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+
+
+def export(
+    ctx: typer.Context,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run).",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="safetensors, onnx or torchscript (default: export.format).",
+            show_default=False,
+        ),
+    ] = None,
+    student: Annotated[
+        str | None,
+        typer.Option(
+            "--student",
+            help="1, 2 or best (the card's choice by validation; default: export.student).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output file (default: beside the checkpoint, <name>.student<k>.<ext>).",
+            show_default=False,
+        ),
+    ] = None,
+    full: Annotated[
+        bool | None,
+        typer.Option(
+            "--full/--seg-only",
+            help="Keep the classifiers (CAM outputs) or only backbone + head.",
+            show_default=False,
+        ),
+    ] = None,
+    preset: PresetOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Export one student for deployment and check it against PyTorch at two input sizes."""
+    settings = resolve_settings(ctx, preset, config, sets).settings
+    from dupl_cli.engine.checkpoint import resolve_checkpoint
+    from dupl_cli.engine.export import export_checkpoint
+
+    path, how = resolve_checkpoint(checkpoint, settings)
+    opts = settings.export
+    result = export_checkpoint(
+        path,
+        opts,
+        fmt=fmt or opts.format,
+        student=student or opts.student,
+        out=out,
+        full=opts.full if full is None else full,
+    )
+    con = console(ctx)
+    con.print(f"checkpoint {path} ({how}), student {result.student}")
+    for check in result.checks:
+        size = "x".join(str(s) for s in check["size"])
+        con.print(
+            f"  checked at {size}: max abs logit difference {check['max_abs_diff']:.2e} (atol {opts.atol:g})"
+        )
+    con.print(f"wrote {result.path} and {result.card}")
