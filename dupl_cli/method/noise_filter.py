@@ -18,6 +18,7 @@ import math
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 # The first three draws of numpy.random.RandomState(0).random_sample(): the k-means++ first
 # centre (choice with uniform p) and the two local trials of the second centre.
@@ -47,6 +48,8 @@ def kmeans_1d(x: torch.Tensor, mask: torch.Tensor, *, max_iter: int = 64) -> tor
     Returns labels N×P (0/1, meaningless outside the mask) with scikit-learn's centre order.
     """
     n_rows, n_cols = x.shape
+    raw = x  # sorted in its own dtype (float32 sorts faster); sums in the work dtype
+    x = x.to(_work_dtype(x.device))
     w = mask.to(x.dtype)
     count = w.sum(1)
     safe = count.clamp_min(1)
@@ -69,9 +72,9 @@ def kmeans_1d(x: torch.Tensor, mask: torch.Tensor, *, max_iter: int = 64) -> tor
     c1 = cand.gather(1, cand_pot.argmin(1, keepdim=True)).squeeze(1)
 
     # Lloyd on sorted values: label = side of the midpoint; prefix sums give the new means.
-    big = torch.finfo(x.dtype).max
-    ordered = torch.where(mask, x, torch.full_like(x, big)).sort(1).values
-    prefix = torch.cumsum(torch.where(mask.any(1, keepdim=True) & (ordered < big), ordered, 0.0), 1)
+    big = torch.finfo(raw.dtype).max
+    ordered = torch.where(mask, raw, torch.full_like(raw, big)).sort(1).values.to(x.dtype)
+    prefix = torch.cumsum(torch.where(ordered < big, ordered, 0.0), 1)
     prefix = torch.cat([torch.zeros_like(prefix[:, :1]), prefix], 1)
     total = prefix.gather(1, count.long().unsqueeze(1)).squeeze(1)
     mean = total / safe
@@ -109,19 +112,26 @@ def kmeans_1d(x: torch.Tensor, mask: torch.Tensor, *, max_iter: int = 64) -> tor
     return nearer_1.long()
 
 
-def _log_gauss(x: torch.Tensor, means: torch.Tensor, variances: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """N×P×2 weighted log densities (sklearn's _estimate_weighted_log_prob, full covariance, 1-D)."""
-    prec_chol = variances.rsqrt()
-    diff = (x.unsqueeze(2) - means.unsqueeze(1)) * prec_chol.unsqueeze(1)
-    log_prob = -0.5 * (math.log(2 * math.pi) + diff.square()) + prec_chol.log().unsqueeze(1)
-    return log_prob + weights.log().unsqueeze(1)
+def _log_odds_coefficients(means, variances, weights):
+    """Per row (A, B, C, and component 0's terms): log w1N1(x) - log w0N0(x) = A x² + B x + C.
+
+    With two 1-D Gaussians the log posterior odds are a quadratic in x, so every EM pass over the
+    pixels is one matrix product, one sigmoid and one softplus.
+    """
+    prec = variances.reciprocal()
+    half_log = 0.5 * prec.log() + weights.log()
+    a = -0.5 * (prec[:, 1] - prec[:, 0])
+    b = prec[:, 1] * means[:, 1] - prec[:, 0] * means[:, 0]
+    c = half_log[:, 1] - half_log[:, 0] - 0.5 * (prec[:, 1] * means[:, 1] ** 2 - prec[:, 0] * means[:, 0] ** 2)
+    return torch.stack([a, b, c], 1), prec
 
 
-def _m_step(x: torch.Tensor, resp: torch.Tensor, w: torch.Tensor, reg: float):
-    resp = resp * w.unsqueeze(2)
-    nk = resp.sum(1) + 10 * _EPS64
-    means = (resp * x.unsqueeze(2)).sum(1) / nk
-    variances = (resp * (x.unsqueeze(2) - means.unsqueeze(1)).square()).sum(1) / nk + reg
+def _moments_to_params(r_sums, totals, reg):
+    """sklearn's M-step from Σr, Σr·x, Σr·x² of component 1 (component 0 = totals - those)."""
+    s1 = torch.stack([totals - r_sums, r_sums], 1)  # N×2×3: [Σr, Σr x, Σr x²]
+    nk = s1[..., 0] + 10 * _EPS64
+    means = s1[..., 1] / nk
+    variances = (s1[..., 2] - 2 * means * s1[..., 1] + means.square() * s1[..., 0]) / nk + reg
     return nk, means, variances
 
 
@@ -140,21 +150,32 @@ def fit_two_gaussians(
     x = losses.to(dtype)
     w = mask.to(dtype)
     count = w.sum(1)
+    safe = count.clamp_min(1)
     fitted = count > min_pixels
 
-    labels = kmeans_1d(x, mask)
-    resp = torch.stack([1 - labels, labels], 2).to(dtype)
-    nk, means, variances = _m_step(x, resp, w, reg)
-    weights = nk / count.clamp_min(1).unsqueeze(1)
+    x2 = x * x
+    feats = torch.stack([w, w * x, w * x2], 1)  # N×3×P: masked [1, x, x²], contiguous in P
+    totals = feats.sum(2)  # N×3
+
+    def moments(r: torch.Tensor) -> torch.Tensor:  # Σ_fit r·[1, x, x²] as one GEMV per row
+        return torch.bmm(feats, r.unsqueeze(2)).squeeze(2)
+
+    labels = kmeans_1d(losses, mask).to(dtype)
+    nk, means, variances = _moments_to_params(moments(labels), totals, reg)
+    weights = nk / safe.unsqueeze(1)
 
     lower = torch.full_like(count, -math.inf)
     done = ~fitted
     n_iter = torch.zeros_like(count, dtype=torch.long)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
     for _ in range(iters):
-        weighted = _log_gauss(x, means, variances, weights)
-        norm = torch.logsumexp(weighted, 2)
-        bound = (norm * w).sum(1) / count.clamp_min(1)
-        nk_new, means_new, var_new = _m_step(x, (weighted - norm.unsqueeze(2)).exp(), w, reg)
+        coef, prec = _log_odds_coefficients(means, variances, weights)
+        q = torch.addcmul(coef[:, 2:3] + coef[:, 1:2] * x, coef[:, 0:1], x2)
+        # Mean log-likelihood = mean log w0N0(x) (from the moments) + mean softplus(q).
+        m1, m2 = totals[:, 1] / safe, totals[:, 2] / safe
+        log_w0n0 = weights[:, 0].log() - half_log_2pi + 0.5 * prec[:, 0].log() - 0.5 * prec[:, 0] * (m2 - 2 * means[:, 0] * m1 + means[:, 0] ** 2)
+        bound = log_w0n0 + (F.softplus(q) * w).sum(1) / safe
+        nk_new, means_new, var_new = _moments_to_params(moments(torch.sigmoid(q)), totals, reg)
         keep = done.unsqueeze(1)
         means = torch.where(keep, means, means_new)
         variances = torch.where(keep, variances, var_new)
@@ -197,13 +218,14 @@ def noisy_pixels(
     fit = fit_two_gaussians(x, fit_mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)
 
     xw = x.to(fit.means.dtype)
-    weighted = _log_gauss(xw, fit.means, fit.variances, fit.weights)
-    log_resp = weighted - torch.logsumexp(weighted, 2, keepdim=True)
-    noise_comp = fit.means.argmax(1, keepdim=True)  # N×1
-    post = log_resp.gather(2, noise_comp.unsqueeze(1).expand(-1, xw.shape[1], 1)).squeeze(2).exp()
-    noise = fit.valid.unsqueeze(1) & (post > gamma) & (lab != 0)
+    coef, _ = _log_odds_coefficients(fit.means, fit.variances, fit.weights)
+    q = torch.addcmul(coef[:, 2:3] + coef[:, 1:2] * xw, coef[:, 0:1], xw * xw)  # log odds of comp 1
+    noise_is_1 = fit.means[:, 1] > fit.means[:, 0]
+    # posterior(noise) > gamma  <=>  log odds of the noise component > logit(gamma)
+    noise_odds = torch.where(noise_is_1.unsqueeze(1), q, -q)
+    noise = fit.valid.unsqueeze(1) & (noise_odds > math.log(gamma / (1 - gamma))) & (lab != 0)
     if one_sided:
-        clean_mean = fit.means.gather(1, 1 - noise_comp)
+        clean_mean = torch.where(noise_is_1, fit.means[:, 0], fit.means[:, 1]).unsqueeze(1)
         noise = noise & (xw > clean_mean)
     noise = noise.reshape(shape)
     return (noise, fit) if return_fit else noise

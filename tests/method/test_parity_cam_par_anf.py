@@ -4,15 +4,20 @@ PAR, refined labels and the noise filter, stage by stage on the release's own te
 from __future__ import annotations
 
 import pytest
+import release_fixture as rf
 import torch
 import torch.nn.functional as F
 
 from dupl_cli.method.cam import merge_flip, multiscale_cam, normalise_cam
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.par import refine
-from dupl_cli.method.thresholds import cam_to_label, high_threshold, image_thresholds, refine_labels, token_labels
-
-import release_fixture as rf
+from dupl_cli.method.thresholds import (
+    cam_to_label,
+    high_threshold,
+    image_thresholds,
+    refine_labels,
+    token_labels,
+)
 
 SCALES = (1.0, 0.5, 1.5)
 STUDENTS = (1, 2)

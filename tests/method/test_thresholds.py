@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from dupl_cli.method.par import refine
-from dupl_cli.method.thresholds import box_mask, cam_to_label, high_threshold, image_thresholds, refine_labels, token_labels
+from dupl_cli.method.thresholds import (
+    box_mask,
+    cam_to_label,
+    high_threshold,
+    image_thresholds,
+    refine_labels,
+    token_labels,
+)
 
 
 @pytest.mark.parametrize(
