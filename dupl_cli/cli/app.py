@@ -28,8 +28,24 @@ from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
 from dupl_cli.errors import UserError
 
 
+OPTIONAL_VALUE = {"--resume": "latest"}
+"""Options whose value may be left out (``--resume`` alone means the latest checkpoint)."""
+
+
+def fill_optional_values(args: list[str]) -> list[str]:
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg in OPTIONAL_VALUE and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUE[arg])
+    return out
+
+
 class DuplGroup(TyperGroup):
     """Turns a ``UserError`` raised anywhere below into one line on stderr and its exit code."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, fill_optional_values(list(args)))
 
     def invoke(self, ctx):
         try:

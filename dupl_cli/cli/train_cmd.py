@@ -20,8 +20,7 @@ def train(
         str | None,
         typer.Option(
             "--resume",
-            flag_value="latest",
-            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH.",
+            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH (a run dir or checkpoint).",
             metavar="[PATH]",
         ),
     ] = None,
