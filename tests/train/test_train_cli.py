@@ -1,0 +1,168 @@
+"""`dupl train` end to end on tiny-cpu: phases, run directory, resume exactness, kill, guards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from dupl_cli.cli.app import app
+from dupl_cli.engine.checkpoint import load_model
+from dupl_cli.engine.run_dir import checkpoint_dirs, read_state
+
+
+runner = CliRunner()
+
+
+def tiny_args(root: Path, tmp: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "tiny-cpu", "--set", f"data.root={root}", "--set", f"train.runs_root={tmp / 'runs'}", *extra]
+
+
+def invoke(args: list[str]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run)))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    phases = [r["phase"] for r in records if "phase" in r]
+    assert {"A", "B", "C"} <= set(phases)
+    last = [r for r in records if "phase" in r][-1]
+    assert {"loss/cls", "loss/ptc", "loss/dis", "loss/seg", "loss/reg", "lr", "tau_h", "noise_share", "images_per_s"} <= set(last)
+    assert any("validation" in r for r in records)
+    # Rotating checkpoints (every 3 steps) and the inference checkpoints with cards.
+    assert [step for step, _ in checkpoint_dirs(run)] == [3, 6]
+    assert read_state(run / "checkpoints" / "step_6")["step"] == 6
+    for name in ("final", "best"):
+        card = json.loads((run / f"{name}.json").read_text())
+        assert card["format"] == "dupl-checkpoint/1" and card["student"] in (1, 2)
+        assert card["classes"] and len(card["palette"]) == len(card["classes"]) + 1
+    assert (run / "config.toml").is_file() and (run / "train.log").is_file()
+    assert not list((run / "checkpoints").glob(".tmp*"))
+
+
+def test_checkpoint_cards_load_without_pickle(tiny_data, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_iters=2", "--set", "method.t_seg=1", "--set", "method.t_anf=2"))
+    import pickle
+
+    def refuse(*_a, **_k):
+        raise AssertionError("pickle used to load a checkpoint")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    model, card = load_model(run / "final.safetensors")
+    state = load_file(str(run / "final.safetensors"))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    assert card["step"] == 2
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_is_exact(tiny_data, tmp_path):
+    common = ["--set", "train.deterministic=true", "--set", "train.ckpt_every=3"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(straight), *common))
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(split), "--max-iters", "3", *common))
+    assert [s for s, _ in checkpoint_dirs(split)] == [3] and not (split / "final.safetensors").exists()
+    resumed = invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(split), "--resume", *common))
+    assert "resumed from" in resumed.output or (split / "train.log").read_text().count("resumed from") == 1
+    a, b = _weights(straight / "checkpoints" / "step_6"), _weights(split / "checkpoints" / "step_6")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_existing_run_needs_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--max-iters", "3"))
+    again = runner.invoke(app, tiny_args(tiny_data, tmp_path, "--run-dir", str(run)))
+    assert again.exit_code == 2 and "already holds a run" in again.output
+
+
+def test_resume_reports_changed_settings(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--max-iters", "3"))
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--resume", "--set", "method.w_reg=0.07"))
+    assert "method.w_reg: 0.05 -> 0.07" in (run / "train.log").read_text()
+
+
+def test_killed_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_iters=40", "--set", "train.ckpt_every=2",
+                     "--set", "train.val_every=1000")  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dupl_cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(checkpoint_dirs(run)) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = checkpoint_dirs(run)[-1][0]
+    assert before < 40
+    result = subprocess.run([sys.executable, "-m", "dupl_cli", *args, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert "resumed from" in log
+    assert read_state(run / "checkpoints" / "step_40")["step"] == 40
+    assert (run / "final.safetensors").is_file()
+
+
+def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch):
+    import dupl_cli.method.step as step_module
+
+    real = step_module.training_step
+
+    def poisoned(model, batch, t, settings, **kw):
+        result = real(model, batch, t, settings, **kw)
+        if t >= 3:  # steps 4.. give NaN in the classification term
+            terms = dict(result.terms, cls=torch.tensor(float("nan")))
+            return result._replace(loss=result.loss * float("nan"), terms=terms)
+        return result
+
+    monkeypatch.setattr(step_module, "training_step", poisoned)
+    run = tmp_path / "run"
+    args = tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_bad_steps=2", "--set", "train.ckpt_every=3")
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "2 non-finite steps in a row (last: cls)" in result.output
+    log = (run / "train.log").read_text()
+    assert "non-finite loss (cls); step skipped" in log
+    # The checkpoint at step 3 is intact and its weights are finite.
+    assert [s for s, _ in checkpoint_dirs(run)] == [3]
+    assert all(torch.isfinite(v).all() for v in _weights(run / "checkpoints" / "step_3").values())
+
+
+def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = invoke(tiny_args(tiny_data, tmp_path, "--dry-run"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert "parameters per_student_trainable" in result.output
+    for phase in ("A", "B", "C"):
+        assert f"dry run: phase {phase}" in result.output
+
+
+@pytest.mark.parametrize("bad", [["data.adapter=folder", "data.root={tmp}/missing"], ["model.arch=vit_nope"]])
+def test_bad_setup_is_one_line(tiny_data, tmp_path, bad):
+    sets = [arg for item in bad for arg in ("--set", item.format(tmp=tmp_path))]
+    result = runner.invoke(app, [*tiny_args(tiny_data, tmp_path), *sets])
+    assert result.exit_code != 0
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
