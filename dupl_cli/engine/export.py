@@ -8,13 +8,16 @@ and outputs, normalisation, classes, palette and the check results.
 
 Graph exports (ONNX, TorchScript) take ``image`` (float32 B×3×H×W, RGB in [0,1] normalised with
 the card's mean/std; any B, H, W) and return ``logits`` (float32 B×(C+1)×H×W, background first,
-upsampled bilinearly to the input size as ``dupl infer`` does) and ``mask`` (int64 B×H×W, their
-argmax); with ``--full`` also ``class_logits`` (B×C), ``cam`` and ``cam_aux`` (raw CAMs at the
-backbone's stride).
+computed exactly as ``dupl infer`` does at one scale without flip: stride padding, bilinear
+upsampling, crop) and ``mask`` (int64 B×H×W, their argmax); with ``--full`` also
+``class_logits`` (B×C), ``cam`` and ``cam_aux`` (raw CAMs of the padded image at the backbone's
+stride).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -38,32 +41,40 @@ INPUT = {
 }
 OUTPUTS = [
     {"name": "logits", "dtype": "float32", "shape": ["batch", "classes+1", "height", "width"],
-     "description": "segmentation logits, background first, bilinearly upsampled to the input size"},
+     "description": "segmentation logits, background first, at the input size (as dupl infer at one scale, no flip)"},
     {"name": "mask", "dtype": "int64", "shape": ["batch", "height", "width"],
      "description": "argmax of logits: 0 background, k the k-th class of 'classes'"},
 ]  # fmt: skip
 FULL_OUTPUTS = [
     {"name": "class_logits", "dtype": "float32", "shape": ["batch", "classes"],
      "description": "image-level class logits (classifier on the max-pooled final map)"},
-    {"name": "cam", "dtype": "float32", "shape": ["batch", "classes", "height/stride", "width/stride"],
+    {"name": "cam", "dtype": "float32", "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
      "description": "raw class activation maps of the final map (no ReLU, no normalisation)"},
-    {"name": "cam_aux", "dtype": "float32", "shape": ["batch", "classes", "height/stride", "width/stride"],
+    {"name": "cam_aux", "dtype": "float32", "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
      "description": "raw class activation maps of the auxiliary map"},
 ]  # fmt: skip
 
 
 class InferenceGraph(nn.Module):
-    """What graph exports trace: one student's inference path, upsampled, plus its argmax."""
+    """What graph exports trace: one student's inference path, upsampled, plus its argmax.
+
+    Like ``dupl infer`` (``tta.padded_forward``), the image is zero-padded right and bottom to a
+    multiple of the backbone stride, and the logits are upsampled to the padded size and cropped.
+    """
 
     def __init__(self, student: nn.Module, full: bool = False) -> None:
         super().__init__()
         self.student = student
         self.full = full
+        self.multiple = int(getattr(student.backbone, "stride", 1) or 1)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        final, aux = self.student.backbone(image)
+        height, width = image.shape[-2], image.shape[-1]
+        padded = F.pad(image, (0, (-width) % self.multiple, 0, (-height) % self.multiple))
+        final, aux = self.student.backbone(padded)
         seg = self.student.head(final)
-        logits = F.interpolate(seg, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        logits = F.interpolate(seg, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        logits = logits[:, :, :height, :width]
         outputs = (logits, logits.argmax(1))
         if self.full:
             pooled = F.adaptive_max_pool2d(final, 1)
@@ -149,7 +160,7 @@ def _export_onnx(graph: InferenceGraph, out: Path, trace_size: int, opset: int, 
     example = torch.randn(1, 3, trace_size, trace_size)
 
     def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")  # exporter chatter; the result is verified below
             torch.onnx.export(
                 graph,
