@@ -30,7 +30,7 @@ demo: install
 	$(DUPL) evaluate $(DEMO_RUN) --preset demo --set data.root=.demo/data
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q tests $(PLUGIN)/tests
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

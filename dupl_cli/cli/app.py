@@ -27,7 +27,6 @@ from dupl_cli.cli import (
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
 from dupl_cli.errors import UserError
 
-
 OPTIONAL_VALUE = {"--resume": "latest"}
 """Options whose value may be left out (``--resume`` alone means the latest checkpoint)."""
 

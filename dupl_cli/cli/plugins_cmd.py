@@ -22,7 +22,8 @@ def list_plugins(
 
     from rich.table import Table
 
-    from dupl_cli.plugins import GROUPS, list_plugins as rows
+    from dupl_cli.plugins import GROUPS
+    from dupl_cli.plugins import list_plugins as rows
 
     plugins = rows()
     if as_json:

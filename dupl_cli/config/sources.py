@@ -7,13 +7,13 @@ Every leaf value remembers which source set it, for ``dupl config show --explain
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from pydantic import ValidationError
 
 from dupl_cli.config.presets import load_config_file, load_layers

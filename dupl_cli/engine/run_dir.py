@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from dupl_cli.engine.checkpoint import atomic_write_text
 from dupl_cli.errors import UserError

@@ -19,7 +19,6 @@ from dupl_cli.cli.app import app
 from dupl_cli.engine.checkpoint import load_model
 from dupl_cli.engine.run_dir import checkpoint_dirs, read_state
 
-
 runner = CliRunner()
 
 
