@@ -17,7 +17,7 @@ StudentOpt = Annotated[
     ),
 ]
 CrfOpt = Annotated[
-    bool, typer.Option("--crf", help='Dense CRF post-processing (needs pip install "dupl[crf]").')
+    bool, typer.Option("--crf", help="Dense CRF post-processing (needs the crf extra: pip install 'dupl\\[crf]').")
 ]
 MultiscaleOpt = Annotated[
     bool, typer.Option("--multiscale", help="Multi-scale + flip TTA (eval.scales, eval.flip).")
