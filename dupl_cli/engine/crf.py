@@ -191,3 +191,36 @@ class CrfPool:
             out += [r for _, r in self.submit_segmentation(i, image, logits, params)]
         out += [r for _, r in self.drain()]
         return out
+
+
+class LabelRouter:
+    """Hands every prediction to ``finish(key, label)``: at once without CRF, or through the pool,
+    whose results for earlier keys come back as later ones are submitted and at ``drain``."""
+
+    def __init__(self, pool: CrfPool | None, finish) -> None:
+        self.pool, self.finish = pool, finish
+
+    def _deliver(self, done) -> None:
+        for key, label in done:
+            self.finish(key, label)
+
+    def segmentation(self, key, image: np.ndarray, logits, params: CrfParams) -> None:
+        """``logits`` K×H×W (torch): argmax, or CRF on its softmax."""
+        if self.pool is None:
+            self.finish(key, logits.argmax(0).byte().cpu().numpy())
+        else:
+            self._deliver(self.pool.submit_segmentation(key, image, logits.cpu().numpy(), params))
+
+    def cams(self, key, image: np.ndarray, cam, image_labels: np.ndarray, params: CrfParams,
+             tau_high: float, tau_low: float, *, without_crf) -> None:
+        """``cam`` C×H×W (torch) for all classes; ``without_crf()`` gives the label when CRF is off."""
+        if self.pool is None:
+            self.finish(key, without_crf())
+            return
+        present = np.flatnonzero(image_labels > 0)
+        self._deliver(self.pool.submit_cams(key, image, cam[present].cpu().numpy(), present + 1, params, tau_high, tau_low))
+
+    def drain(self) -> None:
+        if self.pool is not None:
+            self._deliver(self.pool.drain())
+

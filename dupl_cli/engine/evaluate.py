@@ -93,7 +93,7 @@ def run_evaluate(
     loaded: LoadedModel, adapter, settings, runtime: Runtime, req: EvalRequest, *,
     show_progress: bool = True, log: Callable[[str], None] = print,
 ) -> dict:  # fmt: skip
-    from dupl_cli.engine.crf import CrfParams
+    from dupl_cli.engine.crf import CrfParams, LabelRouter
     from dupl_cli.engine.validation import ShardView
 
     if not adapter.has_masks:
@@ -129,6 +129,7 @@ def run_evaluate(
             samples_for_report[i]["prediction"] = pred_t.cpu().numpy().astype(np.uint8)
 
     pool = crf_pool_or_none(req.crf, settings)
+    router = LabelRouter(pool, record)
     bar, task = progress(f"evaluate {req.split}", len(shard), show_progress and runtime.is_main)
     try:
         with bar:
@@ -145,24 +146,13 @@ def run_evaluate(
                     masks[key] = mask
                     if req.cams:
                         cam = fn(x) if not tta.resize else _resized_cam(fn, x, tta.resize)
-                        if pool is None:
-                            record(key, cam_label(cam, labels, settings.eval.cam_threshold)[0])
-                            continue
-                        present = np.flatnonzero(sample.labels > 0)
-                        done = pool.submit_cams(key, sample.image, cam[0, present].cpu().numpy(), present + 1, params,
-                                                crf.cam_tau_high, crf.cam_tau_low)  # fmt: skip
+                        router.cams(key, sample.image, cam[0], sample.labels, params, crf.cam_tau_high, crf.cam_tau_low,
+                                    without_crf=lambda cam=cam, labels=labels: cam_label(cam, labels, settings.eval.cam_threshold)[0])  # fmt: skip
                     else:
                         logits = tta_logits(fn, x, tta, multiple=stride_of(loaded.model))[0]
-                        if pool is None:
-                            record(key, logits.argmax(0))
-                            continue
-                        done = pool.submit_segmentation(key, sample.image, logits.cpu().numpy(), params)
-                    for done_key, pred in done:
-                        record(done_key, pred)
+                        router.segmentation(key, sample.image, logits, params)
                 bar.advance(task)
-            if pool is not None:
-                for done_key, pred in pool.drain():
-                    record(done_key, pred)
+            router.drain()
     finally:
         if pool is not None:
             pool.close()

@@ -166,7 +166,7 @@ def run_infer(
     show_progress: bool = True, log: Callable[[str], None] = print,
 ) -> InferResult:  # fmt: skip
     from dupl_cli.data.images import read_image
-    from dupl_cli.engine.crf import CrfParams
+    from dupl_cli.engine.crf import CrfParams, LabelRouter
     from dupl_cli.engine.visualize import overlay as make_overlay
     from dupl_cli.engine.visualize import save_mask
 
@@ -195,6 +195,7 @@ def run_infer(
             )
 
     pool = crf_pool_or_none(use_crf, settings)
+    router = LabelRouter(pool, finish)
     bar, task = progress("infer", len(files), show_progress)
     try:
         with bar:
@@ -212,15 +213,9 @@ def run_infer(
                 if probs:
                     _save_probs(out / f"{stem}_probs.npz", logits, loaded.classes)
                 images[stem] = image
-                if pool is None:
-                    finish(stem, logits.argmax(0).to(torch.uint8).cpu().numpy())
-                else:
-                    for key, mask in pool.submit_segmentation(stem, image, logits.cpu().numpy(), params):
-                        finish(key, mask)
+                router.segmentation(stem, image, logits, params)
                 bar.advance(task)
-            if pool is not None:
-                for key, mask in pool.drain():
-                    finish(key, mask)
+            router.drain()
     finally:
         if pool is not None:
             pool.close()

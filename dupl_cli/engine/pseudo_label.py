@@ -73,7 +73,7 @@ def run_pseudo_label(
     loaded: LoadedModel, adapter, settings, runtime: Runtime, req: PseudoLabelRequest, *,
     show_progress: bool = True, log: Callable[[str], None] = print,
 ) -> dict:  # fmt: skip
-    from dupl_cli.engine.crf import CrfParams
+    from dupl_cli.engine.crf import CrfParams, LabelRouter
     from dupl_cli.engine.validation import ShardView
     from dupl_cli.engine.visualize import load_mask, save_mask
 
@@ -114,6 +114,7 @@ def run_pseudo_label(
             report_rows[i]["pseudo"] = label
 
     pool = crf_pool_or_none(req.crf, settings)
+    router = LabelRouter(pool, finish)
     bar, task = progress(f"pseudo-label {req.split}", len(ids), show_progress and runtime.is_main)
     try:
         with bar:
@@ -139,27 +140,14 @@ def run_pseudo_label(
                     cam = fn(x)
                     if i in report_rows:
                         report_rows[i]["cam"] = cam[0].cpu().numpy()
-                    if pool is None:
-                        lab = thresholded_cam_label(cam, labels, crf.cam_tau_high, crf.cam_tau_low)[0]
-                        finish(i, lab.to(torch.uint8).cpu().numpy())
-                        bar.advance(task)
-                        continue
-                    present = np.flatnonzero(sample.labels > 0)
-                    done = pool.submit_cams(i, sample.image, cam[0, present].cpu().numpy(), present + 1, params,
-                                            crf.cam_tau_high, crf.cam_tau_low)  # fmt: skip
+                    router.cams(i, sample.image, cam[0], sample.labels, params, crf.cam_tau_high, crf.cam_tau_low,
+                                without_crf=lambda cam=cam, labels=labels: thresholded_cam_label(cam, labels, crf.cam_tau_high, crf.cam_tau_low)[0]
+                                .byte().cpu().numpy())  # fmt: skip
                 else:
                     logits = tta_logits(fn, x, tta, multiple=stride_of(loaded.model))[0]
-                    if pool is None:
-                        finish(i, logits.argmax(0).to(torch.uint8).cpu().numpy())
-                        bar.advance(task)
-                        continue
-                    done = pool.submit_segmentation(i, sample.image, logits.cpu().numpy(), params)
-                for key, lab in done:
-                    finish(key, lab)
+                    router.segmentation(i, sample.image, logits, params)
                 bar.advance(task)
-            if pool is not None:
-                for key, lab in pool.drain():
-                    finish(key, lab)
+            router.drain()
     finally:
         if pool is not None:
             pool.close()
