@@ -40,8 +40,9 @@ def pixel_affinity(images: torch.Tensor, *, dilations=DILATIONS, w_color: float 
     images = images.float()
     near = neighbours(images, dilations)  # B×3×N×H×W
     std = near.std(dim=2, keepdim=True)  # unbiased, over the N neighbours
-    color = -(((near - images.unsqueeze(2)).abs() / (std + 1e-8) / w_color) ** 2)
-    color = color.mean(dim=1)  # over RGB -> B×N×H×W
+    # (|I_j - I_i| / (std + 1e-8) / w)^2 in place, as one reciprocal scale and a square (no abs needed).
+    scale = ((std + 1e-8) * w_color).reciprocal_()
+    color = near.sub_(images.unsqueeze(2)).mul_(scale).square_().mean(dim=1).neg_()  # B×N×H×W
     # Axial neighbours sit at distance d, diagonal ones at sqrt(2)·d.
     distance = torch.tensor(
         [(math.sqrt(2) * d if dy and dx else float(d)) for d in dilations for dy, dx in STENCIL],
