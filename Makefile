@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# Re-runnable: the generated data is kept, the demo run is trained afresh.
 demo: install
-	$(DUPL) data demo --out .demo/data
+	test -f .demo/data/classes.txt || $(DUPL) data demo --out .demo/data
+	rm -rf $(DEMO_RUN)
 	$(DUPL) train --preset demo --set data.root=.demo/data --run-dir $(DEMO_RUN)
 	$(DUPL) evaluate $(DEMO_RUN) --preset demo --set data.root=.demo/data
 
