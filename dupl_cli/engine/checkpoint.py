@@ -100,7 +100,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
     model = build_dual_student(model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size)
     try:
-        state = load_file(str(path), device=str(map_location))
+        state = load_file(str(path))  # to CPU; the model moves as a whole below
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
