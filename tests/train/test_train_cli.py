@@ -165,3 +165,17 @@ def test_bad_setup_is_one_line(tiny_data, tmp_path, bad):
     result = runner.invoke(app, [*tiny_args(tiny_data, tmp_path), *sets])
     assert result.exit_code != 0
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
+
+
+def test_tensorboard_tracker_writes_scalars_and_image_grids(tiny_data, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.tracker=tensorboard"))
+    files = list((run / "events").rglob("events.out.tfevents.*"))
+    assert files
+    acc = EventAccumulator(str(files[0].parent))
+    acc.Reload()
+    assert "loss/total" in acc.Tags()["scalars"] and "val/seg_s1" in acc.Tags()["scalars"]
+    assert any("grid" in tag for tag in acc.Tags()["images"])

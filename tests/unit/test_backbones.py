@@ -117,3 +117,9 @@ def test_unknown_family_and_arch():
         build_backbone(ModelSettings(backbone="vit", arch="resnet50", pretrained="none"), 64)
     with pytest.raises(UserError, match="timm has no model"):
         build_backbone(ModelSettings(backbone="vit", arch="vit_nonexistent", pretrained="none"), 64)
+
+
+def test_timm_hub_weights_offline_is_one_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="cannot download timm weights for test_vit.*offline"):
+        build_backbone(ModelSettings(backbone="vit", arch="test_vit", pretrained="timm"), 64)
