@@ -47,10 +47,12 @@ def _acc_dtype(device: torch.device) -> torch.dtype:
 
 
 class _Histogram:
-    """Per-row counts, Σx and Σx² of the masked values in ``bins`` equal bins over [min, max].
+    """Per-row counts of the masked values in ``bins`` equal bins over [min, max], with raw moments.
 
-    Non-masked pixels land in a spill bin per row, so building it is one pass over N×P with no
-    packing and no host sync; ``prefix`` holds the cumulative sums (float64) for O(1) split queries.
+    Only counts are scattered (one bincount over N×P; non-masked pixels land in a spill bin per
+    row). Each bin's pixels are taken as uniform over the bin, so Σx and Σx² per bin follow from the
+    count (error ~width²: ~1e-9 relative). Moments are kept in bin units u = (x - lo)·scale as
+    [n, n·u, n·(u² + 1/12)] with float64 prefix sums for O(1) split queries.
     """
 
     def __init__(self, x: torch.Tensor, mask: torch.Tensor, bins: int):
@@ -58,58 +60,89 @@ class _Histogram:
         acc = _acc_dtype(x.device)
         x = x.float()
         self.bins = bins
-        self.count = mask.sum(1).to(acc)
-        big = torch.finfo(torch.float32).max
-        has = self.count > 0
-        lo = torch.where(mask, x, big).amin(1).to(acc)
-        hi = torch.where(mask, x, -big).amax(1).to(acc)
-        lo, hi = torch.where(has, lo, 0), torch.where(has, hi, 1)
+        count = mask.sum(1)
+        self.count = count.to(acc)
+        # The k-means++ first centre (sklearn's uniform choice: the floor(u·n)-th masked pixel in
+        # raster order) and the first/last masked pixels, from block counts of the mask.
+        first_target = (torch.tensor(_RS0_FIRST, dtype=acc, device=x.device) * self.count).floor()
+        bounds = torch.stack([torch.ones_like(self.count), first_target + 1, self.count.clamp_min(1)], 1)
+        self.first_fit, first, self.last_fit = _first_reaching(mask, bounds).unbind(1)
+        self.c0 = x.gather(1, first.unsqueeze(1))
+        # Non-masked pixels take c0's value: one min/max pass, zero distance to c0 for k-means++,
+        # and in the histogram they all land in c0's bin, where they are taken off again.
+        self.filled = torch.where(mask, x, self.c0)
+        lo, hi = (t.to(acc) for t in torch.aminmax(self.filled, dim=1))
         self.lo = lo.unsqueeze(1)
         self.scale = (bins / (hi - lo).clamp_min(1e-12)).unsqueeze(1)
         # Bin index per pixel (the row offset added as integers: float32 could not hold it exactly).
-        pos = torch.addcmul((-self.lo * self.scale).float(), x, self.scale.float()).clamp_(0, bins - 1)
-        pos = torch.where(mask, pos, bins).long()
-        flat = (pos + torch.arange(n_rows, device=x.device).unsqueeze(1) * (bins + 1)).reshape(-1)
-        size = n_rows * (bins + 1)
-        n = torch.bincount(flat, minlength=size).view(n_rows, bins + 1)[:, :bins].to(acc)
-        s1 = torch.zeros(size, device=x.device).scatter_add_(0, flat, x.reshape(-1)).view(n_rows, bins + 1)[:, :bins].to(acc)
-        # Σx² per bin = n·mean² + the spread inside the bin (≤ n·width²/4, taken as uniform's
-        # n·width²/12): a relative error ~1e-9 that saves a scatter over every pixel.
-        s2 = s1.square() / n.clamp_min(1) + n / (12 * self.scale.square())
-        self.hist = torch.stack([n, s1, s2])  # 3×N×bins: [count, Σx, Σx²]
-        self.prefix = F.pad(torch.cumsum(self.hist, 2), (1, 0))  # prefix[..., j] = sum of bins < j
-        self.total = self.prefix[:, :, -1]  # 3×N
+        pos = torch.addcmul((-self.lo * self.scale).float(), self.filled, self.scale.float()).clamp_(0, bins - 1).int()
+        c0_bin = pos.gather(1, first.unsqueeze(1)).long()
+        pos += torch.arange(0, n_rows * bins, bins, device=x.device, dtype=torch.int32).unsqueeze(1)
+        n = torch.bincount(pos.view(-1), minlength=n_rows * bins).view(n_rows, bins)
+        n.scatter_add_(1, c0_bin, (count - x.shape[1]).unsqueeze(1))
+        self.raw = raw = torch.empty(3, n_rows, bins, dtype=acc, device=x.device)  # [n, n·u, n·(u² + 1/12)]
+        raw[0] = n
+        u = torch.arange(bins, device=x.device, dtype=acc) + 0.5
+        torch.mul(raw[0], u, out=raw[1])
+        torch.mul(raw[0], u.square_().add_(1 / 12), out=raw[2])
+        self.cum = torch.cumsum(raw, 2)  # cum[..., j] = sum of bins <= j
+        self.total = self.physical(self.cum[:, :, -1:]).squeeze(2)  # 3×N
+
+    def physical(self, raw: torch.Tensor) -> torch.Tensor:
+        """[Σ1, Σu, Σu²] (3×N×K, bin units) -> [Σ1, Σx, Σx²] with x = lo + u / scale."""
+        inv = self.scale.reciprocal()
+        r0, r1, r2 = raw
+        s1 = self.lo * r0 + inv * r1
+        return torch.stack([r0, s1, self.lo * (s1 + inv * r1) + inv.square() * r2])
+
+    def below_raw(self, pos: torch.Tensor) -> torch.Tensor:
+        """Raw moments of each row's values with u < pos (N×K); the straddled bin pro rata."""
+        pos = pos.clamp(0, self.bins)
+        j = pos.floor().clamp_(max=self.bins - 1)
+        rest = j + 1 - pos
+        j = j.long().unsqueeze(0).expand(3, -1, -1)
+        return self.cum.gather(2, j) - self.raw.gather(2, j) * rest
 
     def below(self, t: torch.Tensor) -> torch.Tensor:
-        """3×N×K [count, Σx, Σx²] of each row's values < t (N×K); the straddled bin pro rata."""
-        pos = (t - self.lo) * self.scale
-        j = pos.floor().clamp(0, self.bins - 1)
-        frac = (pos - j).clamp(0, 1)
-        j = j.long().unsqueeze(0).expand(3, -1, -1)
-        return self.prefix.gather(2, j) + self.hist.gather(2, j) * frac
+        """3×N×K [count, Σx, Σx²] of each row's values < t (N×K)."""
+        return self.physical(self.below_raw((t - self.lo) * self.scale))
 
 
-def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, max_iter: int = 64) -> torch.Tensor:
+def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 256, scale_by_total: bool = False) -> torch.Tensor:
+    """Per row the first index where the running sum of ``weights`` (N×P, >= 0) reaches ``targets``
+    (N×K), as searchsorted on the cumsum would give, clamped to P-1. Sums are float64 over blocks,
+    so no cumsum over all pixels is built."""
+    n_rows, size = weights.shape
+    pad = -size % block
+    if pad:
+        weights = torch.cat([weights, weights.new_zeros(n_rows, pad)], 1)
+    blocks = weights.view(n_rows, -1, block)
+    acc = targets.dtype
+    block_cum = torch.cumsum(blocks.sum(2).to(acc), 1)
+    if scale_by_total:  # targets are fractions of each row's total
+        targets = targets * block_cum[:, -1:]
+    b = torch.searchsorted(block_cum, targets).clamp_(max=blocks.shape[1] - 1)  # N×K
+    before = torch.where(b > 0, block_cum.gather(1, (b - 1).clamp_(min=0)), 0)
+    inside = blocks.gather(1, b.unsqueeze(2).expand(-1, -1, block))  # N×K×block
+    local = torch.cumsum(inside, 2, dtype=acc) + before.unsqueeze(2)
+    j = torch.searchsorted(local, targets.unsqueeze(2)).squeeze(2).clamp_(max=block - 1)
+    return (b * block + j).clamp_(max=size - 1)
+
+
+def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, max_iter: int = 64, check_after: int = 12) -> torch.Tensor:
     """scikit-learn's KMeans(2, n_init=1, random_state=0) centres per row: N×2, in its order."""
     count, total = hist.count, hist.total
     acc = count.dtype
     safe = count.clamp_min(1)
     var = (total[2] / safe - (total[1] / safe).square()).clamp_min(0)
-    tol = var * _KMEANS_TOL
 
-    # k-means++ first centre: the floor(u·n)-th masked pixel in raster order (sklearn's choice
-    # with uniform p); then the better of two trials drawn from the squared-distance distribution
-    # (cumsum in float64 as sklearn's stable_cumsum).
-    rank = torch.cumsum(mask, 1, dtype=torch.int32)
-    first_target = (torch.tensor(_RS0_FIRST, dtype=acc, device=x.device) * count).floor()
-    bounds = torch.stack([torch.ones_like(count), first_target + 1, count.clamp_min(1)], 1)
-    first_fit, first, last_fit = torch.searchsorted(rank, bounds.to(torch.int32)).clamp_(max=x.shape[1] - 1).unbind(1)
-    c0 = x.gather(1, first.unsqueeze(1))
-    d0 = torch.where(mask, x.float() - c0.float(), 0).to(acc)
-    cum = torch.cumsum(d0.square_(), 1)
-    trials = torch.tensor(_RS0_TRIALS, dtype=acc, device=x.device) * cum[:, -1:]
-    cand_pos = torch.searchsorted(cum, trials)
-    cand_pos = torch.minimum(torch.maximum(cand_pos, first_fit.unsqueeze(1)), last_fit.unsqueeze(1))
+    # k-means++: after the first centre (see _Histogram), the better of two trials drawn from the
+    # squared-distance distribution in raster order (float64 running sums as sklearn's stable_cumsum).
+    c0 = hist.c0
+    d0 = (hist.filled - c0.float()).square_()  # 0 off the mask
+    trials = torch.tensor(_RS0_TRIALS, dtype=acc, device=x.device)
+    cand_pos = _first_reaching(d0, trials, scale_by_total=True)
+    cand_pos = torch.minimum(torch.maximum(cand_pos, hist.first_fit.unsqueeze(1)), hist.last_fit.unsqueeze(1))
     cand = x.gather(1, cand_pos).to(acc)  # N×2
     c0 = c0.to(acc).expand_as(cand)
     # Potential of {c0, candidate}: each side of their midpoint around its own centre.
@@ -120,27 +153,33 @@ def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, ma
     c1 = cand.gather(1, cand_pot.argmin(1, keepdim=True)).squeeze(1)
     c0 = c0[:, 0]
 
-    # Lloyd in 1-D keeps the centres' order, so track them sorted ([low, high], N×2) and restore
-    # sklearn's order last. Each step: the split at the midpoint from the prefix sums.
+    # Lloyd in 1-D keeps the centres' order, so track them sorted ([low, high], N×2) in bin units
+    # and restore sklearn's order last. Each step: the split at the midpoint from the prefix sums.
     swapped = c0 > c1
-    centres = torch.stack([torch.minimum(c0, c1), torch.maximum(c0, c1)], 1)
-    prefix = hist.prefix[:2]  # count, Σx
-    offset, scale = -hist.lo * hist.scale, hist.scale
+    centres = (torch.stack([torch.minimum(c0, c1), torch.maximum(c0, c1)], 1) - hist.lo) * hist.scale
+    tol = var * _KMEANS_TOL * hist.scale.squeeze(1).square()
+    cum, raw = hist.cum[:2], hist.raw[:2]  # [n, n·u]
+    tot = cum[:, :, -1]  # 2×N
+    top = hist.bins - 1
     done = count < 2
     n_old = torch.full_like(count, -1)
-    for _ in range(max_iter):
-        pos = torch.addcmul(offset, centres.mean(1, keepdim=True), scale).clamp_(0, hist.bins)
-        j = pos.floor().clamp_(max=hist.bins - 1)
-        at = prefix.gather(2, torch.cat([j, j + 1], 1).long().expand(2, -1, -1))
-        n_low, sum_low = torch.lerp(at[..., 0], at[..., 1], pos.squeeze(1) - j.squeeze(1))
-        n = torch.stack([n_low, count - n_low], 1)
+    for step in range(max_iter):
+        if step == check_after and bool(done.all()):  # the one host sync: most maps settle in < 12 steps
+            break
+        pos = centres.sum(1, keepdim=True).mul_(0.5).clamp_(0, hist.bins)
+        j = pos.floor().clamp_(max=top)
+        jj = j.long().expand(2, -1, -1)
+        low = (cum.gather(2, jj) - raw.gather(2, jj) * (j + 1 - pos)).squeeze(2)  # 2×N: [n, Σu] below the midpoint
+        parts = torch.stack([low, tot - low], 2)  # 2×N×2(side)
+        n = parts[0]
         # An empty cluster keeps its centre (sklearn relocates it; with 2 clusters in 1-D and
         # distinct centres this cannot happen).
-        new = torch.where(n > 0.5, torch.stack([sum_low, total[1] - sum_low], 1) / n.clamp_min(0.5), centres)
-        shift = (new - centres).square().sum(1)
+        new = torch.where(n > 0.5, parts[1] / n.clamp_min(0.5), centres)
+        shift = (new - centres).square_().sum(1)
         centres = torch.where(done.unsqueeze(1), centres, new)
-        done = done | (n_low == n_old) | (shift <= tol)
-        n_old = n_low
+        done = done | (low[0] == n_old) | (shift <= tol)
+        n_old = low[0]
+    centres = hist.lo + centres / hist.scale
     return torch.where(swapped.unsqueeze(1), centres.flip(1), centres)
 
 
@@ -187,7 +226,8 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, re
     # the bin's exact Σ1, Σx, Σx² (midpoint rule: the error is second order in the bin width,
     # ~1e-6 relative at 1/8192 of the range, below float32 per-pixel arithmetic's own).
     n_rows = x.shape[0]
-    stats = hist.hist.reshape(3, n_rows, _EM_BINS, -1).sum(3).flip(0).transpose(0, 1).contiguous()  # N×3×B: [Σx², Σx, Σ1]
+    groups = hist.physical(hist.raw.view(3, n_rows, _EM_BINS, -1).sum(3))  # 3×N×B: [Σ1, Σx, Σx²]
+    stats = groups.flip(0).transpose(0, 1).contiguous()  # N×3×B: [Σx², Σx, Σ1]
     centre_of_bin = hist.lo + (torch.arange(_EM_BINS, device=x.device, dtype=acc) + 0.5) * (_FINE_BINS // _EM_BINS) / hist.scale
     mean_of_bin = torch.where(stats[:, 2] > 0, stats[:, 1] / stats[:, 2].clamp_min(1), centre_of_bin)
     powers = torch.stack([mean_of_bin.square(), mean_of_bin, torch.ones_like(mean_of_bin)], 1)  # N×3×B
