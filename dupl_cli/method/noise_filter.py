@@ -70,14 +70,17 @@ class _Histogram:
         bounds = torch.stack([torch.ones_like(self.count), first_target + 1, self.count.clamp_min(1)], 1)
         self.first_fit, first, self.last_fit = _first_reaching(mask, bounds).unbind(1)
         self.c0 = x.gather(1, first.unsqueeze(1))
-        # Non-masked pixels take c0's value: one min/max pass, zero distance to c0 for k-means++,
-        # and in the histogram they all land in c0's bin, where they are taken off again.
-        self.filled = torch.where(mask, x, self.c0)
-        lo, hi = (t.to(acc) for t in torch.aminmax(self.filled, dim=1))
-        self.lo = lo.unsqueeze(1)
-        self.scale = (bins / (hi - lo).clamp_min(1e-12)).unsqueeze(1)
+        # Distances to c0, zero off the mask: min/max need no fill value, k-means++ reuses them, and
+        # in the histogram the non-masked pixels all land in c0's bin, where they are taken off.
+        # Pixel-sized buffers are reused in place (fresh ones cost page faults on every call).
+        self.dist = d = (x - self.c0).masked_fill_(~mask, 0)  # not mul_: inf off the mask must not leak
+        c0 = self.c0.to(acc)
+        self.lo = d.amin(1, keepdim=True).to(acc) + c0
+        hi = d.amax(1, keepdim=True).to(acc) + c0
+        self.scale = bins / (hi - self.lo).clamp_min(1e-12)
         # Bin index per pixel (the row offset added as integers: float32 could not hold it exactly).
-        pos = torch.addcmul((-self.lo * self.scale).float(), self.filled, self.scale.float()).clamp_(0, bins - 1).int()
+        self.scratch = pos = torch.addcmul(((c0 - self.lo) * self.scale).float(), d, self.scale.float()).clamp_(0, bins - 1)
+        pos = pos.view(torch.int32).copy_(pos)  # converted in place: each element is read, then written
         c0_bin = pos.gather(1, first.unsqueeze(1)).long()
         pos += torch.arange(0, n_rows * bins, bins, device=x.device, dtype=torch.int32).unsqueeze(1)
         n = torch.bincount(pos.view(-1), minlength=n_rows * bins).view(n_rows, bins)
@@ -141,7 +144,7 @@ def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, ma
     # k-means++: after the first centre (see _Histogram), the better of two trials drawn from the
     # squared-distance distribution in raster order (float64 running sums as sklearn's stable_cumsum).
     c0 = hist.c0
-    d0 = (hist.filled - c0.float()).square_()  # 0 off the mask
+    d0 = hist.dist.square_()  # 0 off the mask (the buffer is not needed as distances afterwards)
     trials = torch.tensor(_RS0_TRIALS, dtype=acc, device=x.device)
     cand_pos = _first_reaching(d0, trials, scale_by_total=True)
     cand_pos = torch.minimum(torch.maximum(cand_pos, hist.first_fit.unsqueeze(1)), hist.last_fit.unsqueeze(1))
@@ -217,7 +220,7 @@ def _moments_to_params(comp1, totals, reg):
     return nk, means, variances
 
 
-def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, reg) -> MixtureFit:
+def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, reg) -> tuple[MixtureFit, _Histogram]:
     hist = _Histogram(x, mask, _FINE_BINS)
     count, total = hist.count, hist.total
     acc = count.dtype
@@ -270,7 +273,7 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, re
     # (e.g. a single-valued map): its mean is a placeholder, so the fit is not a real split.
     populated = (weights * count.unsqueeze(1)).amin(1) >= 1
     valid = fitted & populated & ((means[:, 0] - means[:, 1]).abs() > eta)
-    return MixtureFit(means, variances, weights, fitted, valid, n_iter, count.long())
+    return MixtureFit(means, variances, weights, fitted, valid, n_iter, count.long()), hist
 
 
 def fit_two_gaussians(
@@ -284,7 +287,7 @@ def fit_two_gaussians(
     reg: float = 5e-4,
 ) -> MixtureFit:
     """Fit one 1-D two-component mixture per row of ``losses`` (N×P) over ``mask`` (N×P bool)."""
-    return _fit(losses, mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)
+    return _fit(losses, mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)[0]
 
 
 def noisy_pixels(
@@ -311,8 +314,10 @@ def noisy_pixels(
     x = losses.detach().reshape(shape[0], -1)
     lab = labels.reshape(shape[0], -1)
     not_bg = lab != 0
-    fit_mask = not_bg & (lab != 255) & (x > loss_floor)
-    fit = _fit(x, fit_mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)
+    fit_mask = lab != 255
+    fit_mask &= not_bg
+    fit_mask &= x > loss_floor
+    fit, hist = _fit(x, fit_mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)
     centre = (fit.means * fit.weights).sum(1)  # centring keeps the float32 quadratic accurate
 
     # posterior(noise) > gamma <=> log odds of the noise component > logit(gamma); the log odds
@@ -323,9 +328,12 @@ def noisy_pixels(
     coef = coef * torch.where(noise_is_1, 1.0, -1.0).to(coef.dtype).unsqueeze(1)
     coef[:, 2].masked_fill_(~fit.valid, -math.inf)  # no noise on a map without a valid fit
     coef = coef.float()
-    xc = x.float() - centre.float().unsqueeze(1)
-    odds = torch.addcmul(coef[:, 2:3], torch.addcmul(coef[:, 1:2], xc, coef[:, 0:1]), xc)
-    noise = (odds > math.log(gamma / (1 - gamma))) & not_bg
+    # The histogram's two float32 pixel buffers are free now: reuse them.
+    xc = torch.sub(x.float(), centre.float().unsqueeze(1), out=hist.dist)
+    odds = torch.addcmul(coef[:, 1:2], xc, coef[:, 0:1], out=hist.scratch)
+    torch.addcmul(coef[:, 2:3], odds, xc, out=odds)
+    noise = odds > math.log(gamma / (1 - gamma))
+    noise &= not_bg
     if one_sided:
         clean_mean = torch.where(noise_is_1, means_c[:, 0], means_c[:, 1]).float().unsqueeze(1)
         noise &= xc > clean_mean
