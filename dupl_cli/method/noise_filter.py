@@ -123,7 +123,14 @@ def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 2
         weights = torch.cat([weights, weights.new_zeros(n_rows, pad)], 1)
     blocks = weights.view(n_rows, -1, block)
     acc = targets.dtype
-    block_cum = torch.cumsum(blocks.sum(2).to(acc), 1)
+    if weights.dtype == torch.bool and weights.is_contiguous() and weights.storage_offset() % 8 == 0:
+        # Bytes summed as packed int64 words (each byte's sum <= block/8 < 256: no carries), then
+        # the 8 byte sums added: no int64 copy of the whole mask.
+        words = weights.view(torch.int64).view(n_rows, -1, block // 8).sum(2)
+        block_sums = words.view(torch.uint8).view(n_rows, -1, 8).sum(2)
+    else:
+        block_sums = blocks.sum(2)
+    block_cum = torch.cumsum(block_sums.to(acc), 1)
     if scale_by_total:  # targets are fractions of each row's total
         targets = targets * block_cum[:, -1:]
     b = torch.searchsorted(block_cum, targets).clamp_(max=blocks.shape[1] - 1)  # N×K
