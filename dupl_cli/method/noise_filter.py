@@ -83,8 +83,10 @@ class _Histogram:
         pos = pos.view(torch.int32).copy_(pos)  # converted in place: each element is read, then written
         c0_bin = pos.gather(1, first.unsqueeze(1)).long()
         pos += torch.arange(0, n_rows * bins, bins, device=x.device, dtype=torch.int32).unsqueeze(1)
-        n = torch.bincount(pos.view(-1), minlength=n_rows * bins).view(n_rows, bins)
-        n.scatter_add_(1, c0_bin, (count - x.shape[1]).unsqueeze(1))
+        # index_add_ takes the int32 indices as they are (bincount would copy them to int64).
+        ones = torch.ones(1, dtype=torch.int32, device=x.device).expand(pos.numel())
+        n = torch.zeros(n_rows * bins, dtype=torch.int32, device=x.device).index_add_(0, pos.view(-1), ones)
+        n = n.view(n_rows, bins).scatter_add_(1, c0_bin, (count - x.shape[1]).int().unsqueeze(1))
         self.raw = raw = torch.empty(3, n_rows, bins, dtype=acc, device=x.device)  # [n, n·u, n·(u² + 1/12)]
         raw[0] = n
         u = torch.arange(bins, device=x.device, dtype=acc) + 0.5
