@@ -62,7 +62,7 @@ class _Histogram:
         acc = _acc_dtype(x.device)
         x = x.float()
         self.bins = bins
-        count = mask.sum(1)
+        count = _block_sums(mask)[1].sum(1)  # mask.sum(1) would copy the mask to int64
         self.count = count.to(acc)
         # The k-means++ first centre (sklearn's uniform choice: the floor(u·n)-th masked pixel in
         # raster order) and the first/last masked pixels, from block counts of the mask.
@@ -115,23 +115,28 @@ class _Histogram:
         return self.physical(self.below_raw((t - self.lo) * self.scale))
 
 
-def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 256, scale_by_total: bool = False) -> torch.Tensor:
-    """Per row the first index where the running sum of ``weights`` (N×P, >= 0) reaches ``targets``
-    (N×K), as searchsorted on the cumsum would give, clamped to P-1. Sums are float64 over blocks,
-    so no cumsum over all pixels is built."""
+def _block_sums(weights: torch.Tensor, block: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """weights (N×P) as N×blocks×block (zero-padded) and the per-block sums."""
     n_rows, size = weights.shape
     pad = -size % block
     if pad:
         weights = torch.cat([weights, weights.new_zeros(n_rows, pad)], 1)
     blocks = weights.view(n_rows, -1, block)
-    acc = targets.dtype
     if weights.dtype == torch.bool and weights.is_contiguous() and weights.storage_offset() % 8 == 0:
         # Bytes summed as packed int64 words (each byte's sum <= block/8 < 256: no carries), then
         # the 8 byte sums added: no int64 copy of the whole mask.
         words = weights.view(torch.int64).view(n_rows, -1, block // 8).sum(2)
-        block_sums = words.view(torch.uint8).view(n_rows, -1, 8).sum(2)
-    else:
-        block_sums = blocks.sum(2)
+        return blocks, words.view(torch.uint8).view(n_rows, -1, 8).sum(2)
+    return blocks, blocks.sum(2)
+
+
+def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 256, scale_by_total: bool = False) -> torch.Tensor:
+    """Per row the first index where the running sum of ``weights`` (N×P, >= 0) reaches ``targets``
+    (N×K), as searchsorted on the cumsum would give, clamped to P-1. Sums are float64 over blocks,
+    so no cumsum over all pixels is built."""
+    n_rows, size = weights.shape
+    blocks, block_sums = _block_sums(weights, block)
+    acc = targets.dtype
     block_cum = torch.cumsum(block_sums.to(acc), 1)
     if scale_by_total:  # targets are fractions of each row's total
         targets = targets * block_cum[:, -1:]
