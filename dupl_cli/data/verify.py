@@ -44,6 +44,34 @@ class SplitReport:
         return d
 
 
+def _where(adapter, i: int, sample_id: str) -> str:
+    try:
+        return str(adapter.path_of(i))
+    except Exception:  # a third-party adapter without paths: name the id
+        return f"sample {sample_id!r}"
+
+
+def _check_sample_contract(sample, num_classes: int, where: str) -> None:
+    """What any adapter (also a third party's) must return; the built-ins check this while decoding."""
+    image, labels, mask = sample.image, np.asarray(sample.labels), sample.mask
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        shape = getattr(image, "shape", None)
+        raise DataError(f"{where}: image must be uint8 H×W×3, got {getattr(image, 'dtype', type(image).__name__)} {shape}")
+    if labels.shape != (num_classes,):
+        raise DataError(f"{where}: labels must have {num_classes} entries (one per class), got shape {labels.shape}")
+    if not (labels > 0).any():
+        raise DataError(f"{where}: image has no class label (every training image needs at least one)")
+    if mask is None:
+        return
+    mask = np.asarray(mask)
+    if mask.shape != image.shape[:2]:
+        raise DataError(f"{where}: mask shape {mask.shape} differs from image size {image.shape[:2]}")
+    values = np.unique(mask)
+    bad = values[(values > num_classes) & (values != 255)]
+    if bad.size:
+        raise DataError(f"{where}: mask values {bad.tolist()[:5]} out of range (valid: 0..{num_classes} and 255 ignore)")
+
+
 def _check_one(adapter, i: int, full: bool):
     """Decode one sample (images at reduced JPEG scale unless ``full``); returns (hw, labels) or raises DataError."""
     sample_id = adapter.sample_id(i) if hasattr(adapter, "sample_id") else adapter.ids[i]
@@ -58,6 +86,7 @@ def _check_one(adapter, i: int, full: bool):
             raise DataError(f"{adapter.image_path(sample_id)}: image has no class label (every training image needs at least one)")
     else:
         sample = adapter[i]
+        _check_sample_contract(sample, len(adapter.classes), _where(adapter, i, sample_id))
         hw, mask, labels = sample.image.shape[:2], sample.mask, sample.labels
     if mask is not None and hasattr(adapter, "explicit_labels"):
         explicit = adapter.explicit_labels(sample_id)
