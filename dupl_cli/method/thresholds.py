@@ -67,9 +67,14 @@ def cam_to_label(cam, labels, *, tau_high, tau_low: float, img_box=None, ignore:
     return out
 
 
+def cam_on_grid(cam: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A normalised full-size CAM resized (bilinear) to the token grid, as PTC token labels see it."""
+    return F.interpolate(cam.float(), size=grid, mode="bilinear", align_corners=False)
+
+
 def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=None, pixel_box: bool = False, ignore: int = IGNORE):
     """PTC token labels: the normalised aux CAM resized to the token grid, then thresholded."""
-    tok = F.interpolate(cam_aux.float(), size=grid, mode="bilinear", align_corners=False)
+    tok = cam_on_grid(cam_aux, grid)
     stride = cam_aux.shape[-2] // grid[0]
     return cam_to_label(tok, labels, tau_high=tau_high, tau_low=tau_low, img_box=img_box, ignore=ignore, box_stride=stride, pixel_box=pixel_box)
 

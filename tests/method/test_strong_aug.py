@@ -1,10 +1,8 @@
 """Strong view: batched ops against per-image Pillow, the release's strong batch, inverse on logits."""
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
+import release_fixture as rf
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
@@ -12,7 +10,6 @@ from PIL import Image, ImageEnhance, ImageOps
 from dupl_cli.config.schema import STRONG_OPS, MethodSettings
 from dupl_cli.method import strong_aug as S
 
-FIXTURES = Path("/work/shared/fixtures/release-b21990f")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -114,15 +111,15 @@ def test_undo_on_logits_inverts_flip_and_scale():
     )
 
 
-@pytest.mark.skipif(not FIXTURES.is_dir(), reason="release fixtures absent")
 def test_release_strong_batch_reproduced_bit_exactly():
-    from safetensors.torch import load_file
-
-    common = load_file(FIXTURES / "common.safetensors")
-    meta = json.loads((FIXTURES / "meta.json").read_text())
+    rf.require()
+    common, meta, strong_hp = rf.tensors("common"), rf.meta(), rf.hyper()["strong_aug"]
     u8 = S.denormalize_u8(common["input.weak"], MEAN, STD)
     assert torch.equal(u8, common["input.weak_denorm_u8"])
-    names = meta["phases"]["C"]["randaugment_ops_per_image"]
+    phase = next(ph for ph in rf.phases() if "randaugment_ops_per_image" in meta["phases"][ph])
+    names = meta["phases"][phase]["randaugment_ops_per_image"]
     ids = torch.tensor([[STRONG_OPS.index(n.lower()) for n in row] for row in names])
-    strong = S.normalize(S.apply_ops(u8, ids, STRONG_OPS, magnitude=10), MEAN, STD).flip(-1)
+    strong = S.normalize(S.apply_ops(u8, ids, STRONG_OPS, magnitude=strong_hp["m"]), MEAN, STD)
+    if strong_hp["hflip"]:
+        strong = strong.flip(-1)
     assert torch.equal(strong, common["input.strong"])

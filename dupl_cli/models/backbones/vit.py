@@ -83,7 +83,7 @@ class ViTBackbone(nn.Module):
 
     def _to_map(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         patch = tokens[:, self.num_prefix :]
-        return patch.transpose(1, 2).reshape(patch.shape[0], patch.shape[2], *grid)
+        return patch.transpose(1, 2).reshape(patch.shape[0], patch.shape[2], *grid).contiguous()
 
 
 def build(arch: str, *, pretrained: str = "none", img_size: int = 448, aux_layer: int = -3, **_: object) -> ViTBackbone:
