@@ -40,10 +40,31 @@ def test_overlay_keeps_background_and_blends_classes():
     assert tuple(out[0, 1]) == (114, 50, 50)
 
 
+def _changed(a, b) -> np.ndarray:
+    return (np.asarray(a, dtype=np.int16) != np.asarray(b, dtype=np.int16)).any(-1)
+
+
 def test_confusion_png_has_a_cell_per_entry():
+    names = ["background", "a", "b"]
     cm = np.array([[5, 1, 0, 2], [0, 3, 1, 0], [1, 0, 4, 0]])
-    img = confusion_png(cm, ["background", "a", "b"])
-    assert img.size[0] > 4 * 18 and img.size[1] > 3 * 18
+    img = confusion_png(cm, names)
+    # Rows are normalised: scaling a ground-truth row changes nothing.
+    assert not _changed(img, confusion_png(cm * np.array([[7], [1], [1]]), names)).any()
+    # Swapping two entries of one row repaints exactly those two cells, in that row only.
+    swapped_1, swapped_2 = cm.copy(), cm.copy()
+    swapped_1[1, [1, 3]] = cm[1, [3, 1]]
+    swapped_2[2, [0, 2]] = cm[2, [2, 0]]
+    d1, d2 = _changed(img, confusion_png(swapped_1, names)), _changed(img, confusion_png(swapped_2, names))
+    ys1, xs1 = np.nonzero(d1)
+    ys2, xs2 = np.nonzero(d2)
+    assert len(ys1) and len(ys2)
+    assert ys1.max() < ys2.min()  # row 1 is drawn above row 2
+    columns = np.unique(xs1)
+    assert (np.diff(columns) > 1).any()  # two separate cells: the cell between them is untouched
+    assert xs2.min() < xs1.min()  # column 0 is left of column 1
+    # A different matrix (its transpose) gives a different picture.
+    square = cm[:, :3]
+    assert _changed(confusion_png(square, names), confusion_png(square.T, names)).any()
 
 
 def _referenced(html_text):

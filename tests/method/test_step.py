@@ -21,9 +21,13 @@ def _settings(**compat) -> DuplSettings:
     return s
 
 
-def _model(seed=0):
+def _model(seed=0, sharpen=1.0):
     torch.manual_seed(seed)
-    return build_dual_student(_settings().model, 5, img_size=64)
+    model = build_dual_student(_settings().model, 5, img_size=64)
+    with torch.no_grad():  # a confident head gives pixels above the 0.9 confidence
+        for student in model.students:
+            student.head.conv8.weight.mul_(sharpen)
+    return model
 
 
 def _batch(b=2, seed=0):
@@ -85,7 +89,22 @@ def test_later_phases_train_the_heads(t):
     )
     assert result.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     if t > T_ANF:
-        assert "reg_1" in result.terms and 0 <= result.stats["noise_share"] <= 1
+        assert 0 <= result.stats["noise_share"] <= 1
+
+
+def test_consistency_learns_confident_discarded_pixels():
+    model, s = _model(sharpen=1000.0), _settings()
+    result, has = _grads(model, T_ANF + 1, s)
+    assert result.terms["reg_1"] > 0 and result.terms["reg_2"] > 0  # non-empty masks on both students
+    assert result.terms["reg"] == result.terms["reg_1"] + result.terms["reg_2"]
+    # The consistency term's gradient reaches the heads: without it they learn something else.
+    model_b = _model(sharpen=1000.0)
+    s_b = s.model_copy(deep=True)
+    s_b.method.w_reg = 0.0
+    _grads(model_b, T_ANF + 1, s_b)
+    grads = [p.grad for p in model.students[0].head.parameters()]
+    grads_b = [p.grad for p in model_b.students[0].head.parameters()]
+    assert any(not torch.allclose(a, b) for a, b in zip(grads, grads_b, strict=True))
 
 
 def test_delayed_weights_skip_the_seg_term_on_its_first_iteration():

@@ -40,8 +40,6 @@ def test_listed_with_its_version(plugin_version):
 
 
 def test_tiny_cpu_training_runs_on_the_plugin_backbone(plugin_version, tiny_data, tmp_path):
-    if "train" not in {c.name for c in app.registered_commands}:
-        pytest.skip("`dupl train` is not registered yet")
     from dupl_example_backbone.convnext import ConvNeXtBackbone
 
     from dupl_cli.engine.checkpoint import load_model

@@ -81,7 +81,9 @@ def test_resume_is_exact(tiny_data, tmp_path):
     invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(split), "--max-iters", "3", *common))
     assert [s for s, _ in checkpoint_dirs(split)] == [3] and not (split / "final.safetensors").exists()
     resumed = invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(split), "--resume", *common))
-    assert "resumed from" in resumed.output or (split / "train.log").read_text().count("resumed from") == 1
+    checkpoint = split / "checkpoints" / "step_3"
+    assert f"resumed from {checkpoint} at step 3" in resumed.output
+    assert (split / "train.log").read_text().count("resumed from") == 1
     a, b = _weights(straight / "checkpoints" / "step_6"), _weights(split / "checkpoints" / "step_6")
     assert a.keys() == b.keys()
     for key in a:
@@ -159,12 +161,20 @@ def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
         assert f"dry run: phase {phase}" in result.output
 
 
-@pytest.mark.parametrize("bad", [["data.adapter=folder", "data.root={tmp}/missing"], ["model.arch=vit_nope"]])
-def test_bad_setup_is_one_line(tiny_data, tmp_path, bad):
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (["data.adapter=folder", "data.root={tmp}/missing"], "{tmp}/missing"),
+        (["model.arch=vit_nope"], "timm has no model named 'vit_nope'"),
+    ],
+)
+def test_bad_setup_is_one_line(tiny_data, tmp_path, bad, expected):
     sets = [arg for item in bad for arg in ("--set", item.format(tmp=tmp_path))]
     result = runner.invoke(app, [*tiny_args(tiny_data, tmp_path), *sets])
-    assert result.exit_code != 0
-    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert expected.format(tmp=tmp_path) in lines[0]
 
 
 def test_tensorboard_tracker_writes_scalars_and_image_grids(tiny_data, tmp_path):
