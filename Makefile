@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PLUGIN  := plugins/dupl-example-backbone
 DEMO_RUN ?= runs/demo
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test test-fast bench lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests $(PLUGIN)/tests
+
+# Everything but the tests marked slow (subprocesses, whole trainings, exports).
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests $(PLUGIN)/tests
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

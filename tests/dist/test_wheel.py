@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -95,6 +95,7 @@ def test_safetensors_keeps_the_inference_path_and_round_trips(checkpoint, tmp_pa
     torch.testing.assert_close(student2.classifier.weight, model.students[1].classifier.weight)
 
 
+@pytest.mark.slow
 def test_onnx_runs_in_onnxruntime_at_new_sizes(checkpoint, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -131,6 +132,7 @@ def test_onnx_runs_in_onnxruntime_at_new_sizes(checkpoint, tmp_path):
         assert np.abs(logits - other.numpy()).max() > 1e-2  # really student 2
 
 
+@pytest.mark.slow
 def test_torchscript_traced_and_checked(checkpoint, tmp_path):
     run, model = checkpoint
     out = tmp_path / "model.pt"
@@ -160,6 +162,7 @@ def test_torchscript_traced_and_checked(checkpoint, tmp_path):
         torch.testing.assert_close(cam_aux, cam_aux_ref, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_failed_check_fails_the_command_and_leaves_nothing(checkpoint, tmp_path):
     run, _ = checkpoint
     out = tmp_path / "strict.onnx"
@@ -186,6 +189,7 @@ def test_bad_arguments_are_user_errors(checkpoint, tmp_path):
     assert missing.exit_code == 2 and "does not exist" in missing.output
 
 
+@pytest.mark.slow
 def test_mit_exports_to_onnx_at_sizes_not_divisible_by_the_stride(tmp_path):
     import onnxruntime as ort
 

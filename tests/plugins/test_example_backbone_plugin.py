@@ -39,6 +39,7 @@ def test_listed_with_its_version(plugin_version):
     assert "dupl-example-backbone" in table.output and plugin_version in table.output
 
 
+@pytest.mark.slow
 def test_tiny_cpu_training_runs_on_the_plugin_backbone(plugin_version, tiny_data, tmp_path):
     from dupl_example_backbone.convnext import ConvNeXtBackbone
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:

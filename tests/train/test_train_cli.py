@@ -19,6 +19,8 @@ from dupl_cli.cli.app import app
 from dupl_cli.engine.checkpoint import load_model
 from dupl_cli.engine.run_dir import checkpoint_dirs, read_state
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
 runner = CliRunner()
 
 
@@ -162,16 +164,16 @@ def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("bad", "expected"),
+    ("bad", "expected", "code"),
     [
-        (["data.adapter=folder", "data.root={tmp}/missing"], "{tmp}/missing"),
-        (["model.arch=vit_nope"], "timm has no model named 'vit_nope'"),
+        (["data.adapter=folder", "data.root={tmp}/missing"], "{tmp}/missing: data root for the 'folder' adapter", 1),
+        (["model.arch=vit_nope"], "timm has no model named 'vit_nope'", 2),
     ],
 )
-def test_bad_setup_is_one_line(tiny_data, tmp_path, bad, expected):
+def test_bad_setup_is_one_line(tiny_data, tmp_path, bad, expected, code):
     sets = [arg for item in bad for arg in ("--set", item.format(tmp=tmp_path))]
     result = runner.invoke(app, [*tiny_args(tiny_data, tmp_path), *sets])
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == code, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), result.output
     assert expected.format(tmp=tmp_path) in lines[0]
