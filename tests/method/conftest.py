@@ -1,7 +1,7 @@
 """Release fixtures: an invalid ``DUPL_RELEASE_FIXTURES`` stops the run with one line naming it."""
 
-import release_fixture as rf
 import pytest
+import release_fixture as rf
 
 
 def pytest_configure(config):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
