@@ -32,6 +32,7 @@ def test_the_tree_keeps_every_contract(tmp_path):
         assert f"{name} KEPT" in result.stdout
 
 
+@pytest.mark.slow  # one copy of the package and one lint-imports subprocess per case
 @pytest.mark.parametrize(
     ("module", "forbidden", "contract"),
     [
