@@ -43,6 +43,7 @@ bench: install
 
 lint: install
 	$(VENV)/bin/ruff check dupl_cli tests $(PLUGIN)
+	$(VENV)/bin/lint-imports --no-logo
 
 clean:
 	rm -rf .demo runs .pytest_cache

@@ -4,8 +4,8 @@
 
 Noise filter: batch 4 × two students = 8 loss maps; reference = scikit-learn GaussianMixture per
 map (fit on the fitting set, posterior on every pixel), as the release does. PAR: batch 4 at half
-the crop with the two threshold stacks (bg + 2 classes each); reference = one refine() call per
-image and stack (affinity recomputed each time), as the release does.
+the crop with the two threshold stacks (bg + 2 classes each); reference = one affinity + propagation
+call per image and stack (affinity recomputed each time), as the release does.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 import torch
 
+from dupl_cli.labels import IGNORE_INDEX
+
 
 def realistic_losses(n: int, size: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -26,7 +28,7 @@ def realistic_losses(n: int, size: int, seed: int = 0):
     for i in range(n):
         y = np.zeros((size, size), np.int64)
         y[size // 8 : size * 7 // 8, size // 6 : size * 5 // 6] = rng.integers(1, 21)
-        y[:, : size // 10] = 255
+        y[:, : size // 10] = IGNORE_INDEX
         clean = rng.gamma(2.0, 0.3, (size, size))
         noisy = np.abs(rng.normal(rng.uniform(2, 5), rng.uniform(0.3, 1.2), (size, size)))
         losses[i] = np.where(rng.random((size, size)) < rng.uniform(0.1, 0.4), noisy, clean)
@@ -42,7 +44,7 @@ def sklearn_per_image(losses, labels, fits=None):
     out = []
     for loss, label in zip(losses.numpy(), labels.numpy(), strict=True):
         x, y = loss.reshape(-1, 1), label.ravel()
-        sel = (y != 0) & (y != 255) & (x[:, 0] > 0.1)
+        sel = (y != 0) & (y != IGNORE_INDEX) & (x[:, 0] > 0.1)
         noise = np.zeros(y.shape, bool)
         if sel.sum() > 1000:
             with warnings.catch_warnings():
@@ -62,10 +64,11 @@ def sklearn_per_image(losses, labels, fits=None):
 def fit_agreement(losses, labels) -> str:
     """How closely the batched EM reproduces scikit-learn's fits: parameters and iteration counts."""
     from dupl_cli.method.noise_filter import noisy_pixels
+    from dupl_cli.method.params import NoiseFilterConfig
 
     fits: list = []
     sklearn_per_image(losses, labels, fits)
-    _, ours = noisy_pixels(losses, labels, one_sided=False, return_fit=True)
+    _, ours = noisy_pixels(losses, labels, NoiseFilterConfig(one_sided=False), return_fit=True)
     rel = {"means": 0.0, "variances": 0.0, "weights": 0.0}
     same_iters = 0
     fitted = [i for i, g in enumerate(fits) if g is not None]
@@ -99,7 +102,8 @@ def main() -> None:
     import os
 
     from dupl_cli.method.noise_filter import noisy_pixels
-    from dupl_cli.method.par import pixel_affinity, propagate, refine
+    from dupl_cli.method.par import pixel_affinity, propagate
+    from dupl_cli.method.params import NoiseFilterConfig
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--size", type=int, default=448)
@@ -112,9 +116,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg {load}, crop {args.size}")
 
     losses, labels = realistic_losses(8, args.size)
-    fit_share = ((labels != 0) & (labels != 255) & (losses > 0.1)).float().mean().item()
+    release_filter = NoiseFilterConfig(one_sided=False)
+    fit_share = ((labels != 0) & (labels != IGNORE_INDEX) & (losses > 0.1)).float().mean().item()
     (t_ref, t_ours), (ref, ours) = interleaved(
-        [lambda: sklearn_per_image(losses, labels), lambda: noisy_pixels(losses, labels, one_sided=False)], args.repeats
+        [lambda: sklearn_per_image(losses, labels), lambda: noisy_pixels(losses, labels, release_filter)], args.repeats
     )
     agree = (ours.numpy() == ref).mean()
     print(f"noise filter, 8 maps {args.size}x{args.size} ({fit_share:.0%} of pixels in the fitting set), "
@@ -134,7 +139,7 @@ def main() -> None:
         return [straightforward_par(images[i], s[i]) for i in range(4) for s in stacks]
 
     def own_kernel_per_image():
-        return [refine(images[i : i + 1], s[i : i + 1]) for i in range(4) for s in stacks]
+        return [propagate(pixel_affinity(images[i : i + 1]), s[i : i + 1]) for i in range(4) for s in stacks]
 
     def batched():
         return propagate(pixel_affinity(images), torch.cat(stacks, 1))
@@ -153,7 +158,7 @@ def main() -> None:
 
 def straightforward_par(image: torch.Tensor, probs: torch.Tensor, dilations=(1, 2, 4, 8, 12, 24), iters: int = 10):
     """The plain way for one image: gather the 48 neighbours as a stack, for the affinity and again
-    in every propagation step (as the release's PAR does), in the order of SPEC.md §5."""
+    in every propagation step (as the release's PAR does), in the order of docs/method.md §5."""
     offsets = [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
     dist = torch.tensor([math.hypot(dy, dx) for dy, dx in offsets])
     pad = max(dilations)

@@ -15,7 +15,8 @@ import time
 import torch
 
 from dupl_cli.config.schema import VOC_TAU_END_PER_CLASS, DuplSettings, ModelSettings
-from dupl_cli.method.schedule import build_optimizer
+from dupl_cli.engine.method_config import step_config
+from dupl_cli.engine.optim import build_optimizer
 from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import build_dual_student
 
@@ -42,6 +43,7 @@ def bench(arch: str, size: int, device: torch.device, *, steps: int, bf16: bool)
     torch.manual_seed(0)
     model = build_dual_student(settings.model, 20, img_size=size).to(device)
     opt = build_optimizer(model, settings.train)
+    config = step_config(settings)
     batch = _batch(4, size, device)
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -54,7 +56,7 @@ def bench(arch: str, size: int, device: torch.device, *, steps: int, bf16: bool)
                 torch.cuda.synchronize()
             start = time.perf_counter()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                result = training_step(model, batch, t, settings, generator=gen)
+                result = training_step(model, batch, t, config, generator=gen)
             result.loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""Typed settings: every hyper-parameter of the method with the release default (SPEC.md).
+"""Typed settings: every hyper-parameter of the method with the release default (docs/method.md).
 
 Sections are plain pydantic models with ``extra="forbid"`` so an unknown key is an error, not a
 silent no-op. ``DuplSettings`` is the pydantic-settings root; its sources are assembled in
@@ -13,13 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dupl_cli.method.params import STRONG_OPS  # the op list is the method's; torch-free
+
 VOC_TAU_END_PER_CLASS = [
     0.70, 0.70, 0.70, 0.70, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
     0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.55, 0.70, 0.55,
 ]  # fmt: skip
 """The release's per-class DTA targets: 0.70 for aeroplane, bicycle, bird, boat, chair, train."""
 
-STRONG_OPS = ("autocontrast", "equalize", "posterize", "color", "contrast", "brightness", "sharpness")
 
 
 class Section(BaseModel):

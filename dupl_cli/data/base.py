@@ -12,10 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dupl_cli.data.images import labels_from_mask, read_image, read_mask
+from dupl_cli.data.images import IMAGE_EXTS, labels_from_mask, read_image, read_mask
 from dupl_cli.errors import DataError, UserError
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from PIL import Image
 
 from dupl_cli.data import folder
 from dupl_cli.data.palette import flat_palette
+from dupl_cli.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndar
     edge = np.zeros_like(mask, dtype=bool)  # thin ignore band on label boundaries, as VOC has
     edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
     edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
-    mask[edge] = 255
+    mask[edge] = IGNORE_INDEX
     return image, mask
 
 

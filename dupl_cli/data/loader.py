@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import functional as F
 
 from dupl_cli.data.transforms import WeakView, normalize, to_tensor
 from dupl_cli.errors import DataError
+from dupl_cli.labels import IGNORE_INDEX
 
 
 class SeededSampler(Sampler):
@@ -119,7 +120,7 @@ class EvalDataset(Dataset):
         if sample.mask is None:
             if self.require_masks:
                 raise DataError(f"{self.adapter.path_of(i)}: no mask for id {sample.id!r}")
-            mask = torch.full((h, w), 255, dtype=torch.int64)
+            mask = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64)
         else:
             mask = torch.from_numpy(sample.mask).long()
         return {"image": normalize(image.float().div_(255.0), self.mean, self.std), "mask": mask,
@@ -131,7 +132,7 @@ def collate_eval(items: list[dict]) -> dict:
     """Stack; masks of different sizes are padded with 255 (ignore) — crop with ``orig_size``."""
     hmax = max(int(it["mask"].shape[0]) for it in items)
     wmax = max(int(it["mask"].shape[1]) for it in items)
-    masks = torch.full((len(items), hmax, wmax), 255, dtype=torch.int64)
+    masks = torch.full((len(items), hmax, wmax), IGNORE_INDEX, dtype=torch.int64)
     for k, it in enumerate(items):
         masks[k, : it["mask"].shape[0], : it["mask"].shape[1]] = it["mask"]
     return {"image": torch.stack([it["image"] for it in items]), "mask": masks,

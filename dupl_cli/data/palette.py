@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dupl_cli.labels import IGNORE_INDEX
+
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -21,8 +23,6 @@ COCO_CLASSES = [
     "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
     "scissors", "teddy bear", "hair drier", "toothbrush",
 ]
-
-IGNORE_INDEX = 255
 
 
 def voc_colormap(n: int = 256) -> np.ndarray:

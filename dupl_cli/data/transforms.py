@@ -1,4 +1,4 @@
-"""The weak view of SPEC §9, with every random draw taken from an explicit generator.
+"""The weak view of docs/method.md §9, with every random draw taken from an explicit generator.
 
 rescale U(scale_range) -> hflip p .5 -> random crop (zero padding when smaller; ``img_box`` =
 [y0, y1, x0, x1] of the real image inside the crop) -> ColorJitter p .8 -> RandomGrayscale p .2

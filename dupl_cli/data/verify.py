@@ -11,6 +11,7 @@ import numpy as np
 from dupl_cli.data.base import check_id
 from dupl_cli.data.images import labels_from_mask, probe_image
 from dupl_cli.errors import DataError
+from dupl_cli.labels import IGNORE_INDEX
 
 
 @dataclass
@@ -67,9 +68,9 @@ def _check_sample_contract(sample, num_classes: int, where: str) -> None:
     if mask.shape != image.shape[:2]:
         raise DataError(f"{where}: mask shape {mask.shape} differs from image size {image.shape[:2]}")
     values = np.unique(mask)
-    bad = values[(values > num_classes) & (values != 255)]
+    bad = values[(values > num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
-        raise DataError(f"{where}: mask values {bad.tolist()[:5]} out of range (valid: 0..{num_classes} and 255 ignore)")
+        raise DataError(f"{where}: mask values {bad.tolist()[:5]} out of range (valid: 0..{num_classes} and {IGNORE_INDEX} ignore)")
 
 
 def _check_one(adapter, i: int, full: bool):

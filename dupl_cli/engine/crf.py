@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dupl_cli.errors import UserError
+from dupl_cli.labels import IGNORE_INDEX
 
 INSTALL_HINT = 'dense CRF needs pydensecrf: pip install "dupl[crf]"'
 CAM_CRF_GT_PROB = 0.7  # ToCo's confidence of the CAM label in the CAM CRF unary
@@ -81,7 +82,7 @@ def _inference(image: np.ndarray, unary: np.ndarray, params: CrfParams) -> np.nd
 
 
 def crf_segmentation(image: np.ndarray, logits: np.ndarray, params: CrfParams) -> np.ndarray:
-    """Labels H×W (uint8) from K×H×W logits: unary = −log softmax, SPEC §11 kernels."""
+    """Labels H×W (uint8) from K×H×W logits: unary = −log softmax, docs/method.md §11 kernels."""
     q = _inference(image, -_log_softmax(logits.astype(np.float32)), params)
     return q.argmax(0).astype(np.uint8)
 
@@ -101,7 +102,7 @@ def crf_cam_pseudo_label(
     tau_high: float,
     tau_low: float,
 ) -> np.ndarray:
-    """CAM pseudo-label (ToCo convention, SPEC §11 + §4.5): uint8 H×W, 255 uncertain.
+    """CAM pseudo-label (ToCo convention, docs/method.md §11 + §4.5): uint8 H×W, 255 uncertain.
 
     ``cams``: P×H×W normalised CAMs of the P present classes, ``class_ids`` their label ids (1..C).
     Two CRF passes with a constant background score tau_high and tau_low; foreground from the
@@ -116,7 +117,7 @@ def crf_cam_pseudo_label(
         stack = np.concatenate([np.full((1, *cams.shape[1:]), tau, np.float32), cams.astype(np.float32)], 0)
         passes.append(_crf_from_labels(image, stack.argmax(0), n, params))
     high, low = passes
-    out = np.full(high.shape, 255, dtype=np.uint8)
+    out = np.full(high.shape, IGNORE_INDEX, dtype=np.uint8)
     out[(high == 0) & (low == 0)] = 0
     fg = high > 0
     out[fg] = keys[high[fg]]

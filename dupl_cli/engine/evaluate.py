@@ -1,4 +1,4 @@
-"""``dupl evaluate``: segmentation (or CAM pseudo-label) quality on a labelled split (SPEC.md §11).
+"""``dupl evaluate``: segmentation (or CAM pseudo-label) quality on a labelled split (docs/method.md §11).
 
 One confusion matrix per evaluated variant, accumulated on the device and summed across processes.
 The student comes from the checkpoint card (chosen by validation during training) or ``--student``;
@@ -24,9 +24,11 @@ from dupl_cli.engine.infer import (
     student_choice,
     to_tensor,
 )
+from dupl_cli.engine.method_config import cam_config
 from dupl_cli.engine.metrics import ConfusionMeter, SegMetrics, metrics_from_confusion
 from dupl_cli.engine.tta import TTAConfig, stride_of, tta_logits
 from dupl_cli.errors import UserError
+from dupl_cli.method.params import CamConfig
 
 
 @dataclass
@@ -42,13 +44,13 @@ class EvalRequest:
     report_samples: int = 8
 
 
-def cam_fn(model, indices: list[int], method_settings) -> Callable[[torch.Tensor], torch.Tensor]:
+def cam_fn(model, indices: list[int], cam: CamConfig) -> Callable[[torch.Tensor], torch.Tensor]:
     """Multi-scale CAM in [0, 1] at the input size (final-map CAM; mean over students for an ensemble)."""
     import torch.nn.functional as F
 
     from dupl_cli.method.cam import multiscale_cam
 
-    scales, flip = tuple(method_settings.cam_scales), bool(method_settings.cam_flip)
+    scales, flip = cam.scales, cam.flip
     multiple = cam_multiple(stride_of(model), scales)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +114,7 @@ def run_evaluate(
     k = len(loaded.classes)
     meters = [ConfusionMeter(k, runtime.device) for _ in variants]
     fns = [
-        cam_fn(loaded.model, idx, settings.method) if req.cams else seg_fn(loaded.model, idx)
+        cam_fn(loaded.model, idx, cam_config(settings)) if req.cams else seg_fn(loaded.model, idx)
         for _, idx in variants
     ]
     crf = settings.crf
@@ -165,11 +167,11 @@ def run_evaluate(
     protocol = {
         "checkpoint": f"{loaded.path} ({loaded.how})",
         "split": f"{req.split} ({total} images{', capped' if limit else ''})",
-        "source": "CAM pseudo-labels (multi-scale CAM with ground-truth image labels, SPEC §11)" if req.cams
+        "source": "CAM pseudo-labels (multi-scale CAM with ground-truth image labels, docs/method.md §11)" if req.cams
         else "segmentation head",
         "student": student_text,
         "scales / flip": (
-            f"CAM scales ({', '.join(f'{s:g}' for s in settings.method.cam_scales)}), flip {settings.method.cam_flip}, "
+            f"CAM scales ({', '.join(f'{s:g}' for s in cam_config(settings).scales)}), flip {cam_config(settings).flip}, "
             f"background threshold {settings.eval.cam_threshold}" if req.cams else tta.describe()
         ),
         "crf": _crf_text(req, settings) if req.crf else "off",
@@ -230,7 +232,7 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples, in
     report = HtmlReport(f"dupl evaluate: {req.split}", loaded.classes, loaded.palette)
     report.add_protocol(protocol)
     report.add_metrics(metrics, confusion_png(np.asarray(metrics.matrix), metrics.class_names))
-    fn = cam_fn(loaded.model, indices, settings.method)
+    fn = cam_fn(loaded.model, indices, cam_config(settings))
     for s in samples.values():
         x = to_tensor(s["image"], settings.data.mean, settings.data.std, runtime.device)
         labels = torch.from_numpy(s["labels"])[None]

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dupl_cli.data.images import IMAGE_EXTS
 from dupl_cli.engine.checkpoint import atomic_write, load_model
 from dupl_cli.engine.tta import TTAConfig, ensemble, stride_of, tta_logits
 from dupl_cli.errors import DataError, UserError
-
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
 # ---------------------------------------------------------------- shared runtime

@@ -1,4 +1,4 @@
-"""Segmentation metrics from one confusion matrix accumulated on the device (SPEC.md §11).
+"""Segmentation metrics from one confusion matrix accumulated on the device (docs/method.md §11).
 
 Rows are ground truth (0 background, 1..C classes; 255 ignored), columns are predictions with one
 extra last column for "uncertain" predictions (255 in pseudo-labels): such a pixel counts as a miss
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-IGNORE = 255
+from dupl_cli.labels import IGNORE_INDEX
 
 
 def confusion_matrix(
-    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """K×(K+1) int64 counts, K = num_classes including background; one bincount, no Python loop."""
     pred = pred.reshape(-1).long()

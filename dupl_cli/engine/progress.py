@@ -9,12 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-PHASES = {"A": "warm-up (cls, ptc, dis)", "B": "+ seg", "C": "+ anf, reg"}
-
-
-def phase_of(step: int, t_seg: int, t_anf: int) -> str:
-    return "A" if step < t_seg else ("B" if step < t_anf else "C")
-
 
 def format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))

@@ -25,8 +25,10 @@ from dupl_cli.engine.infer import (
     student_choice,
     to_tensor,
 )
+from dupl_cli.engine.method_config import cam_config
 from dupl_cli.engine.metrics import ConfusionMeter, metrics_from_confusion
 from dupl_cli.engine.tta import TTAConfig, stride_of, tta_logits
+from dupl_cli.labels import IGNORE_INDEX
 
 PNG_END = b"IEND\xaeB`\x82"
 
@@ -63,7 +65,7 @@ def thresholded_cam_label(
     """§4.2: class k where its CAM > τ_h, background where the best CAM ≤ τ_l, 255 between."""
     scores = cam * labels.to(cam.device)[:, :, None, None]
     value, index = scores.max(1)
-    out = torch.full_like(index, 255)
+    out = torch.full_like(index, IGNORE_INDEX)
     out[value > tau_high] = index[value > tau_high] + 1
     out[value <= tau_low] = 0
     return out
@@ -83,7 +85,7 @@ def run_pseudo_label(
     out.mkdir(parents=True, exist_ok=True)
     indices, student_text = student_choice(loaded, req.student)
     fn = (
-        cam_fn(loaded.model, indices, settings.method)
+        cam_fn(loaded.model, indices, cam_config(settings))
         if req.source == "cam"
         else seg_fn(loaded.model, indices)
     )
@@ -153,7 +155,7 @@ def run_pseudo_label(
             pool.close()
 
     source_text = (
-        f"CAM (scales {tuple(settings.method.cam_scales)}, flip {settings.method.cam_flip}, image-level labels), "
+        f"CAM (scales {cam_config(settings).scales}, flip {cam_config(settings).flip}, image-level labels), "
         + (f"two-pass CRF with background {crf.cam_tau_high:g}/{crf.cam_tau_low:g}" if req.crf
            else f"thresholds tau_h {crf.cam_tau_high:g} / tau_l {crf.cam_tau_low:g}")
         if req.source == "cam" else f"segmentation head ({tta.describe()}){', dense CRF' if req.crf else ''}"

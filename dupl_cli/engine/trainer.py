@@ -19,8 +19,11 @@ from dupl_cli.config.schema import DuplSettings
 from dupl_cli.engine import run_dir as runs
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
-from dupl_cli.engine.progress import TrainingProgress, phase_of
+from dupl_cli.engine.method_config import step_config
+from dupl_cli.engine.progress import TrainingProgress
 from dupl_cli.errors import UserError
+from dupl_cli.method.params import StepConfig
+from dupl_cli.method.schedule import phase_name
 
 
 @dataclass
@@ -37,15 +40,15 @@ class TrainOptions:
 class TrainingModule(nn.Module):
     """Wraps the dual student so one DDP forward covers the whole step (CAMs, labels, losses)."""
 
-    def __init__(self, dual: nn.Module, settings: DuplSettings) -> None:
+    def __init__(self, dual: nn.Module, config: StepConfig) -> None:
         super().__init__()
         self.dual = dual
-        self.settings = settings
+        self.config = config
 
     def forward(self, batch: dict[str, Any], step: int, generator: torch.Generator | None = None):
-        from dupl_cli.method.step import training_step
+        from dupl_cli.method import step as method_step  # looked up per call: tests patch training_step
 
-        return training_step(self.dual, batch, step, self.settings, generator=generator)
+        return method_step.training_step(self.dual, batch, step, self.config, generator=generator)
 
 
 def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
@@ -108,6 +111,7 @@ class Trainer:
         self.settings = settings
         self.options = options
         self.model: nn.Module | None = None
+        self.config: StepConfig | None = None  # built in run() once the class count is known
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
@@ -126,7 +130,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         from dupl_cli.data.loader import train_loader
-        from dupl_cli.method.schedule import build_optimizer, build_scheduler
+        from dupl_cli.engine.optim import build_optimizer, build_scheduler
         from dupl_cli.models.dual import build_dual_student
 
         s, t = self.settings, self.settings.train
@@ -146,10 +150,7 @@ class Trainer:
 
         train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
         classes, palette = train_set.classes, train_set.palette
-        if isinstance(s.method.tau_high_end, list) and len(s.method.tau_high_end) != len(classes):
-            raise UserError(
-                f"method.tau_high_end has {len(s.method.tau_high_end)} per-class values but the dataset has {len(classes)} classes"
-            )
+        self.config = step_config(s, num_classes=len(classes))
         model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
         effective = acc.num_processes * t.batch_size * t.grad_accum
@@ -168,7 +169,7 @@ class Trainer:
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t)
         loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed)
-        module = TrainingModule(model, s)
+        module = TrainingModule(model, self.config)
         module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
         state = {"step": 0, "best": None, "bad_in_row": 0}
         if resume_ckpt is not None:
@@ -193,16 +194,17 @@ class Trainer:
         s = self.settings
         loader = train_loader(train_set, s.data, 2, seed=s.train.seed, num_workers=0)
         batch = next(iter(loader))
-        module = acc.prepare(TrainingModule(model, s))
+        module = acc.prepare(TrainingModule(model, self.config))
         print(dumps(s.model_dump(mode="json")))
         for key, value in parameter_counts(model).items():
             print(f"parameters {key}: {value:,}")
-        for step in sorted({0, s.method.t_seg, s.method.t_anf}):
+        schedule = self.config.schedule
+        for step in sorted({0, schedule.t_seg, schedule.t_anf}):
             result = module(batch, step, _step_generator(s.train.seed, step, acc.device))
             acc.backward(result.loss)
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
-            print(f"dry run: phase {phase_of(step, s.method.t_seg, s.method.t_anf)} step {step}: loss {float(result.loss):.4f} ({terms})")
+            print(f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} ({terms})")
         return None
 
 
@@ -211,6 +213,7 @@ class _Loop:
 
     def __init__(self, trainer, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state):
         self.s = trainer.settings
+        self.config = trainer.config
         self.opts = trainer.options
         self.acc, self.module, self.optimizer, self.scheduler = acc, module, optimizer, scheduler
         self.loader, self.val_set = loader, val_set
@@ -306,7 +309,7 @@ class _Loop:
         record.setdefault("tau_h", float("nan"))
         record.setdefault("noise_share", 0.0)
         record["lr"] = self.scheduler.get_last_lr()[0]
-        record["phase"] = phase_of(step, self.s.method.t_seg, self.s.method.t_anf)
+        record["phase"] = phase_name(step, self.config.schedule)
         self.sums, self.count = {}, 0
         images = self.s.train.batch_size * self.s.train.grad_accum * self.acc.num_processes
         self.progress.update(step, record, images)
@@ -328,7 +331,7 @@ class _Loop:
         loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
         scores = validate(
             self.model, loader, num_classes=len(self.classes), class_names=self.classes,
-            cam_scales=self.s.method.cam_scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
+            cam_scales=self.config.cam.scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
         )  # fmt: skip
         student = 1 if scores["seg_s1"] >= scores["seg_s2"] else 2
         best_score = scores[f"seg_s{student}"]

@@ -1,4 +1,4 @@
-"""Test-time augmentation shared by evaluate, infer and pseudo-label (SPEC.md §11).
+"""Test-time augmentation shared by evaluate, infer and pseudo-label (docs/method.md §11).
 
 Each scale is one forward of the batch concatenated with its horizontal flip; logits of every
 view are upsampled to the image size, flips merged (sum|max), then scales merged (max|sum).

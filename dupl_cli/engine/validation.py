@@ -1,4 +1,4 @@
-"""Training-time validation (SPEC.md §11): CAM, aux-CAM and segmentation mIoU per student.
+"""Training-time validation (docs/method.md §11): CAM, aux-CAM and segmentation mIoU per student.
 
 Images are resized to the training crop size; predictions are compared with the masks at their
 own resolution. Each process evaluates its shard; confusion matrices are summed across processes.

@@ -6,12 +6,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dupl_cli.labels import IGNORE_INDEX
+
 
 def colorize(labels: torch.Tensor, palette) -> np.ndarray:
     """H×W ids (255 = ignore, shown white) → H×W×3 uint8."""
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    table[255] = 255
+    table[IGNORE_INDEX] = 255
     return table[labels.detach().cpu().clamp(0, 255).numpy().astype(np.uint8)]
 
 

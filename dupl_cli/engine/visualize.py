@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dupl_cli.engine.checkpoint import atomic_write
+from dupl_cli.labels import IGNORE_INDEX
 
-IGNORE = 255
 IGNORE_COLOUR = (224, 224, 192)  # the VOC boundary colour
 
 
@@ -24,7 +24,7 @@ def flat_palette(palette: Sequence[Sequence[int]]) -> list[int]:
     """768 palette values: the classes' colours, black for unused ids, the ignore colour at 255."""
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    table[IGNORE] = IGNORE_COLOUR
+    table[IGNORE_INDEX] = IGNORE_COLOUR
     return table.reshape(-1).tolist()
 
 
@@ -59,7 +59,7 @@ def overlay(
     """Image blended with the class colours; background and uncertain pixels keep the image."""
     colours = colorize(mask, palette).astype(np.float32)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colours
-    keep = ((mask == 0) | (mask == IGNORE))[..., None]
+    keep = ((mask == 0) | (mask == IGNORE_INDEX))[..., None]
     return np.where(keep, image, blend).round().clip(0, 255).astype(np.uint8)
 
 

@@ -1,4 +1,4 @@
-"""Multi-scale, flip-merged, min-max normalised CAMs (SPEC.md §4.1), batched per scale."""
+"""Multi-scale, flip-merged, min-max normalised CAMs (docs/method.md §4.1), batched per scale."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool):
 
 
 @torch.no_grad()
-def multiscale_cam(student, images: torch.Tensor, *, scales=(1.0, 0.5, 1.5), flip: bool = True):
+def multiscale_cam(student, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool):
     """(cam, cam_aux), both B×C×H×W in [0, 1]: ReLU-summed over scales, normalised per image and class."""
     b, _, h, w = images.shape
     cam = cam_aux = None
@@ -53,7 +53,7 @@ def multiscale_cam(student, images: torch.Tensor, *, scales=(1.0, 0.5, 1.5), fli
 
 
 @torch.no_grad()
-def dual_multiscale_cam(model, images: torch.Tensor, *, scales=(1.0, 0.5, 1.5), flip: bool = True):
+def dual_multiscale_cam(model, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool):
     """Multi-scale CAMs of every student of ``model``: lists ``[cam_k]``, ``[cam_aux_k]``.
 
     Each student sees all flips of a scale in one batch; the students have separate weights, so

@@ -1,4 +1,4 @@
-"""DuPL losses (SPEC.md §7), all evaluated in float32 even under bf16/fp16 autocast."""
+"""DuPL losses (docs/method.md §7), all evaluated in float32 even under bf16/fp16 autocast."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from dupl_cli.labels import IGNORE_INDEX
 
 
 def _fp32(device: torch.device):
@@ -36,10 +36,10 @@ def token_affinity(token_labels: torch.Tensor) -> torch.Tensor:
     """B×N×N uint8 target from B×h×w token labels: 1 same label, 0 different, 255 ignored pair or diagonal."""
     flat = token_labels.flatten(1).long()
     same = (flat[:, :, None] == flat[:, None, :]).to(torch.uint8)
-    ignored = flat == IGNORE
+    ignored = flat == IGNORE_INDEX
     invalid = ignored[:, :, None] | ignored[:, None, :]
     invalid |= torch.eye(flat.shape[1], dtype=torch.bool, device=flat.device)[None]
-    return same.masked_fill(invalid, IGNORE)
+    return same.masked_fill(invalid, IGNORE_INDEX)
 
 
 def ptc_loss(features: torch.Tensor, token_labels: torch.Tensor) -> torch.Tensor:
@@ -64,9 +64,7 @@ def _spatial_cosine(fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
     return F.cosine_similarity(fixed.flatten(2), moving.flatten(2), dim=-1, eps=1e-6)
 
 
-def discrepancy_terms(
-    f1: torch.Tensor, f2: torch.Tensor, *, form: str = "release"
-) -> tuple[torch.Tensor, torch.Tensor]:
+def discrepancy_terms(f1: torch.Tensor, f2: torch.Tensor, *, form: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(term with gradient to student 2, term with gradient to student 1).
 
     release: ``1 + mean cos(sg(F_a), F_b)`` with the cosine per channel over spatial positions.
@@ -90,16 +88,11 @@ def discrepancy_terms(
         return to_2, to_1
 
 
-def discrepancy_loss(f1: torch.Tensor, f2: torch.Tensor, *, form: str = "release") -> torch.Tensor:
-    to_2, to_1 = discrepancy_terms(f1, f2, form=form)
-    return to_2 + to_1
-
-
 def pixel_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-pixel CE (B×H×W, float32) of logits upsampled to the label size; 0 on ignored pixels."""
     with _fp32(logits.device):
         up = upsample(logits, tuple(labels.shape[-2:]))
-        return F.cross_entropy(up, labels.long(), ignore_index=IGNORE, reduction="none")
+        return F.cross_entropy(up, labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
 
 
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +100,7 @@ def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     labels = labels.long()
     ce = pixel_ce(logits, labels)
     background = labels == 0
-    foreground = (labels != 0) & (labels != IGNORE)
+    foreground = (labels != 0) & (labels != IGNORE_INDEX)
     bg = (ce * background).sum() / (background.sum() + 1e-6)
     fg = (ce * foreground).sum() / (foreground.sum() + 1e-6)
     return 0.5 * (bg + fg)
@@ -118,12 +111,12 @@ def consistency_loss(strong_logits: torch.Tensor, target: torch.Tensor, mask: to
 
     ``strong_logits`` must already be flipped back; they are upsampled to the target size here.
     """
-    target = torch.where(mask, target.long(), torch.full_like(target.long(), IGNORE))
+    target = torch.where(mask, target.long(), torch.full_like(target.long(), IGNORE_INDEX))
     ce = pixel_ce(strong_logits, target)
     return (ce * mask).sum() / mask.sum().clamp_min(1)
 
 
-def consistency_target(weak_logits: torch.Tensor, discarded: torch.Tensor, *, confidence: float = 0.9):
+def consistency_target(weak_logits: torch.Tensor, discarded: torch.Tensor, *, confidence: float):
     """(target, mask, confident): weak argmax, discarded ∧ (max softmax > confidence), and the confidence test alone.
 
     ``discarded`` B×H×W bool: pixels whose training label is 255 (optionally inside the crop box).

@@ -1,4 +1,4 @@
-"""Adaptive noise filtering (ANF, SPEC.md §6): one batched two-Gaussian EM over N loss maps.
+"""Adaptive noise filtering (ANF, docs/method.md §6): one batched two-Gaussian EM over N loss maps.
 
 Reproduces scikit-learn's ``GaussianMixture(2, max_iter, tol, reg_covar, random_state=0)`` with
 ``init_params="kmeans"`` on each map's fitting set, with no Python loop over maps and one host
@@ -23,6 +23,9 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.method.params import NoiseFilterConfig
 
 # The first three draws of numpy.random.RandomState(0).random_sample(): the k-means++ first
 # centre (choice with uniform p) and the two local trials of the second centre.
@@ -202,15 +205,6 @@ def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, ma
     return torch.where(swapped.unsqueeze(1), centres.flip(1), centres)
 
 
-def kmeans_1d(x: torch.Tensor, mask: torch.Tensor, *, max_iter: int = 64) -> torch.Tensor:
-    """scikit-learn's KMeans(2, n_init=1, random_state=0) per row of x (N×P) over ``mask``.
-
-    Returns labels N×P (0/1, meaningless outside the mask) with scikit-learn's centre order.
-    """
-    c = _kmeans_centres(x, mask, _Histogram(x, mask, _FINE_BINS), max_iter=max_iter).to(x.dtype)
-    return ((x - c[:, 1:]).abs() < (x - c[:, :1]).abs()).long()
-
-
 def _log_odds_coefficients(means, variances, weights):
     """Per row [A, B, C] with log w1N1(x) - log w0N0(x) = A x² + B x + C, and the precisions.
 
@@ -234,12 +228,14 @@ def _moments_to_params(comp1, totals, reg):
     return nk, means, variances
 
 
-def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, reg) -> tuple[MixtureFit, _Histogram]:
+def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tuple[MixtureFit, _Histogram]:
+    """One two-Gaussian mixture per row of ``x`` (N×P) over ``mask`` (N×P bool), and the histogram."""
+    reg = config.reg
     hist = _Histogram(x, mask, _FINE_BINS)
     count, total = hist.count, hist.total
     acc = count.dtype
     safe = count.clamp_min(1)
-    fitted = count > min_pixels
+    fitted = count > config.min_pixels
 
     # EM on coarse bins: each bin's pixels get the responsibility of the bin's mean value, with
     # the bin's exact Σ1, Σx, Σx² (midpoint rule: the error is second order in the bin width,
@@ -265,7 +261,7 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, re
     done = ~fitted
     n_iter = torch.zeros_like(count, dtype=torch.long)
     resp = torch.empty(n_rows, 2, _EM_BINS, dtype=acc, device=x.device)  # [sigmoid, softplus] of q
-    for _ in range(iters):
+    for _ in range(config.iters):
         coef, prec = _log_odds_coefficients(means, variances, weights)
         q = torch.bmm(coef.unsqueeze(1), powers).squeeze(1)  # log odds of component 1 per bin
         torch.sigmoid(q, out=resp[:, 0])
@@ -280,58 +276,37 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, *, min_pixels, eta, iters, tol, re
         variances = torch.where(keep, variances, var_new)
         weights = torch.where(keep, weights, nk_new / nk_new.sum(1, keepdim=True))
         n_iter = n_iter + (~done).long()
-        done = done | ((bound - lower).abs() < tol)
+        done = done | ((bound - lower).abs() < config.tol)
         lower = bound
 
     # A component holding less than one pixel's responsibility is an empty k-means cluster
     # (e.g. a single-valued map): its mean is a placeholder, so the fit is not a real split.
     populated = (weights * count.unsqueeze(1)).amin(1) >= 1
-    valid = fitted & populated & ((means[:, 0] - means[:, 1]).abs() > eta)
+    valid = fitted & populated & ((means[:, 0] - means[:, 1]).abs() > config.eta)
     return MixtureFit(means, variances, weights, fitted, valid, n_iter, count.long()), hist
-
-
-def fit_two_gaussians(
-    losses: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    min_pixels: int = 1000,
-    eta: float = 1.0,
-    iters: int = 10,
-    tol: float = 1e-2,
-    reg: float = 5e-4,
-) -> MixtureFit:
-    """Fit one 1-D two-component mixture per row of ``losses`` (N×P) over ``mask`` (N×P bool)."""
-    return _fit(losses, mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)[0]
 
 
 def noisy_pixels(
     losses: torch.Tensor,
     labels: torch.Tensor,
+    config: NoiseFilterConfig = NoiseFilterConfig(),
     *,
-    gamma: float = 0.95,
-    eta: float = 1.0,
-    min_pixels: int = 1000,
-    loss_floor: float = 0.1,
-    iters: int = 10,
-    tol: float = 1e-2,
-    reg: float = 5e-4,
-    one_sided: bool = True,
     return_fit: bool = False,
 ):
     """True where a pixel of ``labels`` (N×H×W: 0 bg, 1..C, 255 ignore) is judged noise.
 
     ``losses`` N×H×W per-pixel CE of the label. Noise = posterior of the larger-mean component
-    > gamma on a valid fit and label != 0; ``one_sided`` also requires loss > the clean mean
+    > gamma on a valid fit and label != 0; ``config.one_sided`` also requires loss > the clean mean
     (``False`` reproduces the release). With ``return_fit`` returns ``(mask, MixtureFit)``.
     """
     shape = losses.shape
     x = losses.detach().reshape(shape[0], -1)
     lab = labels.reshape(shape[0], -1)
     not_bg = lab != 0
-    fit_mask = lab != 255
+    fit_mask = lab != IGNORE_INDEX
     fit_mask &= not_bg
-    fit_mask &= x > loss_floor
-    fit, hist = _fit(x, fit_mask, min_pixels=min_pixels, eta=eta, iters=iters, tol=tol, reg=reg)
+    fit_mask &= x > config.loss_floor
+    fit, hist = _fit(x, fit_mask, config)
     centre = (fit.means * fit.weights).sum(1)  # centring keeps the float32 quadratic accurate
 
     # posterior(noise) > gamma <=> log odds of the noise component > logit(gamma); the log odds
@@ -346,9 +321,9 @@ def noisy_pixels(
     xc = torch.sub(x.float(), centre.float().unsqueeze(1), out=hist.dist)
     odds = torch.addcmul(coef[:, 1:2], xc, coef[:, 0:1], out=hist.scratch)
     torch.addcmul(coef[:, 2:3], odds, xc, out=odds)
-    noise = odds > math.log(gamma / (1 - gamma))
+    noise = odds > math.log(config.gamma / (1 - config.gamma))
     noise &= not_bg
-    if one_sided:
+    if config.one_sided:
         clean_mean = torch.where(noise_is_1, means_c[:, 0], means_c[:, 1]).float().unsqueeze(1)
         noise &= xc > clean_mean
     noise = noise.reshape(shape)

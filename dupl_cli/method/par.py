@@ -1,4 +1,4 @@
-"""Pixel-adaptive refinement (PAR, from AFA/ToCo; SPEC.md §5), batched over images.
+"""Pixel-adaptive refinement (PAR, from AFA/ToCo; docs/method.md §5), batched over images.
 
 The 48 neighbours (8 of a 3×3 stencil at each dilation) are read as shifted views of one
 replicate-padded tensor: padding by the largest dilation and slicing at offset d equals padding by
@@ -13,12 +13,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-DILATIONS = (1, 2, 4, 8, 12, 24)
+from dupl_cli.method.params import ParConfig
+
 # Order of the 8 stencil neighbours (row, col offsets in units of the dilation).
 STENCIL = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def neighbour_offsets(dilations=DILATIONS) -> list[tuple[int, int]]:
+def neighbour_offsets(dilations: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(dy * d, dx * d) for d in dilations for dy, dx in STENCIL]
 
 
@@ -27,7 +28,7 @@ def _shifted(padded: torch.Tensor, pad: int, offset: tuple[int, int], size: tupl
     return padded[..., pad + dy : pad + dy + size[0], pad + dx : pad + dx + size[1]]
 
 
-def neighbours(x: torch.Tensor, dilations=DILATIONS) -> torch.Tensor:
+def neighbours(x: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
     """B×K×H×W -> B×K×N×H×W with N = 8·len(dilations) replicate-padded neighbours."""
     pad = max(dilations)
     size = x.shape[-2:]
@@ -35,8 +36,9 @@ def neighbours(x: torch.Tensor, dilations=DILATIONS) -> torch.Tensor:
     return torch.stack([_shifted(padded, pad, o, size) for o in neighbour_offsets(dilations)], dim=2)
 
 
-def pixel_affinity(images: torch.Tensor, *, dilations=DILATIONS, w_color: float = 0.3, w_pos: float = 0.01) -> torch.Tensor:
+def pixel_affinity(images: torch.Tensor, par: ParConfig = ParConfig()) -> torch.Tensor:
     """B×3×H×W images in [0, 1] -> B×N×H×W affinity (softmax colour + w_pos·softmax position)."""
+    dilations, w_color, w_pos = par.dilations, par.w_color, par.w_pos
     images = images.float()
     near = neighbours(images, dilations)  # B×3×N×H×W
     std = near.std(dim=2, keepdim=True)  # unbiased, over the N neighbours
@@ -53,13 +55,13 @@ def pixel_affinity(images: torch.Tensor, *, dilations=DILATIONS, w_color: float 
     return color.softmax(dim=1) + w_pos * position.softmax(dim=0).view(1, -1, 1, 1)
 
 
-def propagate(affinity: torch.Tensor, probs: torch.Tensor, *, dilations=DILATIONS, iters: int = 10) -> torch.Tensor:
-    """Apply ``iters`` rounds of P_i <- sum_j A_ij P_j; affinity B×N×H×W, probs B×K×H×W."""
-    pad = max(dilations)
+def propagate(affinity: torch.Tensor, probs: torch.Tensor, par: ParConfig = ParConfig()) -> torch.Tensor:
+    """Apply ``par.iters`` rounds of P_i <- sum_j A_ij P_j; affinity B×N×H×W, probs B×K×H×W."""
+    pad = max(par.dilations)
     size = probs.shape[-2:]
-    offsets = neighbour_offsets(dilations)
+    offsets = neighbour_offsets(par.dilations)
     weights = affinity.unsqueeze(1)  # B×1×N×H×W, broadcast over channels
-    for _ in range(iters):
+    for _ in range(par.iters):
         padded = F.pad(probs, (pad, pad, pad, pad), mode="replicate")
         out = torch.zeros_like(probs)
         for j, offset in enumerate(offsets):
@@ -67,19 +69,3 @@ def propagate(affinity: torch.Tensor, probs: torch.Tensor, *, dilations=DILATION
         probs = out
     return probs
 
-
-def refine(
-    images: torch.Tensor,
-    probs: torch.Tensor,
-    *,
-    dilations=DILATIONS,
-    iters: int = 10,
-    w_color: float = 0.3,
-    w_pos: float = 0.01,
-) -> torch.Tensor:
-    """Refine probability maps B×K×H×W with the colour/position affinity of images B×3×H×W."""
-    probs = probs.float()
-    if probs.shape[-2:] != images.shape[-2:]:
-        probs = F.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=True)
-    affinity = pixel_affinity(images, dilations=dilations, w_color=w_color, w_pos=w_pos)
-    return propagate(affinity, probs, dilations=dilations, iters=iters)

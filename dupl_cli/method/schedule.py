@@ -1,17 +1,21 @@
-"""Three-phase loss schedule, AdamW parameter groups and the warm-up + poly LR (SPEC.md §8)."""
+"""The three-phase loss schedule, phase names and the warm-up + poly LR factor (docs/method.md §8).
+
+Building the optimiser and the scheduler is the engine's job (``engine.optim``).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-import torch
+from dupl_cli.method.params import LossWeights, PhaseSchedule
 
 
 @dataclass(frozen=True)
 class Phase:
     """What runs at one iteration. A term with weight 0 is not computed at all."""
 
+    name: str  # "A", "B" or "C": see phase_name
     w_cls: float
     w_ptc: float
     w_dis: float
@@ -21,37 +25,42 @@ class Phase:
     anf: bool  # adaptive noise filtering on the refined labels
     aux_labels: bool  # COCO release stage: seg labels from the auxiliary CAM at a fixed tau
 
-    @property
-    def name(self) -> str:
-        return "C" if self.anf else ("B" if self.seg_labels else "A")
+
+def phase_name(t: int, schedule: PhaseSchedule) -> str:
+    """The stage iteration ``t`` is in, by the schedule alone: A before t_seg, B before t_anf, else C.
+
+    Zero loss weights switch work off (see :func:`phase_at`) but do not rename the stage.
+    """
+    return "A" if t < schedule.t_seg else ("B" if t < schedule.t_anf else "C")
 
 
-def phase_at(t: int, method, compat) -> Phase:
+def phase_at(t: int, schedule: PhaseSchedule, weights: LossWeights) -> Phase:
     """Loss weights and active stages at iteration ``t``.
 
-    With ``compat.delayed_weights`` a new term is computed from its first iteration but weighted
+    With ``schedule.delayed_weights`` a new term is computed from its first iteration but weighted
     only one iteration later, as the release does; the zero-weight term is then skipped.
     """
-    delay = 1 if compat.delayed_weights else 0
-    seg_on = t >= method.t_seg
-    anf_on = t >= method.t_anf
-    w_seg = method.w_seg if t >= method.t_seg + delay else 0.0
-    w_reg = method.w_reg if t >= method.t_anf + delay else 0.0
+    delay = 1 if schedule.delayed_weights else 0
+    seg_on = t >= schedule.t_seg
+    anf_on = t >= schedule.t_anf
+    w_seg = weights.seg if t >= schedule.t_seg + delay else 0.0
+    w_reg = weights.reg if t >= schedule.t_anf + delay else 0.0
     return Phase(
+        name=phase_name(t, schedule),
         w_cls=1.0,
-        w_ptc=method.w_ptc,
-        w_dis=method.w_dis,
+        w_ptc=weights.ptc,
+        w_dis=weights.dis,
         w_seg=w_seg,
         w_reg=w_reg,
         seg_labels=seg_on and (w_seg > 0 or (anf_on and w_reg > 0)),
         anf=anf_on and (w_seg > 0 or w_reg > 0),
-        aux_labels=seg_on and t < method.aux_seg_until,
+        aux_labels=seg_on and t < schedule.aux_seg_until,
     )
 
 
-def dta_window(method, max_iters: int) -> tuple[int, int]:
+def dta_window(schedule: PhaseSchedule) -> tuple[int, int]:
     """Iterations over which the dynamic threshold decays (after the COCO aux stage when set)."""
-    return max(method.t_seg, method.aux_seg_until), max_iters
+    return max(schedule.t_seg, schedule.aux_seg_until), schedule.max_iters
 
 
 def lr_factor(t: int, *, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float) -> float:
@@ -61,38 +70,3 @@ def lr_factor(t: int, *, max_iters: int, warmup_iters: int, warmup_ratio: float,
     if t >= max_iters:
         return 0.0
     return math.pow(1.0 - t / max_iters, power)
-
-
-def lr_lambda(train_settings):
-    """A ``LambdaLR`` callable for the settings' warm-up + poly schedule."""
-    s = train_settings
-
-    def factor(t: int) -> float:
-        return lr_factor(
-            t,
-            max_iters=s.max_iters,
-            warmup_iters=s.warmup_iters,
-            warmup_ratio=s.warmup_ratio,
-            power=s.poly_power,
-        )
-
-    return factor
-
-
-def build_optimizer(model, train_settings) -> torch.optim.AdamW:
-    """AdamW with the backbone group at ``lr`` and classifiers + heads at ``lr * head_lr_mult``.
-
-    Weight decay applies to every group (as the release); frozen parameters are left out.
-    """
-    backbone, heads = model.param_groups()
-    s = train_settings
-    groups = [
-        {"params": [p for p in backbone if p.requires_grad], "lr": s.lr, "name": "backbone"},
-        {"params": [p for p in heads if p.requires_grad], "lr": s.lr * s.head_lr_mult, "name": "heads"},
-    ]
-    groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train_settings) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train_settings))

@@ -1,7 +1,8 @@
-"""One DuPL training iteration up to the loss (SPEC.md §4-§8); the trainer does backward/step.
+"""One DuPL training iteration up to the loss (docs/method.md §4-§8); the trainer does backward/step.
 
 Everything is batched over images; the only host sync is the one ANF may take. Work whose loss
-weight is zero in the current phase (PAR labels, ANF, the strong view) is skipped.
+weight is zero in the current phase (PAR labels, ANF, the strong view) is skipped. Every
+parameter comes from one :class:`~dupl_cli.method.params.StepConfig`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,14 @@ from typing import NamedTuple
 
 import torch
 
+from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
 from dupl_cli.method.cam import dual_multiscale_cam
 from dupl_cli.method.noise_filter import noisy_pixels
+from dupl_cli.method.params import PhaseSchedule, StepConfig, ThresholdConfig
 from dupl_cli.method.schedule import Phase, dta_window, phase_at
 from dupl_cli.method.strong_aug import denormalize_u8, downscale, strong_view, undo_on_logits
 from dupl_cli.method.thresholds import (
-    IGNORE,
     box_mask,
     cam_to_label,
     high_threshold,
@@ -41,42 +43,35 @@ class PseudoLabels(NamedTuple):
     noise: torch.Tensor | None  # 2B×H×W noise mask (student 1 images first)
 
 
-def class_thresholds(t: int, settings) -> torch.Tensor | float:
+def class_thresholds(t: int, thresholds: ThresholdConfig, schedule: PhaseSchedule) -> torch.Tensor | float:
     """tau_h per class (tensor) or one value at iteration t (DTA after t_seg / the aux stage)."""
-    m = settings.method
-    t_start, t_end = dta_window(m, settings.train.max_iters)
-    tau_end = torch.tensor(m.tau_high_end) if isinstance(m.tau_high_end, list) else m.tau_high_end
-    return high_threshold(t, tau0=m.tau_high_start, tau_end=tau_end, t_start=t_start, t_end=t_end)
+    t_start, t_end = dta_window(schedule)
+    tau_end = thresholds.tau_end
+    tau_end = torch.tensor(tau_end) if isinstance(tau_end, tuple | list) else tau_end
+    return high_threshold(t, tau0=thresholds.tau_start, tau_end=tau_end, t_start=t_start, t_end=t_end)
 
 
 def make_pseudo_labels(
-    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, settings, grid
+    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, config: StepConfig, grid
 ) -> PseudoLabels:
     """Token labels, PAR-refined labels and their noise-filtered version for both students."""
-    m, c = settings.method, settings.compat
-    tau_image = image_thresholds(class_thresholds(t, settings), labels)
+    th = config.thresholds
+    tau_image = image_thresholds(class_thresholds(t, th, config.schedule), labels)
     token = [
         token_labels(
             a,
             labels,
             grid=grid,
             tau_high=tau_image,
-            tau_low=m.tau_low,
+            tau_low=th.tau_low,
             img_box=img_box,
-            pixel_box=c.ptc_pixel_box,
+            pixel_box=config.ptc_pixel_box,
         )
         for a in cams_aux
     ]
     if not phase.seg_labels:
         return PseudoLabels(tau_image, token, None, None, None)
-    sources, tau_seg = (cams_aux, m.aux_seg_tau) if phase.aux_labels else (cams, tau_image)
-    par = dict(
-        dilations=m.par_dilations,
-        iters=m.par_iters,
-        downscale=m.par_downscale,
-        w_color=m.par_w_color,
-        w_pos=m.par_w_pos,
-    )
+    sources, tau_seg = (cams_aux, th.aux_tau) if phase.aux_labels else (cams, tau_image)
     # Both students' label passes share one PAR batch (the affinity is per image either way).
     b = labels.shape[0]
     refined = refine_labels(
@@ -84,49 +79,37 @@ def make_pseudo_labels(
         torch.cat(sources),
         torch.cat([labels, labels]),
         tau_high=torch.as_tensor(tau_seg, device=labels.device).reshape(-1).expand(b).repeat(2),
-        tau_low=m.tau_low,
+        tau_low=th.tau_low,
         img_box=torch.cat([img_box, img_box]),
-        **par,
+        par=config.par,
     )
     noise = None
     filtered = refined
     if phase.anf:
         own_loss = L.pixel_ce(torch.cat(seg_logits).detach(), refined)
-        noise = noisy_pixels(
-            own_loss,
-            refined,
-            gamma=m.anf_gamma,
-            eta=m.anf_eta,
-            min_pixels=m.anf_min_pixels,
-            loss_floor=m.anf_loss_floor,
-            iters=m.anf_iters,
-            tol=m.anf_tol,
-            reg=m.anf_reg,
-            one_sided=not c.anf_two_sided,
-        )
-        filtered = refined.masked_fill(noise, IGNORE)
+        noise = noisy_pixels(own_loss, refined, config.noise)
+        filtered = refined.masked_fill(noise, IGNORE_INDEX)
     return PseudoLabels(tau_image, token, list(refined.split(b)), list(filtered.split(b)), noise)
 
 
 def training_step(
-    model, batch: dict, t: int, settings, *, generator: torch.Generator | None = None
+    model, batch: dict, t: int, config: StepConfig, *, generator: torch.Generator | None = None
 ) -> StepResult:
-    m, c = settings.method, settings.compat
-    phase = phase_at(t, m, c)
+    phase = phase_at(t, config.schedule, config.weights)
     images = batch["image"]
     labels = batch["labels"].to(images.device).float()
     img_box = batch["img_box"].to(images.device)
     size = tuple(images.shape[-2:])
     students = list(model.students)
 
-    images_u8 = denormalize_u8(images, settings.data.mean, settings.data.std)
+    images_u8 = denormalize_u8(images, config.mean, config.std)
     images01 = images_u8.float() / 255.0  # as the release: PAR sees the uint8-rounded image
 
-    cams, cams_aux = dual_multiscale_cam(model, images, scales=m.cam_scales, flip=m.cam_flip)
+    cams, cams_aux = dual_multiscale_cam(model, images, scales=config.cam.scales, flip=config.cam.flip)
     outs = [s(images) for s in students]
     seg_weak = [o.seg for o in outs]
     grid = tuple(outs[0].features.shape[-2:])
-    pseudo = make_pseudo_labels(images01, cams, cams_aux, seg_weak, labels, img_box, t, phase, settings, grid)
+    pseudo = make_pseudo_labels(images01, cams, cams_aux, seg_weak, labels, img_box, t, phase, config, grid)
 
     zero = images.new_zeros((), dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
@@ -140,7 +123,7 @@ def training_step(
         terms.update(ptc=ptc[0] + ptc[1], ptc_1=ptc[0], ptc_2=ptc[1])
         total = total + phase.w_ptc * terms["ptc"]
     if phase.w_dis > 0:
-        to_2, to_1 = L.discrepancy_terms(outs[0].features, outs[1].features, form=m.discrepancy)
+        to_2, to_1 = L.discrepancy_terms(outs[0].features, outs[1].features, form=config.discrepancy)
         terms.update(dis=to_2 + to_1, dis_1=to_2, dis_2=to_1)
         total = total + phase.w_dis * terms["dis"]
     if phase.w_seg > 0:
@@ -150,7 +133,7 @@ def training_step(
         total = total + phase.w_seg * terms["seg"]
     if phase.w_reg > 0:
         reg = consistency_terms(
-            students, images_u8, seg_weak, pseudo.filtered, img_box, size, settings, generator
+            students, images_u8, seg_weak, pseudo.filtered, img_box, size, config, generator
         )
         terms.update(reg=reg[0] + reg[1], reg_1=reg[0], reg_2=reg[1])
         total = total + phase.w_reg * terms["reg"]
@@ -159,27 +142,25 @@ def training_step(
     terms = {k: v.detach() for k, v in terms.items()}
 
     stats = {"tau_h": pseudo.tau_image.float().mean(), "noise_share": _noise_share(pseudo, zero)}
-    visuals = _visuals(images_u8, cams[0], labels, seg_weak[0], pseudo, size, m.tau_low)
+    visuals = _visuals(images_u8, cams[0], labels, seg_weak[0], pseudo, size, config.thresholds.tau_low)
     return StepResult(total, terms, stats, visuals)
 
 
 def consistency_terms(
-    students, images_u8, seg_weak, filtered, img_box, size, settings, generator
+    students, images_u8, seg_weak, filtered, img_box, size, config: StepConfig, generator
 ) -> list[torch.Tensor]:
     """L_reg,k: strong-view CE against student k's own confident weak argmax on discarded pixels."""
-    m = settings.method
-    strong, _ = strong_view(
-        images_u8, method=m, mean=settings.data.mean, std=settings.data.std, generator=generator
-    )
-    strong = downscale(strong, m.strong_scale, multiple=getattr(students[0].backbone, "stride", 1))
-    inside = None if settings.compat.reg_include_padding else box_mask(img_box, size)
+    view, reg = config.strong, config.consistency
+    strong, _ = strong_view(images_u8, view, mean=config.mean, std=config.std, generator=generator)
+    strong = downscale(strong, view.scale, multiple=getattr(students[0].backbone, "stride", 1))
+    inside = None if reg.include_padding else box_mask(img_box, size)
     out = []
     for k, student in enumerate(students):
-        discarded = filtered[1 - k] == IGNORE  # the label student k is trained on
+        discarded = filtered[1 - k] == IGNORE_INDEX  # the label student k is trained on
         if inside is not None:
             discarded = discarded & inside
-        target, mask, _ = L.consistency_target(seg_weak[k], discarded, confidence=m.reg_confidence)
-        strong_logits = undo_on_logits(student.segment(strong), size, flip=m.strong_flip)
+        target, mask, _ = L.consistency_target(seg_weak[k], discarded, confidence=reg.confidence)
+        strong_logits = undo_on_logits(student.segment(strong), size, flip=view.flip)
         out.append(L.consistency_loss(strong_logits, target, mask))
     return out
 
@@ -188,7 +169,7 @@ def _noise_share(pseudo: PseudoLabels, zero: torch.Tensor) -> torch.Tensor:
     if pseudo.noise is None:
         return zero
     refined = torch.cat(pseudo.refined)
-    foreground = (refined != 0) & (refined != IGNORE)
+    foreground = (refined != 0) & (refined != IGNORE_INDEX)
     return (pseudo.noise & foreground).sum().float() / foreground.sum().clamp_min(1).float()
 
 

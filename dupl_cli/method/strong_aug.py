@@ -1,4 +1,4 @@
-"""The strong view of the consistency loss, batched on the device (SPEC.md §7).
+"""The strong view of the consistency loss, batched on the device (docs/method.md §7.5).
 
 Photometric RandAugment as the release runs it (verified against the fixture's strong batch):
 ``n`` ops drawn with replacement per image, each applied in order with a fixed magnitude
@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dupl_cli.config.schema import STRONG_OPS
+from dupl_cli.method.params import StrongViewConfig
 
 POSTERIZE_BITS = 2
 
@@ -133,7 +133,7 @@ def draw_ops(batch: int, *, n: int, num_ops: int, generator: torch.Generator | N
 
 
 def apply_ops(
-    images_u8: torch.Tensor, op_ids: torch.Tensor, ops=STRONG_OPS, *, magnitude: int = 10
+    images_u8: torch.Tensor, op_ids: torch.Tensor, ops: tuple[str, ...], *, magnitude: int
 ) -> torch.Tensor:
     """Apply op ``op_ids[b, k]`` (index into ``ops``) to image b for k = 0..n−1, in order."""
     op_ids = op_ids.to(images_u8.device, non_blocking=True)
@@ -147,17 +147,18 @@ def apply_ops(
     return out
 
 
-def strong_view(images_u8: torch.Tensor, *, method, mean, std, generator: torch.Generator | None = None):
+def strong_view(
+    images_u8: torch.Tensor, view: StrongViewConfig, *, mean, std, generator: torch.Generator | None = None
+):
     """(strong batch at full size, normalised and flipped; op indices B×n).
 
-    The 0.75 downscale is separate (:func:`downscale`), applied on the model side as the release does.
+    The ``view.scale`` downscale is separate (:func:`downscale`), applied on the model side as the
+    release does.
     """
-    op_ids = draw_ops(
-        images_u8.shape[0], n=method.strong_n, num_ops=len(method.strong_ops), generator=generator
-    )
-    augmented = apply_ops(images_u8, op_ids, method.strong_ops, magnitude=method.strong_magnitude)
+    op_ids = draw_ops(images_u8.shape[0], n=view.n, num_ops=len(view.ops), generator=generator)
+    augmented = apply_ops(images_u8, op_ids, view.ops, magnitude=view.magnitude)
     strong = normalize(augmented, mean, std)
-    if method.strong_flip:
+    if view.flip:
         strong = strong.flip(-1)
     return strong, op_ids
 
@@ -175,7 +176,7 @@ def downscale(images: torch.Tensor, scale: float, *, multiple: int = 1) -> torch
     return images[..., : h - h % multiple, : w - w % multiple]
 
 
-def undo_on_logits(logits: torch.Tensor, size: tuple[int, int], *, flip: bool = True) -> torch.Tensor:
+def undo_on_logits(logits: torch.Tensor, size: tuple[int, int], *, flip: bool) -> torch.Tensor:
     """Strong-view logits back to the weak frame: flip back, upsample (float32) to ``size``."""
     if flip:
         logits = logits.flip(-1)

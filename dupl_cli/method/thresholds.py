@@ -1,5 +1,5 @@
 """CAM -> pseudo-labels: dynamic threshold (DTA), three-way thresholding, token labels and
-PAR-refined labels with the two thresholds combined (SPEC.md §4.2-4.5, §10)."""
+PAR-refined labels with the two thresholds combined (docs/method.md §4.2-4.5, §10)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dupl_cli.method.par import DILATIONS, pixel_affinity, propagate
-
-IGNORE = 255
+from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.method.par import pixel_affinity, propagate
+from dupl_cli.method.params import ParConfig
 
 
 def high_threshold(t: int, *, tau0: float, tau_end, t_start: int, t_end: int):
@@ -40,7 +40,7 @@ def box_mask(img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, p
     """B×h×w bool: cells inside ``img_box`` [y0, y1, x0, x1] (pixels).
 
     ``stride`` > 1 maps the box to a coarser grid (a cell is inside when its centre is);
-    ``pixel_coords`` instead slices the grid with the pixel coordinates (release quirk §10).
+    ``pixel_coords`` instead slices the grid with the pixel coordinates (release quirk, docs/method.md §10).
     """
     h, w = size
     box = img_box.to(torch.float64)
@@ -53,7 +53,7 @@ def box_mask(img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, p
     return inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def cam_to_label(cam, labels, *, tau_high, tau_low: float, img_box=None, ignore: int = IGNORE, box_stride: int = 1, pixel_box: bool = False):
+def cam_to_label(cam, labels, *, tau_high, tau_low: float, img_box=None, ignore: int = IGNORE_INDEX, box_stride: int = 1, pixel_box: bool = False):
     """Three-way thresholding: class where max_c y_c·M_c > tau_h, ignore in (tau_l, tau_h], 0 below."""
     b = cam.shape[0]
     valid = cam.float() * labels.float()[:, :, None, None]
@@ -72,7 +72,7 @@ def cam_on_grid(cam: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(cam.float(), size=grid, mode="bilinear", align_corners=False)
 
 
-def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=None, pixel_box: bool = False, ignore: int = IGNORE):
+def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=None, pixel_box: bool = False, ignore: int = IGNORE_INDEX):
     """PTC token labels: the normalised aux CAM resized to the token grid, then thresholded."""
     tok = cam_on_grid(cam_aux, grid)
     stride = cam_aux.shape[-2] // grid[0]
@@ -104,15 +104,11 @@ def refine_labels(
     tau_high,
     tau_low: float,
     img_box=None,
-    dilations=DILATIONS,
-    iters: int = 10,
-    downscale: int = 2,
-    w_color: float = 0.3,
-    w_pos: float = 0.01,
-    ignore: int = IGNORE,
+    par: ParConfig = ParConfig(),
+    ignore: int = IGNORE_INDEX,
     pack: bool | None = None,
 ) -> torch.Tensor:
-    """PAR-refined labels (SPEC §4.5), B×H×W: foreground from the tau_h pass, background where
+    """PAR-refined labels (docs/method.md §4.5), B×H×W: foreground from the tau_h pass, background where
     both the tau_h and tau_l passes say background, ignore elsewhere and outside ``img_box``.
 
     ``images01`` B×3×H×W in [0, 1] (the de-normalised weak view), ``cam`` normalised B×C×H×W.
@@ -121,7 +117,7 @@ def refine_labels(
     the batch's largest class count when ``pack`` (default on CPU), else all C (no host sync).
     """
     b, _, h, w = cam.shape
-    small = (h // downscale, w // downscale)
+    small = (h // par.downscale, w // par.downscale)
     order, used, ids = _present_slots(labels, pack)
     cam = cam.float() * labels.float()[:, :, None, None]
     packed = cam.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
@@ -136,8 +132,7 @@ def refine_labels(
 
     probs = torch.cat([stack(tau_h), stack(torch.full_like(tau_h, tau_low))], 1)
     img_small = F.interpolate(images01.float(), size=small, mode="bilinear", align_corners=False)
-    affinity = pixel_affinity(img_small, dilations=dilations, w_color=w_color, w_pos=w_pos)
-    refined = propagate(affinity, probs, dilations=dilations, iters=iters)
+    refined = propagate(pixel_affinity(img_small, par), probs, par)
     refined = F.interpolate(refined, size=(h, w), mode="bilinear", align_corners=False)
     k = ids.shape[1]
     label_h = ids.gather(1, refined[:, :k].argmax(1).flatten(1)).view(b, h, w)

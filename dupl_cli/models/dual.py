@@ -1,4 +1,4 @@
-"""Two independent students sharing only their initial backbone weights (SPEC.md §3)."""
+"""Two independent students sharing only their initial backbone weights (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Segmentation head: DeepLab LargeFOV (SPEC.md §2)."""
+"""Segmentation head: DeepLab LargeFOV (docs/method.md §2)."""
 
 from __future__ import annotations
 

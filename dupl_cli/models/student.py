@@ -1,4 +1,4 @@
-"""One DuPL student: backbone, max-pooled bias-free classifiers and a LargeFOV head (SPEC.md §2)."""
+"""One DuPL student: backbone, max-pooled bias-free classifiers and a LargeFOV head (docs/method.md §2)."""
 
 from __future__ import annotations
 

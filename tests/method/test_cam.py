@@ -41,7 +41,7 @@ def test_multiscale_matches_loop():
     model = _model()
     images = torch.randn(3, 3, 64, 64)
     student = model.students[0]
-    cam, cam_aux = multiscale_cam(student, images, scales=(1.0, 0.5, 1.5))
+    cam, cam_aux = multiscale_cam(student, images, scales=(1.0, 0.5, 1.5), flip=True)
     assert cam.shape == cam_aux.shape == (3, 4, 64, 64)
     torch.testing.assert_close(cam, _loop_cam(student, images, (1.0, 0.5, 1.5), False), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cam_aux, _loop_cam(student, images, (1.0, 0.5, 1.5), True), atol=1e-5, rtol=1e-5)
@@ -55,9 +55,9 @@ def test_multiscale_matches_loop():
 def test_no_flip_and_dual():
     model = _model()
     images = torch.randn(2, 3, 64, 64)
-    cams, cams_aux = dual_multiscale_cam(model, images, scales=(1.0,))
+    cams, cams_aux = dual_multiscale_cam(model, images, scales=(1.0,), flip=True)
     for k, student in enumerate(model.students):
-        torch.testing.assert_close(cams[k], multiscale_cam(student, images, scales=(1.0,))[0])
+        torch.testing.assert_close(cams[k], multiscale_cam(student, images, scales=(1.0,), flip=True)[0])
     assert not torch.allclose(cams[0], cams[1])  # different heads -> different CAMs
     cam, _ = multiscale_cam(model.students[0], images, scales=(1.0,), flip=False)
     raw = F.interpolate(model.students[0].cams(images)[0], size=(64, 64), mode="bilinear", align_corners=False).relu()
@@ -69,6 +69,7 @@ def test_no_flip_and_dual():
 def test_bf16_autocast_normalised_in_fp32():
     model = _model()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        cam, cam_aux = multiscale_cam(model.students[0], torch.randn(1, 3, 64, 64))
+        images = torch.randn(1, 3, 64, 64)
+        cam, cam_aux = multiscale_cam(model.students[0], images, scales=(1.0, 0.5, 1.5), flip=True)
     assert cam.dtype == torch.float32 and cam_aux.dtype == torch.float32
     assert torch.isfinite(cam).all()

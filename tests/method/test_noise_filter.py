@@ -1,4 +1,4 @@
-"""ANF: batched EM vs scikit-learn's GaussianMixture per map, plus the edge cases of SPEC §6."""
+"""ANF: batched EM vs scikit-learn's GaussianMixture per map, plus the edge cases of docs/method.md §6."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from method_oracles import fit_two_gaussians, kmeans_1d
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from dupl_cli.method.noise_filter import fit_two_gaussians, kmeans_1d, noisy_pixels
+from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.method.noise_filter import noisy_pixels
+from dupl_cli.method.params import NoiseFilterConfig
 
 
 def realistic_maps(n: int, size: int = 64, seed: int = 0):
@@ -22,7 +25,7 @@ def realistic_maps(n: int, size: int = 64, seed: int = 0):
         y = np.zeros((size, size), np.int64)
         y0, x0 = rng.integers(0, size // 4, 2)
         y[y0 : y0 + size // 2 + 8, x0 : x0 + size // 2 + 10] = rng.integers(1, 21)
-        y[: rng.integers(0, 4)] = 255
+        y[: rng.integers(0, 4)] = IGNORE_INDEX
         clean = rng.gamma(rng.uniform(1.5, 3), rng.uniform(0.15, 0.4), (size, size))
         noisy = np.abs(rng.normal(rng.uniform(0.8, 5), rng.uniform(0.2, 1.5), (size, size)))
         share = rng.uniform(0.05, 0.5)
@@ -33,7 +36,7 @@ def realistic_maps(n: int, size: int = 64, seed: int = 0):
 
 def sklearn_reference(loss: np.ndarray, label: np.ndarray, one_sided: bool):
     x, y = loss.ravel().astype(np.float64), label.ravel()
-    sel = (y != 0) & (y != 255) & (x > 0.1)
+    sel = (y != 0) & (y != IGNORE_INDEX) & (x > 0.1)
     if sel.sum() <= 1000:
         return None, np.zeros_like(y, bool)
     with warnings.catch_warnings():
@@ -51,7 +54,7 @@ def sklearn_reference(loss: np.ndarray, label: np.ndarray, one_sided: bool):
 @pytest.mark.parametrize("one_sided", [False, True])
 def test_matches_sklearn_on_many_maps(one_sided):
     losses, labels = realistic_maps(48, seed=1 + one_sided)
-    noise, fit = noisy_pixels(losses, labels, one_sided=one_sided, return_fit=True)
+    noise, fit = noisy_pixels(losses, labels, NoiseFilterConfig(one_sided=one_sided), return_fit=True)
     agree, total, compared = 0, 0, 0
     for i in range(len(losses)):
         gmm, ref = sklearn_reference(losses[i].numpy(), labels[i].numpy(), one_sided)
@@ -75,7 +78,7 @@ def test_kmeans_init_matches_sklearn_kmeans():
     losses, labels = realistic_maps(12, seed=5)
     x = losses.reshape(12, -1).double()
     mask = labels.reshape(12, -1) > 0
-    mask &= labels.reshape(12, -1) != 255
+    mask &= labels.reshape(12, -1) != IGNORE_INDEX
     ours = kmeans_1d(x, mask)
     for i in range(12):
         xi = x[i][mask[i]].numpy()[:, None]
@@ -88,7 +91,7 @@ def test_one_sided_never_flags_below_clean_mean():
     noise, fit = noisy_pixels(losses, labels, return_fit=True)
     clean = fit.means.min(1).values.float()
     assert not (noise & (losses <= clean.view(-1, 1, 1))).any()
-    two_sided = noisy_pixels(losses, labels, one_sided=False)
+    two_sided = noisy_pixels(losses, labels, NoiseFilterConfig(one_sided=False))
     assert (noise <= two_sided).all()
 
 
@@ -104,7 +107,7 @@ def test_edge_cases():
     small = torch.zeros_like(fg)
     small[:31, :32] = 3  # 992 foreground pixels <= 1000
     all_bg = torch.zeros_like(fg)
-    all_ignored = torch.full_like(fg, 255)
+    all_ignored = torch.full_like(fg, IGNORE_INDEX)
     flat = torch.full_like(loss, 2.0)
     close = torch.where(loss > 1, torch.full_like(loss, 1.2), torch.full_like(loss, 0.5))  # |dmu| = 0.7
     losses = torch.stack([loss, loss, loss, flat, close])
@@ -123,10 +126,10 @@ def test_background_never_flagged_and_loss_floor():
     loss, fg = _bimodal()
     labels = fg.clone()
     labels[:, :20] = 0
-    noise = noisy_pixels(loss[None], labels[None], one_sided=False)
+    noise = noisy_pixels(loss[None], labels[None], NoiseFilterConfig(one_sided=False))
     assert noise.any() and not noise[0, :, :20].any()
     # Pixels under the loss floor are not fitted: raising the floor above everything removes the fit.
-    _, fit = noisy_pixels(loss[None], fg[None], loss_floor=100.0, return_fit=True)
+    _, fit = noisy_pixels(loss[None], fg[None], NoiseFilterConfig(loss_floor=100.0), return_fit=True)
     assert not fit.fitted.any()
 
 
@@ -140,7 +143,7 @@ def test_fit_api_shapes():
 def test_matches_sklearn_when_pixels_not_a_multiple_of_the_block():
     # 70×70 = 4900 pixels: the raster searches (k-means++ draws) run on a zero-padded last block.
     losses, labels = realistic_maps(12, size=70, seed=7)
-    noise, fit = noisy_pixels(losses, labels, one_sided=False, return_fit=True)
+    noise, fit = noisy_pixels(losses, labels, NoiseFilterConfig(one_sided=False), return_fit=True)
     compared = 0
     for i in range(len(losses)):
         gmm, ref = sklearn_reference(losses[i].numpy(), labels[i].numpy(), one_sided=False)

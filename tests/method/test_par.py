@@ -6,8 +6,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from method_oracles import refine
 
-from dupl_cli.method.par import pixel_affinity, propagate, refine
+from dupl_cli.method.par import pixel_affinity, propagate
+from dupl_cli.method.params import ParConfig
 
 
 def _loop_par(image: torch.Tensor, probs: torch.Tensor, dilations, iters: int) -> torch.Tensor:
@@ -58,7 +60,7 @@ def test_affinity_rows_sum_to_one_point_zero_one_and_shared():
     torch.testing.assert_close(aff.sum(1), torch.full((2, 24, 24), 1.01))
     # Sharing the affinity between two stacks equals refining each separately.
     a, b = torch.rand(2, 3, 24, 24), torch.rand(2, 2, 24, 24)
-    both = propagate(aff, torch.cat([a, b], 1), iters=3)
+    both = propagate(aff, torch.cat([a, b], 1), ParConfig(iters=3))
     torch.testing.assert_close(both[:, :3], refine(images, a, iters=3), atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(both[:, 3:], refine(images, b, iters=3), atol=1e-6, rtol=1e-5)
 

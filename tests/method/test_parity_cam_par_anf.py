@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import release_fixture as rf
 import torch
+from method_oracles import refine
 
 from dupl_cli.method.cam import merge_flip, multiscale_cam, normalise_cam, raw_cams_at_scales
 from dupl_cli.method.noise_filter import noisy_pixels
-from dupl_cli.method.par import refine
+from dupl_cli.method.params import NoiseFilterConfig, ParConfig
 from dupl_cli.method.thresholds import (
     cam_on_grid,
     cam_to_label,
@@ -69,7 +70,7 @@ def test_raw_cams(students, common, student):
 
 @pytest.mark.parametrize("student", STUDENTS)
 def test_normalised_multiscale_cams(students, common, student):
-    cam, cam_aux = multiscale_cam(students[student - 1], common["input.weak"], scales=_scales())
+    cam, cam_aux = multiscale_cam(students[student - 1], common["input.weak"], scales=_scales(), flip=True)
     for b in range(rf.batch_size()):
         present = rf.present(b)
         torch.testing.assert_close(cam[b, present], common[f"cam.s{student}.b{b}"], atol=1e-4, rtol=0)
@@ -158,11 +159,13 @@ def test_refined_labels(common, phase, student):
         tau_high=t[f"{phase}.thr.high"],
         tau_low=rf.hyper()["low_thre"],
         img_box=common["label.img_box"],
-        dilations=tuple(par["dilations"]),
-        iters=par["num_iter"],
-        downscale=par["down_scale"],
-        w_color=par["w1"],
-        w_pos=par["w2"],
+        par=ParConfig(
+            dilations=tuple(par["dilations"]),
+            iters=par["num_iter"],
+            downscale=par["down_scale"],
+            w_color=par["w1"],
+            w_pos=par["w2"],
+        ),
     )
     assert torch.equal(got, t[f"{phase}.refined.s{student}"].long())
     counts = rf.meta()["phases"][phase]["refined_label_counts"]
@@ -182,9 +185,7 @@ def test_anf_fits_and_masks(student):
     t, gmm = rf.tensors(f"phase_{phase}"), rf.hyper()["gmm"]
     losses = t[f"{phase}.anf.pix_loss.s{student}"]
     labels = t[f"{phase}.refined.s{student}"].long()
-    noise, fit = noisy_pixels(
-        losses,
-        labels,
+    release = NoiseFilterConfig(
         gamma=gmm["gamma"],
         eta=gmm["valid_abs_mean_diff"],
         min_pixels=gmm["min_pixels"],
@@ -193,8 +194,8 @@ def test_anf_fits_and_masks(student):
         tol=gmm["tol"],
         reg=gmm["reg_covar"],
         one_sided=False,
-        return_fit=True,
     )
+    noise, fit = noisy_pixels(losses, labels, release, return_fit=True)
     assert torch.equal(noise, t[f"{phase}.anf.noise_mask.s{student}"])
     filtered = torch.where(noise, torch.full_like(labels, 255), labels)
     assert torch.equal(filtered, t[f"{phase}.refined_filtered.s{student}"].long())

@@ -5,9 +5,11 @@ import pytest
 import release_fixture as rf
 import torch
 
-from dupl_cli.config.schema import STRONG_OPS, VOC_TAU_END_PER_CLASS, DuplSettings
+from dupl_cli.config.schema import VOC_TAU_END_PER_CLASS, DuplSettings
+from dupl_cli.engine.method_config import step_config
 from dupl_cli.method import losses as L
 from dupl_cli.method import strong_aug
+from dupl_cli.method.params import STRONG_OPS
 from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import DualStudent
 
@@ -38,7 +40,7 @@ def test_each_loss_term_from_stored_tensors(fx, phase):
         tok = p[f"{phase}.ptc.label.s{k}"]
         assert torch.equal(L.token_affinity(tok), p[f"{phase}.ptc.aff.s{k}"])
         _close(L.ptc_loss(common[f"fwd.fmap.s{k}"], tok), ref[f"ptc_{k}"])
-    to_2, to_1 = L.discrepancy_terms(common["fwd.fmap.s1"], common["fwd.fmap.s2"])
+    to_2, to_1 = L.discrepancy_terms(common["fwd.fmap.s1"], common["fwd.fmap.s2"], form="release")
     _close(to_2, ref["sim_1"])
     _close(to_1, ref["sim_2"])
     if phase == "A":
@@ -60,7 +62,7 @@ def test_anf_losses_and_consistency_masks_targets_and_terms(fx):
         assert torch.equal(confident, p[f"C.reg.conf_gt_0.9.s{k}"])
         assert torch.equal(mask, p[f"C.reg.mask.s{k}"])
         assert torch.equal(torch.where(mask, target, 255).to(torch.uint8), p[f"C.reg.target.s{k}"])
-        strong = strong_aug.undo_on_logits(p[f"C.fwd.seg_strong.s{k}"], (224, 224))
+        strong = strong_aug.undo_on_logits(p[f"C.fwd.seg_strong.s{k}"], (224, 224), flip=True)
         _close(L.consistency_loss(strong, target, mask), ref[f"reg_{k}"])
 
 
@@ -100,7 +102,7 @@ def test_full_step_total_loss_and_gradients(fx, model, phase, monkeypatch):
         "img_box": common["label.img_box"].long(),
     }
     model.zero_grad(set_to_none=True)
-    result = training_step(model, batch, meta["phases"][phase]["n_iter"], _release_settings())
+    result = training_step(model, batch, meta["phases"][phase]["n_iter"], step_config(_release_settings()))
     result.loss.backward()
     ref = meta["phases"][phase]["losses"]
     _close(result.loss, ref["total"])

@@ -1,29 +1,32 @@
 """training_step on test_vit at 64 px: the right parameters learn in each phase, no per-image work."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from dupl_cli.config.schema import DuplSettings, ModelSettings
+from dupl_cli.config.schema import ModelSettings
 from dupl_cli.method import schedule
+from dupl_cli.method.params import CamConfig, NoiseFilterConfig, ParConfig, PhaseSchedule, StepConfig
 from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import build_dual_student
 
 T_SEG, T_ANF = 2, 4
 
 
-def _settings(**compat) -> DuplSettings:
-    s = DuplSettings(model=ModelSettings(arch="test_vit", pretrained="none", head_channels=16))
-    s.train.max_iters = 10
-    m = s.method
-    m.t_seg, m.t_anf, m.anf_min_pixels, m.par_iters, m.cam_scales = T_SEG, T_ANF, 10, 2, (1.0, 0.5)
-    for k, v in compat.items():
-        setattr(s.compat, k, v)
-    return s
+def _config(delayed_weights: bool = False) -> StepConfig:
+    return StepConfig(
+        cam=CamConfig(scales=(1.0, 0.5)),
+        schedule=PhaseSchedule(t_seg=T_SEG, t_anf=T_ANF, max_iters=10, delayed_weights=delayed_weights),
+        par=ParConfig(iters=2),
+        noise=NoiseFilterConfig(min_pixels=10),
+    )
 
 
 def _model(seed=0, sharpen=1.0):
     torch.manual_seed(seed)
-    model = build_dual_student(_settings().model, 5, img_size=64)
+    model_settings = ModelSettings(arch="test_vit", pretrained="none", head_channels=16)
+    model = build_dual_student(model_settings, 5, img_size=64)
     with torch.no_grad():  # a confident head gives pixels above the 0.9 confidence
         for student in model.students:
             student.head.conv8.weight.mul_(sharpen)
@@ -40,9 +43,9 @@ def _batch(b=2, seed=0):
     return {"image": torch.randn(b, 3, 64, 64, generator=g), "labels": labels, "img_box": box}
 
 
-def _grads(model, t, settings, batch=None):
+def _grads(model, t, config, batch=None):
     model.zero_grad(set_to_none=True)
-    result = training_step(model, batch or _batch(), t, settings, generator=torch.Generator().manual_seed(1))
+    result = training_step(model, batch or _batch(), t, config, generator=torch.Generator().manual_seed(1))
     assert result.loss.dtype == torch.float32 and torch.isfinite(result.loss)
     result.loss.backward()
     has = {}
@@ -57,7 +60,7 @@ def _any(has, part):
 
 def test_phase_a_trains_backbone_and_classifiers_not_the_head():
     model = _model()
-    result, has = _grads(model, 0, _settings())
+    result, has = _grads(model, 0, _config())
     for k in (0, 1):
         assert _any(has, f"students.{k}.backbone") and has[f"students.{k}.classifier.weight"]
         assert has[f"students.{k}.aux_classifier.weight"]
@@ -74,12 +77,12 @@ def test_phase_a_trains_backbone_and_classifiers_not_the_head():
 @pytest.mark.parametrize("t", [T_SEG, T_ANF + 1])
 def test_later_phases_train_the_heads(t):
     model = _model()
-    result, has = _grads(model, t, _settings())
+    result, has = _grads(model, t, _config())
     for k in (0, 1):
         assert _any(has, f"students.{k}.head")
     assert result.terms["seg"] > 0
     assert result.stats["tau_h"] < 0.70 or t == T_SEG
-    weights = schedule.phase_at(t, _settings().method, _settings().compat)
+    weights = schedule.phase_at(t, _config().schedule, _config().weights)
     expected = (
         result.terms["cls"]
         + weights.w_ptc * result.terms["ptc"]
@@ -93,14 +96,13 @@ def test_later_phases_train_the_heads(t):
 
 
 def test_consistency_learns_confident_discarded_pixels():
-    model, s = _model(sharpen=1000.0), _settings()
+    model, s = _model(sharpen=1000.0), _config()
     result, has = _grads(model, T_ANF + 1, s)
     assert result.terms["reg_1"] > 0 and result.terms["reg_2"] > 0  # non-empty masks on both students
     assert result.terms["reg"] == result.terms["reg_1"] + result.terms["reg_2"]
     # The consistency term's gradient reaches the heads: without it they learn something else.
     model_b = _model(sharpen=1000.0)
-    s_b = s.model_copy(deep=True)
-    s_b.method.w_reg = 0.0
+    s_b = dataclasses.replace(s, weights=dataclasses.replace(s.weights, reg=0.0))
     _grads(model_b, T_ANF + 1, s_b)
     grads = [p.grad for p in model.students[0].head.parameters()]
     grads_b = [p.grad for p in model_b.students[0].head.parameters()]
@@ -109,19 +111,19 @@ def test_consistency_learns_confident_discarded_pixels():
 
 def test_delayed_weights_skip_the_seg_term_on_its_first_iteration():
     model = _model()
-    _, has = _grads(model, T_SEG, _settings(delayed_weights=True))
+    _, has = _grads(model, T_SEG, _config(delayed_weights=True))
     assert not _any(has, "students.0.head") and not _any(has, "students.1.head")
 
 
 def test_strong_view_is_reproducible_with_a_generator():
-    model, s = _model(), _settings()
+    model, s = _model(), _config()
     a = training_step(model, _batch(), T_ANF, s, generator=torch.Generator().manual_seed(7)).terms
     b = training_step(model, _batch(), T_ANF, s, generator=torch.Generator().manual_seed(7)).terms
     assert torch.equal(a["reg"], b["reg"])
 
 
 def test_number_of_forwards_does_not_grow_with_the_batch(monkeypatch):
-    model, s = _model(), _settings()
+    model, s = _model(), _config()
     calls = []
     for student in model.students:
         original = student.backbone.forward
@@ -135,14 +137,3 @@ def test_number_of_forwards_does_not_grow_with_the_batch(monkeypatch):
         counts.append(len(calls))
     assert counts[0] == counts[1]
 
-
-def test_optimizer_on_dual_student_groups_and_frozen_pos_embed():
-    model = _model()
-    opt = schedule.build_optimizer(model, _settings().train)
-    backbone, heads = opt.param_groups
-    assert heads["lr"] == pytest.approx(10 * backbone["lr"])
-    ids = {id(p) for g in opt.param_groups for p in g["params"]}
-    frozen = [p for n, p in model.named_parameters() if "pos_embed" in n]
-    assert frozen and all(id(p) not in ids for p in frozen)
-    head_ids = {id(p) for n, p in model.named_parameters() if ".head." in n or "classifier" in n}
-    assert {id(p) for p in heads["params"]} == head_ids

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance, ImageOps
 
-from dupl_cli.config.schema import STRONG_OPS, MethodSettings
 from dupl_cli.method import strong_aug as S
+from dupl_cli.method.params import STRONG_OPS, StrongViewConfig
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -80,10 +80,8 @@ def test_draws_are_reproducible_and_cover_all_ops():
 
 def test_strong_view_shape_flip_and_downscale():
     images = _images()
-    method = MethodSettings(strong_ops=("brightness",), strong_n=1)
-    strong, ids = S.strong_view(
-        images, method=method, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(0)
-    )
+    view = StrongViewConfig(ops=("brightness",), n=1)
+    strong, ids = S.strong_view(images, view, mean=MEAN, std=STD, generator=torch.Generator().manual_seed(0))
     expected = S.normalize(S.brightness(images, 0.7), MEAN, STD).flip(-1)
     assert torch.allclose(strong, expected) and ids.shape == (4, 1)
     small = S.downscale(torch.zeros(2, 3, 224, 224), 0.75)
@@ -97,15 +95,15 @@ def test_undo_on_logits_inverts_flip_and_scale():
     )
     # a map flipped and downscaled comes back flipped-back at full size
     strong = S.downscale(smooth.flip(-1), 0.75)
-    back = S.undo_on_logits(strong, (32, 32))
+    back = S.undo_on_logits(strong, (32, 32), flip=True)
     assert back.shape == smooth.shape
     assert (back - smooth).abs().mean() < 0.05
     # exact where no resampling happens: undo == flip back
-    assert torch.equal(S.undo_on_logits(smooth.flip(-1), (32, 32)), smooth)
+    assert torch.equal(S.undo_on_logits(smooth.flip(-1), (32, 32), flip=True), smooth)
     # flipping commutes with the symmetric bilinear upsampling
     strong = torch.randn(1, 3, 6, 6, generator=g)
     assert torch.allclose(
-        S.undo_on_logits(strong, (8, 8)),
+        S.undo_on_logits(strong, (8, 8), flip=True),
         F.interpolate(strong, size=(8, 8), mode="bilinear", align_corners=False).flip(-1),
         atol=1e-6,
     )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from method_oracles import refine
 
-from dupl_cli.method.par import refine
+from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method.thresholds import (
     box_mask,
     cam_to_label,
@@ -45,9 +46,9 @@ def test_cam_to_label_by_hand():
     cam[0, 2, 0] = torch.tensor([0.0, 0.1, 0.3, 0.10, 0.71])
     labels = torch.tensor([[1.0, 0.0, 1.0]])
     out = cam_to_label(cam, labels, tau_high=0.7, tau_low=0.25)
-    assert out.tolist() == [[[1, 255, 255, 1, 3]]]  # 0.7 is not > 0.7 -> ignore; 0.71 -> class 3
+    assert out.tolist() == [[[1, IGNORE_INDEX, IGNORE_INDEX, 1, 3]]]  # 0.7 is not > 0.7; 0.71 > 0.7
     out = cam_to_label(cam, labels, tau_high=torch.tensor([0.92]), tau_low=0.4)
-    assert out.tolist() == [[[255, 255, 0, 1, 255]]]
+    assert out.tolist() == [[[IGNORE_INDEX, IGNORE_INDEX, 0, 1, IGNORE_INDEX]]]
 
 
 def test_box_on_pixels_and_tokens():
@@ -66,9 +67,9 @@ def test_token_labels_default_maps_box_quirk_blanks():
     labels = torch.tensor([[1.0, 0.0]])
     box = torch.tensor([[0, 64, 20, 64]])
     default = token_labels(cam, labels, grid=(4, 4), tau_high=0.7, tau_low=0.25, img_box=box)
-    assert (default[0, :, 1:] == 1).all() and (default[0, :, 0] == 255).all()
+    assert (default[0, :, 1:] == 1).all() and (default[0, :, 0] == IGNORE_INDEX).all()
     quirk = token_labels(cam, labels, grid=(4, 4), tau_high=0.7, tau_low=0.25, img_box=box, pixel_box=True)
-    assert (quirk == 255).all()
+    assert (quirk == IGNORE_INDEX).all()
 
 
 def _loop_refine(images01, cam, labels, tau_h, tau_l, box):
@@ -86,9 +87,9 @@ def _loop_refine(images01, cam, labels, tau_h, tau_l, box):
             ref = F.interpolate(refine(img, probs), size=(h, w), mode="bilinear", align_corners=False)
             results.append(keys[ref.argmax(1)[0]])
         lh, ll = results
-        out = torch.where(lh == 0, torch.full_like(lh, 255), lh)
+        out = torch.where(lh == 0, torch.full_like(lh, IGNORE_INDEX), lh)
         out[(lh + ll) == 0] = 0
-        final = torch.full_like(out, 255)
+        final = torch.full_like(out, IGNORE_INDEX)
         y0, y1, x0, x1 = box[i].tolist()
         final[y0:y1, x0:x1] = out[y0:y1, x0:x1]
         outs.append(final)
@@ -108,4 +109,4 @@ def test_refine_labels_matches_loop(pack):
     got = refine_labels(images01, cam, labels, tau_high=tau_h, tau_low=0.25, img_box=box, pack=pack)
     ref = _loop_refine(images01, cam, labels, tau_h, 0.25, box)
     assert torch.equal(got, ref)
-    assert set(got.unique().tolist()) <= {0, 1, 2, 4, 6, 255}
+    assert set(got.unique().tolist()) <= {0, 1, 2, 4, 6, IGNORE_INDEX}

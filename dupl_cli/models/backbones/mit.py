@@ -6,7 +6,7 @@ and values come from a map shrunk by a strided convolution of ratio R = 8, 4, 2,
 *Mix-FFN* (linear → 3×3 depth-wise convolution → GELU → linear; the convolution leaks position,
 so there is no positional embedding and any input size works), and a LayerNorm.
 
-Feature maps for DuPL (SPEC.md §2: one final map for the classifier, CAM and segmentation
+Feature maps for DuPL (docs/method.md §2: one final map for the classifier, CAM and segmentation
 head, one intermediate map for the auxiliary CAM):
 
 * ``final`` = stage 4 after its norm, **at output stride 16**. The stock stage 4 runs at stride

@@ -1,4 +1,4 @@
-"""timm ViT / DeiT backbone (SPEC.md §2).
+"""timm ViT / DeiT backbone (docs/method.md §2).
 
 The positional embedding is resampled bicubically to the token grid of every input *without*
 antialiasing (timm's dynamic-size path antialiases, which shifts the 0.5-scale CAM) and is frozen.

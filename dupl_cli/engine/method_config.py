@@ -1,0 +1,79 @@
+"""Settings -> the method's typed parameters. The one place that reads method settings.
+
+The method (``dupl_cli.method``) never sees the settings object: the trainer, the benchmarks and
+the tests build a :class:`StepConfig` here and hand that down.
+"""
+
+from __future__ import annotations
+
+from dupl_cli.errors import UserError
+from dupl_cli.method.params import (
+    CamConfig,
+    ConsistencyConfig,
+    LossWeights,
+    NoiseFilterConfig,
+    ParConfig,
+    PhaseSchedule,
+    StepConfig,
+    StrongViewConfig,
+    ThresholdConfig,
+)
+
+
+def cam_config(settings) -> CamConfig:
+    """The multi-scale CAM of training, also used by CAM evaluation and CAM pseudo-labels."""
+    return CamConfig(scales=tuple(settings.method.cam_scales), flip=settings.method.cam_flip)
+
+
+def step_config(settings, num_classes: int | None = None) -> StepConfig:
+    """The StepConfig of ``settings``; with ``num_classes``, per-class thresholds must match it."""
+    m, c = settings.method, settings.compat
+    tau_end = tuple(m.tau_high_end) if isinstance(m.tau_high_end, list | tuple) else m.tau_high_end
+    if num_classes is not None and isinstance(tau_end, tuple) and len(tau_end) != num_classes:
+        raise UserError(
+            f"method.tau_high_end has {len(tau_end)} per-class values "
+            f"but the dataset has {num_classes} classes"
+        )
+    return StepConfig(
+        cam=cam_config(settings),
+        thresholds=ThresholdConfig(
+            tau_low=m.tau_low, tau_start=m.tau_high_start, tau_end=tau_end, aux_tau=m.aux_seg_tau
+        ),
+        schedule=PhaseSchedule(
+            t_seg=m.t_seg,
+            t_anf=m.t_anf,
+            max_iters=settings.train.max_iters,
+            aux_seg_until=m.aux_seg_until,
+            delayed_weights=c.delayed_weights,
+        ),
+        weights=LossWeights(ptc=m.w_ptc, dis=m.w_dis, seg=m.w_seg, reg=m.w_reg),
+        par=ParConfig(
+            dilations=tuple(m.par_dilations),
+            iters=m.par_iters,
+            downscale=m.par_downscale,
+            w_color=m.par_w_color,
+            w_pos=m.par_w_pos,
+        ),
+        noise=NoiseFilterConfig(
+            gamma=m.anf_gamma,
+            eta=m.anf_eta,
+            min_pixels=m.anf_min_pixels,
+            loss_floor=m.anf_loss_floor,
+            iters=m.anf_iters,
+            tol=m.anf_tol,
+            reg=m.anf_reg,
+            one_sided=not c.anf_two_sided,
+        ),
+        strong=StrongViewConfig(
+            ops=tuple(m.strong_ops),
+            n=m.strong_n,
+            magnitude=m.strong_magnitude,
+            scale=m.strong_scale,
+            flip=m.strong_flip,
+        ),
+        consistency=ConsistencyConfig(confidence=m.reg_confidence, include_padding=c.reg_include_padding),
+        discrepancy=m.discrepancy,
+        ptc_pixel_box=c.ptc_pixel_box,
+        mean=tuple(settings.data.mean),
+        std=tuple(settings.data.std),
+    )

@@ -1,0 +1,55 @@
+"""The import-linter layer contracts of pyproject.toml hold, and they do catch a forbidden import."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTRACTS = (
+    "method imports nothing from config, engine or cli",
+    "models and data import nothing from engine or cli",
+)
+
+
+def _lint(package_parent: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """``lint-imports`` with the repository's contracts on the ``dupl_cli`` found in ``package_parent``."""
+    env = dict(os.environ, PYTHONPATH=str(package_parent))
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    args = [sys.executable, "-c", code, "--config", str(ROOT / "pyproject.toml"), "--no-cache", "--no-logo"]
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_the_tree_keeps_every_contract(tmp_path):
+    result = _lint(ROOT, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in CONTRACTS:
+        assert f"{name} KEPT" in result.stdout
+
+
+@pytest.mark.slow  # one copy of the package and one lint-imports subprocess per case
+@pytest.mark.parametrize(
+    ("module", "forbidden", "contract"),
+    [
+        ("method/cam.py", "dupl_cli.config.schema", CONTRACTS[0]),
+        ("method/losses.py", "dupl_cli.engine.metrics", CONTRACTS[0]),
+        ("method/step.py", "dupl_cli.cli.common", CONTRACTS[0]),
+        ("models/heads.py", "dupl_cli.engine.checkpoint", CONTRACTS[1]),
+        ("data/palette.py", "dupl_cli.cli.app", CONTRACTS[1]),
+    ],
+)
+def test_a_forbidden_import_breaks_its_contract(tmp_path, module, forbidden, contract):
+    copy = tmp_path / "src" / "dupl_cli"
+    shutil.copytree(ROOT / "dupl_cli", copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    source = target.read_text(encoding="utf-8")
+    target.write_text(source + f"\nimport {forbidden}  # noqa\n", encoding="utf-8")
+    result = _lint(tmp_path / "src", tmp_path)
+    assert result.returncode != 0, result.stdout
+    assert f"{contract} BROKEN" in result.stdout
+    assert forbidden in result.stdout
