@@ -16,3 +16,13 @@ class DataError(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=1)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line for the user: its type and the first line of its message."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    lines = str(exc).strip().splitlines()
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" + (" ..." if len(lines) > 1 else "")

@@ -10,7 +10,7 @@ import numpy as np
 
 from dupl_cli.data.base import check_id
 from dupl_cli.data.images import labels_from_mask, probe_image
-from dupl_cli.errors import DataError
+from dupl_cli.errors import DataError, one_line
 from dupl_cli.labels import IGNORE_INDEX
 
 
@@ -52,19 +52,33 @@ def _where(adapter, i: int, sample_id: str) -> str:
         return f"sample {sample_id!r}"
 
 
-def _check_sample_contract(sample, num_classes: int, where: str) -> None:
+def _kind(value) -> str:
+    return f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def _check_sample_contract(sample, num_classes: int, where: str, sample_id: str | None = None) -> None:
     """What any adapter (also a third party's) must return; the built-ins check this while decoding."""
-    image, labels, mask = sample.image, np.asarray(sample.labels), sample.mask
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        shape = getattr(image, "shape", None)
-        raise DataError(f"{where}: image must be uint8 H×W×3, got {getattr(image, 'dtype', type(image).__name__)} {shape}")
-    if labels.shape != (num_classes,):
-        raise DataError(f"{where}: labels must have {num_classes} entries (one per class), got shape {labels.shape}")
+    missing = [f for f in ("image", "labels", "mask", "id") if not hasattr(sample, f)]
+    if missing:
+        raise DataError(f"{where}: the adapter returned {type(sample).__name__}, not a Sample "
+                        f"(no {', '.join(missing)})")
+    image, labels, mask = sample.image, sample.labels, sample.mask
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.shape[2:] == (3,)):
+        raise DataError(f"{where}: image must be uint8 H×W×3 (a numpy array), got {_kind(image)}")
+    if sample_id is not None and sample.id != sample_id:
+        raise DataError(f"{where}: sample id {sample.id!r} differs from the adapter's id {sample_id!r}")
+    if not (isinstance(labels, np.ndarray) and labels.dtype == np.float32 and labels.shape == (num_classes,)):
+        raise DataError(f"{where}: labels must have {num_classes} entries (one per class) in a float32 "
+                        f"array, got {_kind(labels)}")
+    if not np.isin(labels, (0.0, 1.0)).all():
+        values = np.unique(labels).tolist()[:5]
+        raise DataError(f"{where}: labels must be multi-hot (0 or 1), got values {values}")
     if not (labels > 0).any():
         raise DataError(f"{where}: image has no class label (every training image needs at least one)")
     if mask is None:
         return
-    mask = np.asarray(mask)
+    if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8):
+        raise DataError(f"{where}: mask must be uint8 H×W (a numpy array), got {_kind(mask)}")
     if mask.shape != image.shape[:2]:
         raise DataError(f"{where}: mask shape {mask.shape} differs from image size {image.shape[:2]}")
     values = np.unique(mask)
@@ -87,7 +101,7 @@ def _check_one(adapter, i: int, full: bool):
             raise DataError(f"{adapter.image_path(sample_id)}: image has no class label (every training image needs at least one)")
     else:
         sample = adapter[i]
-        _check_sample_contract(sample, len(adapter.classes), _where(adapter, i, sample_id))
+        _check_sample_contract(sample, len(adapter.classes), _where(adapter, i, sample_id), sample_id)
         hw, mask, labels = sample.image.shape[:2], sample.mask, sample.labels
     if mask is not None and hasattr(adapter, "explicit_labels"):
         explicit = adapter.explicit_labels(sample_id)
@@ -123,6 +137,8 @@ def _scan(adapter, *, full: bool = False, workers: int | None = None):
             return i, _check_one(adapter, i, full), None
         except DataError as exc:
             return i, None, str(exc)
+        except Exception as exc:  # an adapter's own failure (a third party's bug): one line naming the sample
+            return i, None, f"{_where(adapter, i, adapter.ids[i])}: the adapter raised {one_line(exc)}"
 
     n_workers = workers or min(16, (os.cpu_count() or 2) * 2)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:  # PIL decoding releases the GIL
