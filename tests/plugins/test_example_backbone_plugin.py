@@ -25,7 +25,7 @@ def plugin_version() -> str:
 def test_listed_with_its_version(plugin_version):
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0, result.output
-    row = next(r for r in json.loads(result.output) if r["name"] == "convnext")
+    row = next(r for r in json.loads(result.stdout) if r["name"] == "convnext")
     assert row == {
         "name": "convnext",
         "group": "dupl.backbones",
@@ -34,6 +34,7 @@ def test_listed_with_its_version(plugin_version):
         "version": plugin_version,
         "status": "ok",
         "error": "",
+        "origin": "entry point",
     }
     table = runner.invoke(app, ["plugins", "list"])
     assert "dupl-example-backbone" in table.output and plugin_version in table.output

@@ -62,11 +62,11 @@ def toy_dataset(fake_distribution):
 
 def test_dataset_plugin_from_a_distribution_is_found_and_verified(fake_distribution, tmp_path):
     toy_dataset(fake_distribution)
-    assert discover(DATASETS)["toyshapes"].dist.version == "2.3.4"
+    assert discover(DATASETS)["toyshapes"].version == "2.3.4"
 
     listed = runner.invoke(app, ["plugins", "list", "--json"])
     assert listed.exit_code == 0, listed.output
-    row = next(r for r in json.loads(listed.output) if r["name"] == "toyshapes")
+    row = next(r for r in json.loads(listed.stdout) if r["name"] == "toyshapes")
     assert (row["group"], row["dist"], row["version"], row["status"]) == (
         "dupl.datasets",
         "dupl-toy-shapes",
@@ -89,7 +89,7 @@ def test_dataset_plugin_from_a_distribution_is_found_and_verified(fake_distribut
         ],
     )
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["ok"] and report["adapter"] == "toyshapes"
     train = next(s for s in report["splits"] if s["split"] == "train_aug")
     assert train["count"] == 5 and train["has_masks"]
@@ -125,7 +125,7 @@ def test_dataset_plugin_problems_reach_data_verify(fake_distribution, tmp_path):
         ],
     )
     assert result.exit_code == 1, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     problems = [p for split in report["splits"] for p in split["problems"]]
     assert not report["ok"] and f"{tmp_path}/train_aug_002.png: cannot decode image" in problems
 
@@ -142,7 +142,7 @@ def test_broken_plugin_is_listed_as_failed_and_nothing_else_breaks(fake_distribu
     )
     listed = runner.invoke(app, ["plugins", "list", "--json"])
     assert listed.exit_code == 0, listed.output
-    rows = {r["name"]: r for r in json.loads(listed.output)}
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["brokennet"]["status"] == "failed"
     assert "RuntimeError" in rows["brokennet"]["error"] and "broken on purpose" in rows["brokennet"]["error"]
     assert rows["vit"]["status"] == "ok" and rows["mit"]["status"] == "ok"
@@ -172,4 +172,4 @@ def test_name_clash_warns_and_keeps_the_builtin(fake_distribution):
         warnings.simplefilter("ignore")
         from dupl_cli.models.backbones import vit
 
-        assert load(BACKBONES, "vit") is vit.build
+        assert load(BACKBONES, "vit").fn is vit.build

@@ -52,7 +52,7 @@ def test_wrong_weights_and_names_are_one_line(tmp_path):
 
 
 def test_registered_in_dupl_backbones_with_its_version():
-    assert load(BACKBONES, "convnext") is build
+    assert load(BACKBONES, "convnext").fn is build
     row = next(p for p in list_plugins() if p.name == "convnext")
     assert (row.dist, row.status) == ("dupl-example-backbone", "ok")
     assert row.version == version("dupl-example-backbone") == dupl_example_backbone.__version__
