@@ -92,9 +92,11 @@ def check_backbone(backbone: Any, *, plugin: str = "backbone", size: tuple[int, 
 
 
 def _names(value: Any) -> bool:
-    return (
-        isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(v, str) for v in value)
+    """A list-like of str (a numpy array of str counts; a lone str does not)."""
+    sized = (
+        hasattr(value, "__len__") and hasattr(value, "__getitem__") and not isinstance(value, (str, bytes))
     )
+    return sized and all(isinstance(v, str) for v in value)
 
 
 def check_dataset(adapter: Any, *, plugin: str = "dataset") -> None:
@@ -116,7 +118,7 @@ def check_dataset(adapter: Any, *, plugin: str = "dataset") -> None:
     if missing:
         raise fail(f"the factory returned {type(adapter).__name__}, which lacks {', '.join(missing)}")
     classes = adapter.classes
-    if not _names(classes) or not classes or len(set(classes)) != len(classes):
+    if not _names(classes) or len(classes) == 0 or len(set(classes)) != len(classes):
         raise fail(f"classes must be a non-empty list of unique names, got {classes!r:.80}")
     palette = adapter.palette
     rgb = isinstance(palette, Sequence) and all(
