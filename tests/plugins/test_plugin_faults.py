@@ -118,6 +118,7 @@ def test_a_plugin_exiting_at_import_is_listed_as_failed(fake_distribution, tmp_p
     assert err.value.exit_code == (130 if "interrupted" in reason else 2)
 
 
+@pytest.mark.slow  # a subprocess
 def test_sys_exit_at_import_does_not_end_a_real_plugins_list_process(fake_distribution):
     site = fake_distribution(
         "dupl-quitter",
