@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = (
     "method imports nothing from config, engine or cli",
     "models and data import nothing from engine or cli",
+    "the plugin registry imports nothing from config, engine or cli",
 )
 
 
@@ -41,6 +42,7 @@ def test_the_tree_keeps_every_contract(tmp_path):
         ("method/step.py", "dupl_cli.cli.common", CONTRACTS[0]),
         ("models/heads.py", "dupl_cli.engine.checkpoint", CONTRACTS[1]),
         ("data/palette.py", "dupl_cli.cli.app", CONTRACTS[1]),
+        ("plugins/registry.py", "dupl_cli.config.schema", CONTRACTS[2]),
     ],
 )
 def test_a_forbidden_import_breaks_its_contract(tmp_path, module, forbidden, contract):
