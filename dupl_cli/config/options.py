@@ -19,14 +19,12 @@ OPTION_ERROR = "dupl_option"  # error type the settings loader turns into a line
 def options_model(adapter: str) -> tuple[bool, type[BaseModel] | None]:
     """(installed, options model or None). An adapter that is not installed is reported when built."""
     from dupl_cli.errors import UserError
-    from dupl_cli.plugins import DATASETS, discover, load
+    from dupl_cli.plugins import DATASETS, discover
 
-    try:
-        factory = load(DATASETS, adapter)
-    except UserError:
-        if adapter in discover(DATASETS):
-            raise  # installed but broken: say so now
+    plugin = discover(DATASETS).get(adapter)
+    if plugin is None:
         return False, None
+    factory = plugin.import_factory()  # a plugin that fails to import is one line naming it
     model = getattr(factory, "options_model", None)
     if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise UserError(f"dataset plugin {adapter!r}: options_model must be a pydantic model class, got {model!r}")

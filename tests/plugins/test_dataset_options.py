@@ -54,3 +54,21 @@ def test_config_show_explains_plugin_options(discs, tmp_path):
     at = lines.index(f'data.options.colours = ["blue", "green"]  (config file {cfg})')
     assert lines[at + 1] == "    Colours drawn"
     assert "data.options.radius = 2.5  (default)" in lines
+
+
+def test_in_process_registered_adapter_declares_options_too(registered):
+    from pydantic import BaseModel, ConfigDict
+
+    class Opts(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        depth: int = 3
+
+    def build(data_settings, split):
+        raise AssertionError("not built")
+
+    build.options_model = Opts
+    registered("dataset", "deep", build)
+    r = load_settings(assignments=["data.adapter=deep", "data.options.depth=5"], environ={})
+    assert r.settings.data.options == {"depth": 5}
+    with pytest.raises(UserError, match="dataset adapter 'deep' has no option 'width'"):
+        load_settings(assignments=["data.adapter=deep", "data.options.width=5"], environ={})
