@@ -37,9 +37,10 @@ def _batch(b: int, size: int, device: torch.device, num_classes: int = 20) -> di
 
 
 def bench(arch: str, size: int, device: torch.device, *, steps: int, bf16: bool) -> list[tuple]:
-    settings = DuplSettings(model=ModelSettings(arch=arch, pretrained="none"))
-    settings.method.tau_high_end = list(VOC_TAU_END_PER_CLASS)
-    settings.method.anf_min_pixels = 100
+    settings = DuplSettings(
+        model=ModelSettings(arch=arch, pretrained="none"),
+        method={"tau_high_end": list(VOC_TAU_END_PER_CLASS), "anf": {"min_pixels": 100}},
+    )
     torch.manual_seed(0)
     model = build_dual_student(settings.model, 20, img_size=size).to(device)
     opt = build_optimizer(model, settings.train)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -35,16 +35,31 @@ def global_options(ctx: typer.Context) -> GlobalOptions:
     return root.obj
 
 
-def resolve_settings(ctx: typer.Context, preset: str | None = None, config: Path | None = None, sets: list[str] | None = None):
-    """Settings from the global options overlaid with the command's own (the command's win)."""
+def resolve_settings(
+    ctx: typer.Context,
+    preset: str | None = None,
+    config: Path | None = None,
+    sets: list[str] | None = None,
+    card: tuple[Path, Any] | None = None,
+):
+    """Settings from the global options overlaid with the command's own (the command's win).
+
+    ``card`` (card file, its settings) is the lowest source above the defaults. With -v, names the
+    adapter options dropped because another adapter was chosen above them.
+    """
     from dupl_cli.config.sources import load_settings
 
     opts = global_options(ctx)
-    return load_settings(
+    resolved = load_settings(
         preset=preset or opts.preset,
         config_file=config or opts.config,
         assignments=[*opts.sets, *(sets or [])],
+        card=card,
     )
+    if opts.verbosity > 0:  # also listed by config show --explain
+        for note in resolved.ignored:
+            console(ctx, stderr=True).print(f"note: ignored {note}", soft_wrap=True, markup=False)
+    return resolved
 
 
 def console(ctx: typer.Context | None = None, stderr: bool = False):

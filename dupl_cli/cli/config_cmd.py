@@ -1,8 +1,9 @@
-"""``dupl config show``: the resolved settings, optionally with the source of every value."""
+"""``dupl config show``: the resolved settings, optionally with the source and description of every value."""
 
 from __future__ import annotations
 
 import json
+import textwrap
 from enum import Enum
 from typing import Annotated
 
@@ -25,9 +26,13 @@ def show(
     config: ConfigOpt = None,
     sets: SetOpt = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.toml,
-    explain: Annotated[bool, typer.Option("--explain", help="Name the source of every value.")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Name the source and give the description of every value.")
+    ] = False,
 ) -> None:
     """Show the settings after defaults, preset, --config, environment and --set are merged."""
+    from rich.markup import escape
+
     from dupl_cli.config.sources import explain as explain_rows
     from dupl_cli.config.toml_writer import dumps
 
@@ -35,15 +40,22 @@ def show(
     data = resolved.settings.model_dump(mode="json")
     if fmt is Format.json:
         if explain:
-            data = {key: {"value": value, "source": source} for key, value, source in explain_rows(resolved)}
+            data = {
+                key: {"value": value, "source": source, "description": text}
+                for key, value, source, text in explain_rows(resolved)
+            }
         typer.echo(json.dumps(data, indent=2))
         return
     if not explain:
         typer.echo(dumps(data), nl=False)
         return
-    from rich.table import Table
-
-    table = Table("setting", "value", "source", box=None)
-    for key, value, source in explain_rows(resolved):
-        table.add_row(key, json.dumps(value), source, style=None if source == "default" else "bold")
-    console(ctx).print(table)
+    out = console(ctx)
+    for key, value, source, text in explain_rows(resolved):
+        style = "" if source == "default" else "bold"
+        line = f"{escape(key)} = {escape(json.dumps(value))}  [dim]({escape(source)})[/dim]"
+        out.print(f"[{style}]{line}[/{style}]" if style else line, soft_wrap=True)  # one line per setting
+        if text:
+            wrapped = textwrap.fill(text, max(out.width, 40), initial_indent="    ", subsequent_indent="    ")
+            out.print(escape(wrapped), style="dim", soft_wrap=True)
+    for note in resolved.ignored:
+        out.print(f"ignored: {escape(note)}", style="dim")

@@ -30,11 +30,7 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: str | N
     Without --preset/--config the settings are the checkpoint card's (so data and model match the
     training run), still overridden by env and --set.
     """
-    import tempfile
-
-    from dupl_cli.config.sources import load_settings
-    from dupl_cli.config.toml_writer import dumps
-    from dupl_cli.engine.checkpoint import read_card, resolve_checkpoint
+    from dupl_cli.engine.checkpoint import card_path, read_card, resolve_checkpoint
     from dupl_cli.errors import UserError
 
     if student is not None and student not in ("1", "2", "best", "ensemble"):
@@ -48,10 +44,7 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: str | N
     opts = global_options(ctx)
     if not (preset or config or opts.preset or opts.config):
         card = read_card(path)
-        with tempfile.TemporaryDirectory() as tmp:
-            card_toml = Path(tmp) / "card.toml"
-            card_toml.write_text(dumps(card["settings"]), encoding="utf-8")
-            resolved = load_settings(config_file=card_toml, assignments=[*opts.sets, *(sets or [])])
+        resolved = resolve_settings(ctx, sets=sets, card=(card_path(path), card.get("settings")))
     settings = resolved.settings
     from dupl_cli.engine.infer import load_for_inference, make_runtime
 

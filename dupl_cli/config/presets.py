@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,13 +27,32 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
         raise UserError(f"{origin}: not valid TOML: {exc}") from None
 
 
-def preset_text(name: str) -> tuple[str, str]:
-    """Return (text, origin) of a built-in preset name or a path to a TOML file."""
+def _refuse_url(name: str) -> None:
+    # A Path argument collapses "https://" to "https:/"; catch both (not a drive letter: two+ letters).
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", name):
+        raise UserError(f"{name}: URLs are not supported; download the file and give its path")
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file, or a one-line error naming it."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a {what}")
+    if not path.is_file():
+        raise UserError(f"{path}: {what} does not exist")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+
+
+def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
+    """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config file)."""
+    _refuse_url(name)
     path = Path(name)
-    if path.suffix == ".toml" or "/" in name or path.is_file():
-        if not path.is_file():
-            raise UserError(f"{path}: preset file does not exist")
-        return path.read_text(encoding="utf-8"), str(path)
+    if what == "config file" or path.suffix == ".toml" or "/" in name or path.exists():
+        return read_text_file(path, what), str(path)
     resource = _preset_dir() / f"{name}.toml"
     if not resource.is_file():
         from difflib import get_close_matches
@@ -52,11 +72,11 @@ def description(name: str) -> str:
     return ""
 
 
-def load_layers(name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+def load_layers(name: str, _seen: tuple[str, ...] = (), what: str = "preset file") -> list[tuple[str, dict[str, Any]]]:
     """Layers of a preset, base first: [(origin, table), ...]. ``base`` chains are followed."""
     if name in _seen:
         raise UserError(f"preset {name!r}: circular base chain {' -> '.join((*_seen, name))}")
-    text, origin = preset_text(name)
+    text, origin = preset_text(name, what)
     table = _read_toml(text, origin)
     base = table.pop("base", None)
     table.pop("description", None)
@@ -71,7 +91,5 @@ def load_layers(name: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict[
 
 def load_config_file(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """A --config file: same format as a preset (may use ``base``)."""
-    if not path.is_file():
-        raise UserError(f"{path}: config file does not exist")
-    layers = load_layers(str(path))
+    layers = load_layers(str(path), what="config file")
     return [(f"config file {path}" if origin == str(path) else origin, table) for origin, table in layers]

@@ -1,16 +1,16 @@
 """Typed settings: every hyper-parameter of the method with the release default (docs/method.md).
 
-Sections are plain pydantic models with ``extra="forbid"`` so an unknown key is an error, not a
-silent no-op. ``DuplSettings`` is the pydantic-settings root; its sources are assembled in
-``config.sources``.
+Sections are frozen pydantic models with ``extra="forbid"`` so an unknown key is an error, not a
+silent no-op, and loaded settings cannot drift (derive new ones with ``model_copy(update=...)``).
+``DuplSettings`` is the pydantic-settings root; its sources live in ``config.sources``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from dupl_cli.method.params import STRONG_OPS  # the op list is the method's; torch-free
@@ -24,7 +24,7 @@ VOC_TAU_END_PER_CLASS = [
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSettings(Section):
@@ -35,13 +35,14 @@ class ModelSettings(Section):
     head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
     head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
 
-    @model_validator(mode="after")
-    def _split_family_arch(self) -> ModelSettings:
-        if ":" in self.backbone:
-            family, arch = self.backbone.split(":", 1)
-            object.__setattr__(self, "backbone", family)
-            object.__setattr__(self, "arch", arch)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _split_family_arch(cls, data: Any) -> Any:
+        backbone = data.get("backbone") if isinstance(data, dict) else None
+        if isinstance(backbone, str) and ":" in backbone:
+            family, arch = backbone.split(":", 1)
+            data = {**data, "backbone": family, "arch": arch}
+        return data
 
 
 class DataSettings(Section):
@@ -65,10 +66,11 @@ class DataSettings(Section):
     on_error: Literal["fail", "skip"] = Field("fail", description="Bad samples: stop listing every problem ('fail') or skip and report them ('skip')")
     split_seed: int = Field(0, description="Seed of the deterministic split when a folder dataset has no split files")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of images put in val by the deterministic split")
-    demo_seed: int = Field(0, description="Seed of the generated demo dataset")
-    demo_size: int = Field(128, ge=32, description="Side of the generated demo images")
-    demo_n_train: int = Field(300, ge=1, description="Number of generated demo training images")
-    demo_n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        validate_default=True,  # so an adapter's option defaults are filled in (and shown) too
+        description="The adapter's own options table, validated by the model it declares",
+    )
 
     @field_validator("scale_range", "blur_radius")
     @classmethod
@@ -76,6 +78,14 @@ class DataSettings(Section):
         if v[0] > v[1] or v[0] < 0:
             raise ValueError("must be [low, high] with 0 <= low <= high")
         return v
+
+    @field_validator("options")
+    @classmethod
+    def _adapter_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        from dupl_cli.config.options import validate_options
+
+        adapter = info.data.get("adapter")
+        return v if adapter is None else validate_options(adapter, v)
 
 
 class TrainSettings(Section):
@@ -107,6 +117,46 @@ class TrainSettings(Section):
     compile: bool = Field(False, description="torch.compile the students")
 
 
+class ParSettings(Section):
+    dilations: tuple[int, ...] = Field((1, 2, 4, 8, 12, 24), description="PAR neighbourhood dilations")
+    iters: int = Field(10, ge=1, description="PAR propagation iterations")
+    downscale: int = Field(2, ge=1, description="PAR runs on the image and CAM downscaled by this factor")
+    w_color: float = Field(0.3, gt=0, description="PAR colour temperature")
+    w_pos: float = Field(0.01, ge=0, description="PAR positional affinity weight")
+
+
+class AnfSettings(Section):
+    gamma: float = Field(0.95, gt=0, lt=1, description="Noise posterior threshold gamma")
+    eta: float = Field(1.0, ge=0, description="Minimum |mu0 - mu1| for a valid fit")
+    min_pixels: int = Field(1000, ge=1, description="Fit only with more than this many foreground pixels")
+    loss_floor: float = Field(0.1, ge=0, description="Fit only on pixels whose loss exceeds this")
+    iters: int = Field(10, ge=1, description="EM iterations")
+    tol: float = Field(1e-2, gt=0, description="EM tolerance on the mean log-likelihood")
+    reg: float = Field(5e-4, ge=0, description="Variance floor added to each component")
+
+
+class RegSettings(Section):
+    confidence: float = Field(
+        0.9, ge=0, le=1, description="Confidence above which discarded pixels get the consistency loss"
+    )
+
+
+class StrongSettings(Section):
+    ops: tuple[str, ...] = Field(STRONG_OPS, description="Photometric RandAugment ops of the strong view")
+    n: int = Field(5, ge=0, description="Ops drawn (with replacement) per image")
+    magnitude: int = Field(10, ge=0, le=30, description="RandAugment magnitude (out of 30)")
+    scale: float = Field(0.75, gt=0, le=1, description="Downscale of the strong view")
+    flip: bool = Field(True, description="Always flip the strong view")
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [op for op in v if op not in STRONG_OPS]
+        if unknown:
+            raise ValueError(f"unknown op {unknown[0]!r}; allowed: {', '.join(STRONG_OPS)}")
+        return v
+
+
 class MethodSettings(Section):
     cam_scales: tuple[float, ...] = Field((1.0, 0.5, 1.5), description="Scales of the training-time multi-scale CAM")
     cam_flip: bool = Field(True, description="Add horizontal flips to the multi-scale CAM")
@@ -122,32 +172,10 @@ class MethodSettings(Section):
     w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
     w_reg: float = Field(0.05, ge=0, description="Weight of the consistency loss on discarded pixels")
     discrepancy: Literal["release", "paper"] = Field("release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))")
-    par_dilations: tuple[int, ...] = Field((1, 2, 4, 8, 12, 24), description="PAR neighbourhood dilations")
-    par_iters: int = Field(10, ge=1, description="PAR propagation iterations")
-    par_downscale: int = Field(2, ge=1, description="PAR runs on the image and CAM downscaled by this factor")
-    par_w_color: float = Field(0.3, gt=0, description="PAR colour temperature")
-    par_w_pos: float = Field(0.01, ge=0, description="PAR positional affinity weight")
-    anf_gamma: float = Field(0.95, gt=0, lt=1, description="Noise posterior threshold gamma")
-    anf_eta: float = Field(1.0, ge=0, description="Minimum |mu0 - mu1| for a valid fit")
-    anf_min_pixels: int = Field(1000, ge=1, description="Fit only with more than this many foreground pixels")
-    anf_loss_floor: float = Field(0.1, ge=0, description="Fit only on pixels whose loss exceeds this")
-    anf_iters: int = Field(10, ge=1, description="EM iterations")
-    anf_tol: float = Field(1e-2, gt=0, description="EM tolerance on the mean log-likelihood")
-    anf_reg: float = Field(5e-4, ge=0, description="Variance floor added to each component")
-    reg_confidence: float = Field(0.9, ge=0, le=1, description="Confidence above which discarded pixels get the consistency loss")
-    strong_ops: tuple[str, ...] = Field(STRONG_OPS, description="Photometric RandAugment ops of the strong view")
-    strong_n: int = Field(5, ge=0, description="Ops drawn (with replacement) per image")
-    strong_magnitude: int = Field(10, ge=0, le=30, description="RandAugment magnitude (out of 30)")
-    strong_scale: float = Field(0.75, gt=0, le=1, description="Downscale of the strong view")
-    strong_flip: bool = Field(True, description="Always flip the strong view")
-
-    @field_validator("strong_ops")
-    @classmethod
-    def _known_ops(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [op for op in v if op not in STRONG_OPS]
-        if unknown:
-            raise ValueError(f"unknown op {unknown[0]!r}; allowed: {', '.join(STRONG_OPS)}")
-        return v
+    par: ParSettings = Field(default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels")
+    anf: AnfSettings = Field(default_factory=AnfSettings, description="Adaptive noise filter (two-component GMM)")
+    reg: RegSettings = Field(default_factory=RegSettings, description="Consistency loss on discarded pixels")
+    strong: StrongSettings = Field(default_factory=StrongSettings, description="Strong view of the consistency loss")
 
 
 class EvalSettings(Section):
@@ -164,6 +192,16 @@ class EvalSettings(Section):
     max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
 
 
+class CamCrfSettings(Section):
+    gauss_sxy: float = Field(3.0, gt=0, description="Gaussian spatial std for CAM pseudo-labels")
+    gauss_compat: float = Field(3.0, ge=0, description="Gaussian compatibility for CAM pseudo-labels")
+    bilateral_sxy: float = Field(36.0, gt=0, description="Bilateral spatial std for CAM pseudo-labels")
+    bilateral_srgb: float = Field(3.0, gt=0, description="Bilateral colour std for CAM pseudo-labels")
+    bilateral_compat: float = Field(4.0, ge=0, description="Bilateral compatibility for CAM pseudo-labels")
+    tau_high: float = Field(0.70, ge=0, le=1, description="High background score of the CAM CRF pass")
+    tau_low: float = Field(0.25, ge=0, le=1, description="Low background score of the CAM CRF pass")
+
+
 class CrfSettings(Section):
     iters: int = Field(10, ge=1, description="Mean-field iterations")
     gauss_sxy: float = Field(1.0, gt=0, description="Gaussian kernel spatial std")
@@ -171,14 +209,10 @@ class CrfSettings(Section):
     bilateral_sxy: float = Field(121.0, gt=0, description="Bilateral kernel spatial std")
     bilateral_srgb: float = Field(5.0, gt=0, description="Bilateral kernel colour std")
     bilateral_compat: float = Field(4.0, ge=0, description="Bilateral kernel compatibility")
-    cam_gauss_sxy: float = Field(3.0, gt=0, description="Gaussian spatial std for CAM pseudo-labels")
-    cam_gauss_compat: float = Field(3.0, ge=0, description="Gaussian compatibility for CAM pseudo-labels")
-    cam_bilateral_sxy: float = Field(36.0, gt=0, description="Bilateral spatial std for CAM pseudo-labels")
-    cam_bilateral_srgb: float = Field(3.0, gt=0, description="Bilateral colour std for CAM pseudo-labels")
-    cam_bilateral_compat: float = Field(4.0, ge=0, description="Bilateral compatibility for CAM pseudo-labels")
-    cam_tau_high: float = Field(0.70, ge=0, le=1, description="High background score of the CAM CRF pass")
-    cam_tau_low: float = Field(0.25, ge=0, le=1, description="Low background score of the CAM CRF pass")
     workers: int = Field(0, ge=0, description="CRF worker processes (0 = available cores)")
+    cam: CamCrfSettings = Field(
+        default_factory=CamCrfSettings, description="The CRF pass that turns CAMs into pseudo-labels"
+    )
 
 
 class ExportSettings(Section):
@@ -211,9 +245,9 @@ SECTIONS: dict[str, type[Section]] = {
 
 
 class DuplSettings(BaseSettings):
-    """All settings. Build through ``config.sources.load_settings`` to get the documented priority."""
+    """All settings. Build through ``config.sources.load_settings`` to get the documented sources."""
 
-    model_config = SettingsConfigDict(env_prefix="DUPL_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix="DUPL_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
@@ -226,8 +260,11 @@ class DuplSettings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
-        # Env, presets and files are layered in config.sources (with provenance); here only init values.
-        return (init_settings,)
+        # The sources of the load under way (config.sources.load_settings); none outside one, so a
+        # bare DuplSettings() is the defaults plus its arguments, whatever the environment holds.
+        from dupl_cli.config.sources import active_sources
+
+        return (init_settings, *active_sources(settings_cls))
 
     @model_validator(mode="after")
     def _schedule_order(self) -> DuplSettings:

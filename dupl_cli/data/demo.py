@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
 
 from dupl_cli.data import folder
 from dupl_cli.data.palette import flat_palette
@@ -209,11 +210,21 @@ def write_demo(out: Path, *, seed: int = 0, size: int = 128, n_train: int = 300,
     return out
 
 
+class DemoOptions(BaseModel):
+    """``[data.options]`` of the demo adapter: what the generator writes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = Field(0, description="Seed of the generated demo dataset")
+    size: int = Field(128, ge=32, description="Side of the generated demo images")
+    n_train: int = Field(300, ge=1, description="Number of generated demo training images")
+    n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
+
+
 def ensure_demo(data_settings) -> Path:
     """Generate the demo into data.root on first use; keep an existing one (another process may race us)."""
     root = Path(data_settings.root).expanduser()
-    wanted = {"seed": data_settings.demo_seed, "size": data_settings.demo_size,
-              "n_train": data_settings.demo_n_train, "n_val": data_settings.demo_n_val}
+    wanted = DemoOptions.model_validate(data_settings.options).model_dump()
     if not (root / "classes.txt").is_file():
         try:
             write_demo(root, **wanted)
@@ -232,3 +243,6 @@ def ensure_demo(data_settings) -> Path:
 def build(data_settings, split: str):
     ensure_demo(data_settings)
     return folder.build(data_settings, split)
+
+
+build.options_model = DemoOptions

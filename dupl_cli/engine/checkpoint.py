@@ -80,10 +80,11 @@ def read_card(path: Path) -> dict[str, Any]:
     return card
 
 
-def settings_from_card(card: dict[str, Any]):
-    from dupl_cli.config.schema import DuplSettings
+def settings_from_card(card: dict[str, Any], card_file: Path):
+    """The settings a checkpoint was trained with, through the settings loader (errors name the card)."""
+    from dupl_cli.config.sources import card_settings
 
-    return DuplSettings.model_validate(card["settings"])
+    return card_settings(card_file, card.get("settings"))
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu"):
@@ -96,7 +97,7 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
     if not path.is_file():
         raise UserError(f"{path}: checkpoint does not exist")
     card = read_card(path)
-    settings = settings_from_card(card)
+    settings = settings_from_card(card, card_path(path))
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
     model = build_dual_student(model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size)
     try:

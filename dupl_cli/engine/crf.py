@@ -51,11 +51,11 @@ class CrfParams:
         s = crf_settings
         return cls(
             s.iters,
-            s.cam_gauss_sxy,
-            s.cam_gauss_compat,
-            s.cam_bilateral_sxy,
-            s.cam_bilateral_srgb,
-            s.cam_bilateral_compat,
+            s.cam.gauss_sxy,
+            s.cam.gauss_compat,
+            s.cam.bilateral_sxy,
+            s.cam.bilateral_srgb,
+            s.cam.bilateral_compat,
         )
 
 

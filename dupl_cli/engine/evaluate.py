@@ -148,7 +148,7 @@ def run_evaluate(
                     masks[key] = mask
                     if req.cams:
                         cam = fn(x) if not tta.resize else _resized_cam(fn, x, tta.resize)
-                        router.cams(key, sample.image, cam[0], sample.labels, params, crf.cam_tau_high, crf.cam_tau_low,
+                        router.cams(key, sample.image, cam[0], sample.labels, params, crf.cam.tau_high, crf.cam.tau_low,
                                     without_crf=lambda cam=cam, labels=labels: cam_label(cam, labels, settings.eval.cam_threshold)[0])  # fmt: skip
                     else:
                         logits = tta_logits(fn, x, tta, multiple=stride_of(loaded.model))[0]
@@ -199,9 +199,9 @@ def _crf_text(req: EvalRequest, settings) -> str:
     c = settings.crf
     if req.cams:
         return (
-            f"dense CRF on CAMs (gauss sxy {c.cam_gauss_sxy:g} compat {c.cam_gauss_compat:g}, bilateral sxy "
-            f"{c.cam_bilateral_sxy:g} srgb {c.cam_bilateral_srgb:g} compat {c.cam_bilateral_compat:g}, "
-            f"background {c.cam_tau_high:g}/{c.cam_tau_low:g}, {c.iters} iterations)"
+            f"dense CRF on CAMs (gauss sxy {c.cam.gauss_sxy:g} compat {c.cam.gauss_compat:g}, bilateral sxy "
+            f"{c.cam.bilateral_sxy:g} srgb {c.cam.bilateral_srgb:g} compat {c.cam.bilateral_compat:g}, "
+            f"background {c.cam.tau_high:g}/{c.cam.tau_low:g}, {c.iters} iterations)"
         )
     return (
         f"dense CRF (unary -log softmax, gauss sxy {c.gauss_sxy:g} compat {c.gauss_compat:g}, bilateral sxy "

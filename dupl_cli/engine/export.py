@@ -233,7 +233,7 @@ def load_exported_student(path: Path):
     """Rebuild a Student from a safetensors export and its card (``strict``: classifiers only with --full)."""
     from safetensors.torch import load_file
 
-    from dupl_cli.config.schema import DuplSettings
+    from dupl_cli.config.sources import card_settings
     from dupl_cli.models.backbones import build_backbone
     from dupl_cli.models.student import Student
 
@@ -243,7 +243,7 @@ def load_exported_student(path: Path):
     card = json.loads(card_file.read_text(encoding="utf-8"))
     if card.get("format") != EXPORT_FORMAT or card["export"]["format"] != "safetensors":
         raise UserError(f"{card_file}: not a dupl safetensors export card")
-    settings = DuplSettings.model_validate(card["settings"])
+    settings = card_settings(card_file, card.get("settings"))
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
     backbone = build_backbone(model_settings, settings.data.crop_size)
     student = Student(

@@ -142,8 +142,8 @@ def run_pseudo_label(
                     cam = fn(x)
                     if i in report_rows:
                         report_rows[i]["cam"] = cam[0].cpu().numpy()
-                    router.cams(i, sample.image, cam[0], sample.labels, params, crf.cam_tau_high, crf.cam_tau_low,
-                                without_crf=lambda cam=cam, labels=labels: thresholded_cam_label(cam, labels, crf.cam_tau_high, crf.cam_tau_low)[0]
+                    router.cams(i, sample.image, cam[0], sample.labels, params, crf.cam.tau_high, crf.cam.tau_low,
+                                without_crf=lambda cam=cam, labels=labels: thresholded_cam_label(cam, labels, crf.cam.tau_high, crf.cam.tau_low)[0]
                                 .byte().cpu().numpy())  # fmt: skip
                 else:
                     logits = tta_logits(fn, x, tta, multiple=stride_of(loaded.model))[0]
@@ -156,8 +156,8 @@ def run_pseudo_label(
 
     source_text = (
         f"CAM (scales {cam_config(settings).scales}, flip {cam_config(settings).flip}, image-level labels), "
-        + (f"two-pass CRF with background {crf.cam_tau_high:g}/{crf.cam_tau_low:g}" if req.crf
-           else f"thresholds tau_h {crf.cam_tau_high:g} / tau_l {crf.cam_tau_low:g}")
+        + (f"two-pass CRF with background {crf.cam.tau_high:g}/{crf.cam.tau_low:g}" if req.crf
+           else f"thresholds tau_h {crf.cam.tau_high:g} / tau_l {crf.cam.tau_low:g}")
         if req.source == "cam" else f"segmentation head ({tta.describe()}){', dense CRF' if req.crf else ''}"
     )  # fmt: skip
     protocol = {

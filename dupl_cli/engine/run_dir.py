@@ -42,15 +42,16 @@ def changed_settings(run_dir: Path, settings_json: dict[str, Any]) -> list[str]:
     path = run_dir / "config.toml"
     if not path.is_file():
         return []
-    old = tomllib.loads(path.read_text(encoding="utf-8"))
+    from dupl_cli.config.keys import flatten
+
+    old = flatten(tomllib.loads(path.read_text(encoding="utf-8")))
     lines = []
-    for section, body in settings_json.items():
-        for key, value in body.items():
-            before = old.get(section, {}).get(key)
-            if isinstance(value, tuple):
-                value = list(value)
-            if before != value and not (before is None and value is None):
-                lines.append(f"{section}.{key}: {before!r} -> {value!r}")
+    for key, value in flatten(settings_json).items():
+        before = old.get(key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if before != value and not (before is None and value is None):
+            lines.append(f"{key}: {before!r} -> {value!r}")
     return lines
 
 

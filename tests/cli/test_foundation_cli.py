@@ -20,10 +20,32 @@ def test_config_show_explain_names_every_source(monkeypatch):
     result = runner.invoke(app, ["config", "show", "--preset", "voc-vitb", "--set", "train.lr=1e-4", "--explain", "--format", "json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert rows["train.lr"] == {"value": 1e-4, "source": "--set"}
-    assert rows["train.seed"] == {"value": 5, "source": "env DUPL_TRAIN__SEED"}
+    assert rows["train.lr"] == {"value": 1e-4, "source": "--set", "description": "Backbone learning rate"}
+    assert rows["train.seed"] == {"value": 5, "source": "env DUPL_TRAIN__SEED", "description": "Global seed"}
     assert rows["model.arch"]["source"] == "preset voc-vitb"
     assert rows["train.eps"]["source"] == "default"
+    assert all(row["description"] for row in rows.values()), "every setting needs a description"
+
+
+def test_config_show_explain_prints_descriptions_of_nested_and_adapter_options(monkeypatch):
+    monkeypatch.setenv("DUPL_METHOD__ANF__GAMMA", "0.9")
+    result = runner.invoke(app, ["config", "show", "--preset", "tiny-cpu", "--explain"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    at = lines.index("method.anf.gamma = 0.9  (env DUPL_METHOD__ANF__GAMMA)")
+    assert lines[at + 1] == "    Noise posterior threshold gamma"
+    at = lines.index("data.options.size = 64  (preset tiny-cpu)")
+    assert lines[at + 1] == "    Side of the generated demo images"  # from the demo adapter's own options model
+    assert "    Global seed" in lines
+
+
+def test_config_file_with_non_utf8_bytes_is_one_line_naming_it(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_bytes(b"[train]\nlr = 1.0 # \xff\n")
+    result = runner.invoke(app, ["config", "show", "--config", str(cfg)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == [f"error: {cfg}: config file is not UTF-8 text (byte 0xff at offset 19)"]
 
 
 def test_config_show_toml_round_trips(tmp_path):
@@ -33,6 +55,7 @@ def test_config_show_toml_round_trips(tmp_path):
     assert result.exit_code == 0, result.output
     parsed = tomllib.loads(result.output)
     assert parsed["train"]["lr"] == 0.5 and parsed["data"]["adapter"] == "demo"
+    assert parsed["method"]["anf"]["min_pixels"] == 100 and parsed["data"]["options"]["size"] == 128
     # What config show prints is a valid --config file giving the same settings.
     cfg = tmp_path / "resolved.toml"
     cfg.write_text(result.output)
