@@ -325,7 +325,8 @@ class _Loop:
 
     def _validate(self, step: int) -> None:
         from dupl_cli.data.loader import eval_loader
-        from dupl_cli.engine.validation import ShardView, validate
+        from dupl_cli.engine.predict import ShardView
+        from dupl_cli.engine.validation import validate
 
         shard = ShardView(self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images)
         loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
