@@ -50,7 +50,7 @@ def median_runs(fns: dict, repeats: int) -> dict[str, float]:
 
 def main() -> None:
     from dupl_cli.engine.crf import CrfParams, CrfPool, default_workers
-    from dupl_cli.engine.infer import to_tensor
+    from dupl_cli.engine.predict import to_tensor
     from dupl_cli.engine.tta import TTAConfig, stride_of, tta_logits
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -8,23 +8,26 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options, resolve_settings
+from dupl_cli.engine.choices import Student
 
 StudentOpt = Annotated[
-    str | None,
+    Student | None,
     typer.Option(
         "--student",
         help="1, 2, best (chosen by validation, from the card) or ensemble. Default: eval.student.",
+        show_default=False,
     ),
 ]
 CrfOpt = Annotated[
-    bool, typer.Option("--crf", help="Dense CRF post-processing (needs the crf extra: pip install 'dupl\\[crf]').")
+    bool,
+    typer.Option("--crf", help="Dense CRF post-processing (needs the crf extra: pip install 'dupl\\[crf]')."),
 ]
 MultiscaleOpt = Annotated[
     bool, typer.Option("--multiscale", help="Multi-scale + flip TTA (eval.scales, eval.flip).")
 ]
 
 
-def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: str | None, use_crf: bool):
+def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student | None, use_crf: bool):
     """Settings, runtime and model for evaluate / infer / pseudo-label.
 
     Without --preset/--config the settings are the checkpoint card's (so data and model match the
@@ -46,11 +49,11 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: str | N
         card = read_card(path)
         resolved = resolve_settings(ctx, sets=sets, card=(card_path(path), card.get("settings")))
     settings = resolved.settings
-    from dupl_cli.engine.infer import load_for_inference, make_runtime
+    from dupl_cli.engine.predict import load_for_inference, make_runtime
 
     runtime = make_runtime()
     loaded = load_for_inference(path, how, runtime.device)
-    return settings, runtime, loaded, student or settings.eval.student
+    return settings, runtime, loaded, student.value if student is not None else settings.eval.student
 
 
 def build_adapter(settings, split: str):
@@ -133,14 +136,22 @@ def evaluate(
     if runtime.is_main:
         out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
     adapter = build_adapter(settings, split)
-    req = EvalRequest(split=split, out=out, multiscale=multiscale, crf=crf, student=student_name,
-                      max_images=max_images, cams=cams, report=report)  # fmt: skip
-    result = run_evaluate(loaded, adapter, settings, runtime, req, show_progress=global_options(ctx).verbosity >= 0,
-                          log=out_console.print)  # fmt: skip
+    req = EvalRequest(
+        split=split,
+        out=out,
+        multiscale=multiscale,
+        crf=crf,
+        student=student_name,
+        max_images=max_images,
+        cams=cams,
+        report=report,
+    )
+    show = global_options(ctx).verbosity >= 0
+    result = run_evaluate(loaded, adapter, settings, runtime, req, show_progress=show, log=out_console.print)
     if runtime.is_main:
-        print_protocol(out_console, result["protocol"])
+        print_protocol(out_console, result.protocol)
         out_console.print(
-            metrics_table(result["metrics"], f"{'CAM pseudo-labels' if cams else 'segmentation'} on {split}")
+            metrics_table(result.metrics, f"{'CAM pseudo-labels' if cams else 'segmentation'} on {split}")
         )
         out_console.print(
             f"wrote {out / 'metrics.json'}, confusion.csv, confusion.png" + (f", {report}" if report else "")

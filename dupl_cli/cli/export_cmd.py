@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.engine.choices import ExportFormat, ExportStudent
 
 
 def export(
@@ -20,7 +21,7 @@ def export(
         ),
     ] = None,
     fmt: Annotated[
-        str | None,
+        ExportFormat | None,
         typer.Option(
             "--format",
             "-f",
@@ -29,7 +30,7 @@ def export(
         ),
     ] = None,
     student: Annotated[
-        str | None,
+        ExportStudent | None,
         typer.Option(
             "--student",
             help="1, 2 or best (the card's choice by validation; default: export.student).",
@@ -67,8 +68,8 @@ def export(
     result = export_checkpoint(
         path,
         opts,
-        fmt=fmt or opts.format,
-        student=student or opts.student,
+        fmt=fmt.value if fmt is not None else opts.format,
+        student=student.value if student is not None else opts.student,
         out=out,
         full=opts.full if full is None else full,
     )

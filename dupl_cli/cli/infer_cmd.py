@@ -50,14 +50,25 @@ def infer(
 
     out_console = console(ctx)
     err_console = console(None, stderr=True)
-    out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
+    if runtime.is_main:
+        out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
     result = run_infer(
-        loaded, paths, check_out_dir(out), settings, runtime,
-        tta=TTAConfig.from_settings(settings.eval, multiscale=multiscale), student=student_name, use_crf=crf,
-        overlay=overlay, probs=probs, show_progress=global_options(ctx).verbosity >= 0,
+        loaded,
+        paths,
+        check_out_dir(out),
+        settings,
+        runtime,
+        tta=TTAConfig.from_settings(settings.eval, multiscale=multiscale),
+        student=student_name,
+        use_crf=crf,
+        overlay=overlay,
+        probs=probs,
+        show_progress=global_options(ctx).verbosity >= 0,
         log=lambda msg: err_console.print(msg, markup=False),
-    )  # fmt: skip
-    out_console.print(f"wrote {len(result.written)} masks to {out}")
-    if result.failed:
-        err_console.print(f"{len(result.failed)} input(s) failed", markup=False)
+    )
+    if runtime.is_main:
+        out_console.print(f"wrote {result.total_written} masks to {out}")
+        if result.total_failed:
+            err_console.print(f"{result.total_failed} input(s) failed", markup=False)
+    if result.total_failed:
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from dupl_cli.cli.evaluate_cmd import (
     prepare,
     print_protocol,
 )
+from dupl_cli.engine.choices import LabelSource
 
 
 def pseudo_label(
@@ -30,8 +31,9 @@ def pseudo_label(
         str | None, typer.Option("--split", help="Split to label (default: data.train_split).")
     ] = None,
     source: Annotated[
-        str, typer.Option("--source", help="cam (multi-scale CAM + image labels) or seg (segmentation head).")
-    ] = "cam",
+        LabelSource,
+        typer.Option("--source", help="cam (multi-scale CAM + image labels) or seg (segmentation head)."),
+    ] = LabelSource.cam,
     crf: CrfOpt = False,
     multiscale: MultiscaleOpt = False,
     student: StudentOpt = None,
@@ -50,10 +52,6 @@ def pseudo_label(
     sets: SetOpt = None,
 ) -> None:
     """Write pseudo-labels; already complete files are skipped, writes are atomic."""
-    from dupl_cli.errors import UserError
-
-    if source not in ("cam", "seg"):
-        raise UserError(f"--source must be cam or seg, not {source!r}")
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
     from dupl_cli.engine.infer import check_out_dir
     from dupl_cli.engine.pseudo_label import PseudoLabelRequest, run_pseudo_label
@@ -63,13 +61,24 @@ def pseudo_label(
     if runtime.is_main:
         out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
     adapter = build_adapter(settings, split)
-    req = PseudoLabelRequest(out=check_out_dir(out), split=split, source=source, crf=crf, multiscale=multiscale,
-                             student=student_name, evaluate=evaluate, report=report, max_images=max_images)  # fmt: skip
-    result = run_pseudo_label(loaded, adapter, settings, runtime, req, show_progress=global_options(ctx).verbosity >= 0,
-                              log=out_console.print)  # fmt: skip
+    req = PseudoLabelRequest(
+        out=check_out_dir(out),
+        split=split,
+        source=source.value,
+        crf=crf,
+        multiscale=multiscale,
+        student=student_name,
+        evaluate=evaluate,
+        report=report,
+        max_images=max_images,
+    )
+    show = global_options(ctx).verbosity >= 0
+    result = run_pseudo_label(
+        loaded, adapter, settings, runtime, req, show_progress=show, log=out_console.print
+    )
     if runtime.is_main:
-        print_protocol(out_console, result["protocol"])
-        if result["metrics"] is not None:
-            out_console.print(metrics_table(result["metrics"], f"pseudo-labels ({source}) on {split}"))
+        print_protocol(out_console, result.protocol)
+        if result.metrics is not None:
+            out_console.print(metrics_table(result.metrics, f"pseudo-labels ({source.value}) on {split}"))
             out_console.print(f"metrics: {out.parent / (out.name + '_metrics') / 'metrics.json'}")
         out_console.print(f"pseudo-labels in {out}" + (f"; report {report}" if report else ""))

@@ -129,13 +129,13 @@ def _run(job: tuple) -> np.ndarray:
     return crf_segmentation(*args) if kind == "seg" else crf_cam_pseudo_label(*args)
 
 
-def default_workers(requested: int = 0) -> int:
-    """``requested`` or the cores available to this process, shared among local ranks."""
+def default_workers(requested: int = 0, local_processes: int = 1) -> int:
+    """``requested`` or the cores available to this process, shared among the processes on this
+    machine (their count comes from the caller's Accelerate state)."""
     if requested > 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
-    return max(1, cores // max(1, local))
+    return max(1, cores // max(1, local_processes))
 
 
 class CrfPool:
@@ -145,9 +145,9 @@ class CrfPool:
     overlaps CRF and memory stays bounded. Use as a context manager.
     """
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 0, local_processes: int = 1) -> None:
         require_pydensecrf()
-        self.workers = default_workers(workers)
+        self.workers = default_workers(workers, local_processes)
         # spawn: workers never inherit torch's thread pools or a CUDA context.
         self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         self._pending: deque[tuple[object, Future]] = deque()

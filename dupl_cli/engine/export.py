@@ -95,11 +95,9 @@ class ExportResult:
 
 def choose_student(card: dict[str, Any], choice: str) -> int:
     """1-based student: explicit ``1``/``2``, or ``best`` = the card's choice by validation."""
-    if choice in ("1", "2"):
-        return int(choice)
-    if choice != "best":
-        raise UserError(f"--student must be 1, 2 or best, not {choice!r}")
-    return int(card.get("student", 1))
+    from dupl_cli.engine.choices import ExportStudent, choose_students
+
+    return choose_students(choice, int(card.get("student", 1)), ExportStudent).indices[0] + 1
 
 
 def inference_state(student: nn.Module, full: bool) -> dict[str, torch.Tensor]:

@@ -1,122 +1,24 @@
-"""Inference on arbitrary image files, plus the pieces evaluate and pseudo-label share:
-loading a checkpoint for inference, choosing the student, process sharding, progress bars.
-"""
+"""``dupl infer``: palette PNG masks (optionally overlays and probabilities) for arbitrary image files,
+sharded across processes like evaluate and pseudo-label."""
 
 from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from dupl_cli.data.images import IMAGE_EXTS
-from dupl_cli.engine.checkpoint import atomic_write, load_model
-from dupl_cli.engine.tta import TTAConfig, ensemble, stride_of, tta_logits
+from dupl_cli.engine.choices import choose_students
+from dupl_cli.engine.crf import CrfParams
+from dupl_cli.engine.predict import Item, LoadedModel, PredictOptions, ProgressBar, Runtime, predict
+from dupl_cli.engine.predict_heads import SegHead, seg_fn
+from dupl_cli.engine.predict_sinks import MaskSink, OverlaySink, ProbsSink
+from dupl_cli.engine.tta import TTAConfig, stride_of
 from dupl_cli.errors import DataError, UserError
 
 
-# ---------------------------------------------------------------- shared runtime
-@dataclass
-class Runtime:
-    """Device and process layout; rank/world from torch.distributed when launched with accelerate."""
-
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    accelerator: object | None = None
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.accelerator is not None:
-            self.accelerator.wait_for_everyone()
-
-
-def make_runtime() -> Runtime:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from dupl_cli.engine.accel import make_accelerator
-
-        acc = make_accelerator(precision="no")
-        return Runtime(acc.device, acc.process_index, acc.num_processes, acc)
-    return Runtime(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-
-
-@dataclass
-class LoadedModel:
-    model: torch.nn.Module
-    card: dict
-    path: Path
-    how: str  # how the checkpoint was chosen (given, eval.checkpoint, newest run)
-    classes: list[str] = field(init=False)  # background first
-    palette: list[tuple[int, int, int]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.classes = ["background", *self.card["classes"]]
-        self.palette = [tuple(c) for c in self.card["palette"]]
-
-
-def load_for_inference(path: Path, how: str, device) -> LoadedModel:
-    model, card = load_model(path, map_location=device)
-    return LoadedModel(model, card, path, how)
-
-
-def student_choice(loaded: LoadedModel, student: str) -> tuple[list[int], str]:
-    """0-based student indices and a sentence saying why (never from the evaluated split's GT)."""
-    if student == "ensemble":
-        return [0, 1], "ensemble of both students (mean of logits)"
-    if student in ("1", "2"):
-        return [int(student) - 1], f"student {student} (chosen with --student)"
-    chosen = int(loaded.card.get("student", 1))
-    return [chosen - 1], f"student {chosen} (best by validation during training, from the checkpoint card)"
-
-
-def seg_fn(model, indices: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
-    fns = [model.students[i].segment for i in indices]
-    return fns[0] if len(fns) == 1 else ensemble(fns)
-
-
-def to_tensor(image: np.ndarray, mean, std, device) -> torch.Tensor:
-    """uint8 H×W×3 → normalised 1×3×H×W float32 on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float().div_(255)
-    m = torch.tensor(mean, device=device).view(3, 1, 1)
-    s = torch.tensor(std, device=device).view(3, 1, 1)
-    return ((x - m) / s).unsqueeze(0)
-
-
-def progress(description: str, total: int, enabled: bool):
-    """A rich progress bar with ETA (a no-op context when disabled)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("eta"), TimeRemainingColumn(), disable=not enabled, transient=False,
-    )  # fmt: skip
-    task = bar.add_task(description, total=total)
-    return bar, task
-
-
-def crf_pool_or_none(use_crf: bool, settings):
-    if not use_crf:
-        return None
-    from dupl_cli.engine.crf import CrfPool
-
-    return CrfPool(settings.crf.workers)
-
-
-# ---------------------------------------------------------------- dupl infer
 def expand_inputs(paths: Iterable[str]) -> tuple[list[Path], list[str]]:
     """Files, folders (their images, sorted, recursive) and globs → (files, problems)."""
     files, problems = [], []
@@ -155,91 +57,63 @@ def output_stems(files: list[Path]) -> list[str]:
 
 @dataclass
 class InferResult:
-    written: list[Path]
-    failed: list[str]  # one message per input that could not be processed
+    written: list[Path]  # masks written by this process
+    failed: list[str]  # one message per input this process could not process
+    total_written: int  # over all processes
+    total_failed: int
+
+
+def _file_items(files: list[Path], stems: list[str], failed: list[str], bar, log) -> Iterator[Item]:
+    """Decoded images; an unreadable file is reported, counted and skipped."""
+    from dupl_cli.data.images import read_image
+
+    for path, stem in zip(files, stems, strict=True):
+        try:
+            image = read_image(path)
+        except DataError as exc:
+            failed.append(str(exc))
+            log(f"skipped: {exc}")
+            bar.advance()
+            continue
+        yield Item(stem, stem, image)
 
 
 def run_infer(
-    loaded: LoadedModel, inputs: list[str], out: Path, settings, runtime: Runtime, *,
-    tta: TTAConfig, student: str = "best", use_crf: bool = False, overlay: bool = False, probs: bool = False,
-    show_progress: bool = True, log: Callable[[str], None] = print,
-) -> InferResult:  # fmt: skip
-    from dupl_cli.data.images import read_image
-    from dupl_cli.engine.crf import CrfParams, LabelRouter
-    from dupl_cli.engine.visualize import overlay as make_overlay
-    from dupl_cli.engine.visualize import save_mask
+    loaded: LoadedModel,
+    inputs: list[str],
+    out: Path,
+    settings,
+    runtime: Runtime,
+    *,
+    tta: TTAConfig,
+    student: str = "best",
+    use_crf: bool = False,
+    overlay: bool = False,
+    probs: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> InferResult:
 
-    files, failed = expand_inputs(inputs)
+
+    files, problems = expand_inputs(inputs)
+    failed = problems if runtime.is_main else []  # every process sees the same problems: report once
     for problem in failed:
         log(f"skipped: {problem}")
-    stems = output_stems(files)
+    stems = output_stems(files)  # unique over all inputs, before sharding
+    share = slice(runtime.process_index, None, runtime.num_processes)
+    files, stems = files[share], stems[share]
     out.mkdir(parents=True, exist_ok=True)
-    indices, _ = student_choice(loaded, student)
-    fn = seg_fn(loaded.model, indices)
-    multiple = stride_of(loaded.model)
+    pick = choose_students(student, loaded.card_student)
     params = CrfParams.for_segmentation(settings.crf)
-    mean, std = settings.data.mean, settings.data.std
-    written: list[Path] = []
-    images: dict[str, np.ndarray] = {}
-
-    def finish(stem: str, mask: np.ndarray) -> None:
-        written.append(save_mask(out / f"{stem}.png", mask, loaded.palette))
-        image = images.pop(stem)
-        if overlay:
-            from PIL import Image
-
-            blended = Image.fromarray(make_overlay(image, mask, loaded.palette))
-            atomic_write(
-                out / f"{stem}_overlay.jpg", lambda tmp: blended.save(tmp, format="JPEG", quality=90)
-            )
-
-    pool = crf_pool_or_none(use_crf, settings)
-    router = LabelRouter(pool, finish)
-    bar, task = progress("infer", len(files), show_progress)
-    try:
-        with bar:
-            for path, stem in zip(files, stems, strict=True):
-                try:
-                    image = read_image(path)
-                except DataError as exc:
-                    failed.append(str(exc))
-                    log(f"skipped: {exc}")
-                    bar.advance(task)
-                    continue
-                logits = tta_logits(fn, to_tensor(image, mean, std, runtime.device), tta, multiple=multiple)[
-                    0
-                ]
-                if probs:
-                    _save_probs(out / f"{stem}_probs.npz", logits, loaded.classes)
-                images[stem] = image
-                router.segmentation(stem, image, logits, params)
-                bar.advance(task)
-            router.drain()
-    finally:
-        if pool is not None:
-            pool.close()
-    return InferResult(written, failed)
-
-
-PROBS_DOWNSCALE = 4
-
-
-def _save_probs(path: Path, logits: torch.Tensor, classes: list[str]) -> None:
-    """Softmax probabilities at 1/4 of the image size, float16, with the class names (.npz, no pickle)."""
-    import torch.nn.functional as F
-
-    h, w = logits.shape[-2:]
-    size = (max(1, h // PROBS_DOWNSCALE), max(1, w // PROBS_DOWNSCALE))
-    p = F.interpolate(logits.softmax(0)[None], size=size, mode="bilinear", align_corners=False)[0]
-    arr = p.to(torch.float16).cpu().numpy()
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh, probs=arr, classes=np.asarray(classes, dtype=str), image_size=np.array([h, w])
-            )
-
-    atomic_write(path, write)
+    head = SegHead(seg_fn(loaded.model, pick.indices), tta, stride_of(loaded.model), params)
+    masks = MaskSink(out, loaded.palette)
+    sinks = [*([ProbsSink(out, loaded.classes)] if probs else []), masks]
+    sinks += [OverlaySink(out, loaded.palette)] if overlay else []
+    options = PredictOptions.from_settings(settings, use_crf)
+    with ProgressBar("infer", len(files), show_progress and runtime.is_main) as bar:
+        predict(_file_items(files, stems, failed, bar, log), [head], sinks, runtime, options, bar)
+    total_written, total_failed = runtime.sum(len(masks.written), len(failed))
+    return InferResult(masks.written, failed, total_written, total_failed)
 
 
 def check_out_dir(out: Path) -> Path:

@@ -153,16 +153,8 @@ class Trainer:
         self.config = step_config(s, num_classes=len(classes))
         model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
-        effective = acc.num_processes * t.batch_size * t.grad_accum
         if main:
-            progress.message(
-                f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x {t.grad_accum} accumulation"
-                f" | precision {acc.mixed_precision} | device {acc.device}"
-            )
-            if effective != t.reference_batch:
-                progress.message(
-                    f"warning: effective batch {effective} differs from this preset's reference batch {t.reference_batch}; results depend on it"
-                )
+            self._report_batch(acc, progress)
         if self.options.dry_run:
             return self._dry_run(acc, model, train_set, progress)
 
@@ -186,6 +178,19 @@ class Trainer:
             progress.close()
             acc.end_training()
         return run_dir
+
+    def _report_batch(self, acc, progress) -> None:
+        """The effective batch, with a warning when it differs from the preset's reference batch."""
+        t = self.settings.train
+        effective = acc.num_processes * t.batch_size * t.grad_accum
+        progress.message(
+            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x {t.grad_accum} accumulation"
+            f" | precision {acc.mixed_precision} | device {acc.device}"
+        )
+        if effective != t.reference_batch:
+            progress.message(
+                f"warning: effective batch {effective} differs from this preset's reference batch {t.reference_batch}; results depend on it"
+            )
 
     def _dry_run(self, acc, model, train_set, progress) -> None:
         from dupl_cli.config.toml_writer import dumps
@@ -325,7 +330,8 @@ class _Loop:
 
     def _validate(self, step: int) -> None:
         from dupl_cli.data.loader import eval_loader
-        from dupl_cli.engine.validation import ShardView, validate
+        from dupl_cli.engine.predict import ShardView
+        from dupl_cli.engine.validation import validate
 
         shard = ShardView(self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images)
         loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)

@@ -53,14 +53,30 @@ def box_mask(img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, p
     return inside_y[:, :, None] & inside_x[:, None, :]
 
 
-def cam_to_label(cam, labels, *, tau_high, tau_low: float, img_box=None, ignore: int = IGNORE_INDEX, box_stride: int = 1, pixel_box: bool = False):
-    """Three-way thresholding: class where max_c y_c·M_c > tau_h, ignore in (tau_l, tau_h], 0 below."""
+def cam_to_label(
+    cam,
+    labels,
+    *,
+    tau_high,
+    tau_low: float | None = None,
+    img_box=None,
+    ignore: int = IGNORE_INDEX,
+    box_stride: int = 1,
+    pixel_box: bool = False,
+):
+    """The CAM -> label rule: class argmax_c y_c·M_c where its score > tau_h, background where <= tau_l.
+
+    ``tau_low`` given: three-way (pseudo-labels, docs/method.md §4.2), ignore in (tau_l, tau_h].
+    ``None``: two-way (evaluation and validation, §11), background wherever the score is not above
+    tau_h. ``tau_high`` a float or one value per image; ``labels`` may sit on another device.
+    """
     b = cam.shape[0]
-    valid = cam.float() * labels.float()[:, :, None, None]
+    valid = cam.float() * labels.to(cam.device).float()[:, :, None, None]
     value, index = valid.max(dim=1)
     tau_h = torch.as_tensor(tau_high, dtype=value.dtype, device=value.device).reshape(-1).expand(b)
-    out = torch.where(value > tau_h.view(b, 1, 1), index + 1, torch.full_like(index, ignore))
-    out = torch.where(value <= tau_low, torch.zeros_like(out), out)
+    tau_h = tau_h.view(b, 1, 1)
+    out = torch.where(value > tau_h, index + 1, torch.full_like(index, ignore))
+    out = torch.where(value <= (tau_h if tau_low is None else tau_low), torch.zeros_like(out), out)
     if img_box is not None:
         inside = box_mask(img_box, out.shape[-2:], stride=box_stride, pixel_coords=pixel_box)
         out = torch.where(inside, out, torch.full_like(out, ignore))

@@ -1,21 +1,17 @@
-"""A tiny trained-shape checkpoint (random weights) and demo data, built once per module."""
-
-from pathlib import Path
+"""A tiny trained-shape checkpoint (random weights) on the shared demo data, built once."""
 
 import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_data):
     from dupl_cli.config.sources import load_settings
     from dupl_cli.engine.checkpoint import save_model
     from dupl_cli.models.dual import build_dual_student
     from dupl_cli.plugins import DATASETS, load
 
-    root = tmp_path_factory.mktemp("engine")
-    data_root = root / "demo"
     settings = load_settings(
-        "tiny-cpu", assignments=[f'data.root="{data_root}"', "eval.scales=[1.0, 1.5]"], environ={}
+        "tiny-cpu", assignments=[f'data.root="{tiny_data}"', "eval.scales=[1.0, 1.5]"], environ={}
     ).settings
     adapter = load(DATASETS, "demo")(settings.data, "val")
     import torch
@@ -32,25 +28,20 @@ def tiny_run(tmp_path_factory):
         "metrics": {"seg_s1": 1.0, "seg_s2": 2.0},
         "settings": settings.model_dump(mode="json"),
     }
-    run_dir = root / "run"
+    run_dir = tmp_path_factory.mktemp("engine") / "run"
     save_model(run_dir / "best", model, card)
-    return run_dir, data_root, settings
+    return run_dir, tiny_data, settings
 
 
 @pytest.fixture
-def cli(tiny_run, monkeypatch):
-    """Invoke the CLI with the tiny run; data root passed with --set (the card's settings are used)."""
-    from typer.testing import CliRunner
-
-    from dupl_cli.cli.app import app
-
+def cli(tiny_run, run_cli):
+    """Invoke the CLI with the tiny run (the card's settings are used, data root included)."""
     run_dir, data_root, settings = tiny_run
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
 
     def invoke(*args):
-        return CliRunner().invoke(app, [*args], catch_exceptions=False)
+        return run_cli(*args)
 
     invoke.run_dir = run_dir
-    invoke.data_root = Path(data_root)
+    invoke.data_root = data_root
     invoke.settings = settings
     return invoke

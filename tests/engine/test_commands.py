@@ -14,6 +14,11 @@ def _refs(html_text):
     return re.findall(r"""(?:src|href)\s*=\s*['"]([^'"]+)['"]""", html_text)
 
 
+def _plain(output):
+    """Typer's boxed message as one line of words."""
+    return " ".join(output.replace("│", " ").split())
+
+
 def _labelled(cli, split):
     from dupl_cli.plugins import DATASETS, load
 
@@ -53,7 +58,8 @@ def test_evaluate_cams_and_student_choice(cli, tmp_path):
     assert payload["protocol"]["student"].startswith("student 1 (chosen with --student)")
     assert payload["labelled_pixels"] == _labelled(cli, "val")  # the whole val split
     r = cli("evaluate", str(cli.run_dir), "--student", "3")
-    assert r.exit_code == 2 and "--student must be" in r.output
+    assert r.exit_code == 2 and "Invalid value for '--student'" in _plain(r.output)
+    assert "'3' is not one of '1', '2', 'best', 'ensemble'" in _plain(r.output)
 
 
 def test_evaluate_without_checkpoint_uses_newest_run(cli, tmp_path, monkeypatch):

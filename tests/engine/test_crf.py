@@ -90,5 +90,8 @@ def test_missing_pydensecrf_fails_with_hint(monkeypatch):
 
 def test_default_workers(monkeypatch):
     assert crf_mod.default_workers(3) == 3
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")
-    assert crf_mod.default_workers(0) == 1
+    alone = crf_mod.default_workers(0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "64")  # rank variables are Accelerate's: never read here
+    assert crf_mod.default_workers(0) == alone >= 1
+    assert crf_mod.default_workers(0, local_processes=2) == max(1, alone // 2)
+    assert crf_mod.default_workers(0, local_processes=64 * alone) == 1

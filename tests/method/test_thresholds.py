@@ -39,6 +39,21 @@ def test_image_threshold_is_max_over_present_classes():
     torch.testing.assert_close(image_thresholds(0.65, labels), torch.full((3,), 0.65))
 
 
+def test_cam_to_label_two_way_rule_without_tau_low():
+    cam = torch.zeros(1, 3, 1, 5)
+    cam[0, 0, 0] = torch.tensor([0.9, 0.5, 0.2, 0.95, 0.7])
+    cam[0, 1, 0] = torch.tensor([0.1, 0.8, 0.1, 0.99, 0.3])  # class 1 absent
+    cam[0, 2, 0] = torch.tensor([0.0, 0.1, 0.3, 0.10, 0.71])
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    assert cam_to_label(cam, labels, tau_high=0.7).tolist() == [[[1, 0, 0, 1, 3]]]  # no ignore band
+    # The evaluation formulation: argmax over [tau, y·M], with one tau per image.
+    g = torch.Generator().manual_seed(0)
+    cam, labels = torch.rand(3, 5, 9, 11, generator=g), (torch.rand(3, 5, generator=g) > 0.5).float()
+    tau = torch.tensor([0.3, 0.5, 0.9])
+    stacked = torch.cat([tau.view(3, 1, 1, 1).expand(3, 1, 9, 11), cam * labels[:, :, None, None]], 1)
+    assert torch.equal(cam_to_label(cam, labels, tau_high=tau), stacked.argmax(1))
+
+
 def test_cam_to_label_by_hand():
     cam = torch.zeros(1, 3, 1, 5)
     cam[0, 0, 0] = torch.tensor([0.9, 0.5, 0.2, 0.95, 0.7])

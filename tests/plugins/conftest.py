@@ -72,14 +72,3 @@ def registered():
     for group, name in added:
         plugins.unregister(group, name)
 
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
-    """The tiny-cpu demo data, generated once."""
-    from dupl_cli.config.sources import load_settings
-    from dupl_cli.plugins import DATASETS, load
-
-    root = tmp_path_factory.mktemp("tiny") / "data"
-    settings = load_settings("tiny-cpu", assignments=[f"data.root={root}"], environ={}).settings
-    load(DATASETS, "demo")(settings.data, settings.data.train_split)
-    return root

@@ -1,0 +1,66 @@
+"""Fixed choices of the prediction commands and export, and the one parser of the student choice.
+
+Torch-free: the CLI builds its Typer enums from these classes, so ``--help`` lists the values and a
+bad one is Typer's usage error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from dupl_cli.errors import UserError
+
+
+class Student(str, Enum):
+    """Student used for predictions: one of the two, the card's (chosen by validation), or both."""
+
+    one = "1"
+    two = "2"
+    best = "best"
+    ensemble = "ensemble"
+
+
+class ExportStudent(str, Enum):
+    """An export holds one student."""
+
+    one = "1"
+    two = "2"
+    best = "best"
+
+
+class LabelSource(str, Enum):
+    """Where pseudo-labels come from: multi-scale CAM with the image labels, or the segmentation head."""
+
+    cam = "cam"
+    seg = "seg"
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+@dataclass(frozen=True)
+class StudentPick:
+    indices: tuple[int, ...]  # 0-based students whose outputs are averaged
+    text: str  # why these, for protocols and reports
+
+
+def choose_students(choice: str | Enum, card_student: int, allowed: type[Enum] = Student) -> StudentPick:
+    """``choice`` (``1``, ``2``, ``best`` or ``ensemble``) -> students; ``best`` is the checkpoint card's
+    pick by validation during training, never the evaluated split's ground truth."""
+    value = choice.value if isinstance(choice, Enum) else str(choice)
+    names = [member.value for member in allowed]
+    if value not in names:
+        listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+        raise UserError(f"--student must be {listed}, not {value!r}")
+    if value == "ensemble":
+        return StudentPick((0, 1), "ensemble of both students (mean of logits)")
+    if value in ("1", "2"):
+        return StudentPick((int(value) - 1,), f"student {value} (chosen with --student)")
+    chosen = int(card_student)
+    return StudentPick(
+        (chosen - 1,), f"student {chosen} (best by validation during training, from the checkpoint card)"
+    )

@@ -1,0 +1,133 @@
+"""Sinks of the prediction loop: confusion matrices, palette PNGs, overlays, probabilities, report
+samples; and the metrics files (metrics.json, confusion.csv, confusion.png) written from them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dupl_cli.engine.checkpoint import atomic_write, atomic_write_text
+from dupl_cli.engine.metrics import ConfusionMeter, SegMetrics
+from dupl_cli.engine.predict import Item, Sink
+
+PROBS_DOWNSCALE = 4
+
+
+def label_array(label) -> np.ndarray:
+    """A label map as uint8 H×W on the host."""
+    if torch.is_tensor(label):
+        return label.byte().cpu().numpy()
+    return np.asarray(label, dtype=np.uint8)
+
+
+class ConfusionSink(Sink):
+    """One confusion matrix per head against the item's ground truth, accumulated on ``device``."""
+
+    def __init__(self, num_classes: int, device, heads: int = 1) -> None:
+        self.meters = [ConfusionMeter(num_classes, device) for _ in range(heads)]
+
+    def add(self, prediction: np.ndarray | torch.Tensor, mask: np.ndarray, head: int = 0) -> None:
+        pred = prediction if torch.is_tensor(prediction) else torch.from_numpy(np.asarray(prediction))
+        self.meters[head].update(pred, torch.from_numpy(mask.astype(np.int64)))
+
+    def label(self, item: Item, head: int, label) -> None:
+        self.add(label, item.mask, head)
+
+
+class MaskSink(Sink):
+    """``<out>/<name>.png`` palette PNG per label (255 = uncertain), written atomically."""
+
+    def __init__(self, out: Path, palette) -> None:
+        self.out, self.palette = Path(out), palette
+        self.written: list[Path] = []
+
+    def label(self, item: Item, head: int, label) -> None:
+        from dupl_cli.engine import visualize  # looked up per call: tests interrupt save_mask
+
+        path = self.out / f"{item.name}.png"
+        self.written.append(visualize.save_mask(path, label_array(label), self.palette))
+
+
+class OverlaySink(Sink):
+    """``<out>/<name>_overlay.jpg``: the image blended with its mask."""
+
+    def __init__(self, out: Path, palette) -> None:
+        self.out, self.palette = Path(out), palette
+
+    def label(self, item: Item, head: int, label) -> None:
+        from PIL import Image
+
+        from dupl_cli.engine.visualize import overlay
+
+        blended = Image.fromarray(overlay(item.image, label_array(label), self.palette))
+        path = self.out / f"{item.name}_overlay.jpg"
+        atomic_write(path, lambda tmp: blended.save(tmp, format="JPEG", quality=90))
+
+
+class ProbsSink(Sink):
+    """``<out>/<name>_probs.npz``: softmax at 1/4 of the image size, float16, with the class names."""
+
+    def __init__(self, out: Path, classes: list[str]) -> None:
+        self.out, self.classes = Path(out), classes
+
+    def output(self, item: Item, head: int, logits: torch.Tensor) -> None:
+        save_probs(self.out / f"{item.name}_probs.npz", logits, self.classes)
+
+
+def save_probs(path: Path, logits: torch.Tensor, classes: list[str]) -> None:
+    """Softmax probabilities at 1/4 of the image size, float16, with the class names (.npz, no pickle)."""
+    import torch.nn.functional as F
+
+    h, w = logits.shape[-2:]
+    size = (max(1, h // PROBS_DOWNSCALE), max(1, w // PROBS_DOWNSCALE))
+    p = F.interpolate(logits.softmax(0)[None], size=size, mode="bilinear", align_corners=False)[0]
+    arr = p.to(torch.float16).cpu().numpy()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh, probs=arr, classes=np.asarray(classes, dtype=str), image_size=np.array([h, w])
+            )
+
+    atomic_write(path, write)
+
+
+class ReportSamples(Sink):
+    """The first ``limit`` items (id, image, labels, ground truth) with the first head's label and,
+    with ``keep_cams``, its CAM (C×H×W on the host): the rows of an HTML report."""
+
+    def __init__(self, limit: int, keep_cams: bool = False) -> None:
+        self.limit, self.keep_cams = limit, keep_cams
+        self.rows: dict[Any, dict[str, Any]] = {}
+
+    def begin(self, item: Item) -> None:
+        if len(self.rows) < self.limit:
+            self.rows[item.key] = {"id": item.id, "image": item.image, "labels": item.labels, "gt": item.mask}
+
+    def output(self, item: Item, head: int, output: torch.Tensor) -> None:
+        if self.keep_cams and head == 0 and item.key in self.rows:
+            self.rows[item.key]["cam"] = output.cpu().numpy()
+
+    def label(self, item: Item, head: int, label) -> None:
+        if head == 0 and item.key in self.rows:
+            self.rows[item.key]["label"] = label_array(label)
+
+
+def write_metrics(out: Path, metrics: SegMetrics, payload: dict) -> None:
+    """metrics.json, confusion.csv (rows GT, columns prediction + uncertain), confusion.png."""
+    from dupl_cli.engine.visualize import confusion_png
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(payload, indent=2))
+    header = "gt\\pred," + ",".join([*metrics.class_names, "uncertain"])
+    lines = [header] + [
+        ",".join([name, *map(str, row)])
+        for name, row in zip(metrics.class_names, metrics.matrix, strict=True)
+    ]
+    atomic_write_text(out / "confusion.csv", "\n".join(lines) + "\n")
+    img = confusion_png(np.asarray(metrics.matrix), metrics.class_names)
+    atomic_write(out / "confusion.png", lambda tmp: img.save(tmp, format="PNG"))
