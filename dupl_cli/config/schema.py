@@ -179,6 +179,9 @@ class CrfSettings(Section):
     cam_tau_high: float = Field(0.70, ge=0, le=1, description="High background score of the CAM CRF pass")
     cam_tau_low: float = Field(0.25, ge=0, le=1, description="Low background score of the CAM CRF pass")
     workers: int = Field(0, ge=0, description="CRF worker processes (0 = available cores)")
+    backend: Literal["auto", "torch", "pydensecrf"] = Field(
+        "auto", description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)"
+    )
 
 
 class ExportSettings(Section):

@@ -111,9 +111,9 @@ def progress(description: str, total: int, enabled: bool):
 def crf_pool_or_none(use_crf: bool, settings):
     if not use_crf:
         return None
-    from dupl_cli.engine.crf import CrfPool
+    from dupl_cli.engine.crf import CrfRunner
 
-    return CrfPool(settings.crf.workers)
+    return CrfRunner(settings.crf)  # crf.backend, resolved on the device of the first scores
 
 
 # ---------------------------------------------------------------- dupl infer

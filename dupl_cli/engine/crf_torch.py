@@ -1,0 +1,99 @@
+"""Batched mean-field inference of pydensecrf's ``DenseCRF2D`` model in torch (CPU or CUDA, fp32).
+
+The model dupl uses (SPEC §11): unary U, a Gaussian kernel on pixel position (sxy) and a bilateral
+kernel on position and colour (sxy, srgb), both with Potts compatibility -w and symmetric
+normalisation n_i = 1 / sqrt(k_i·1). Each step, as ``DenseCRF::inference``:
+Q <- softmax(-U + sum_k w_k n_k * K_k(n_k * Q)), starting from Q = softmax(-U).
+
+Images of different sizes go through in one batch (one lattice per kernel for the whole batch);
+several unaries of one image (the CAM CRF's two passes) share its lattices as extra channels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from dupl_cli.engine.crf_lattice import Lattice, build_lattice
+
+INF = float("inf")
+
+
+def _features(images: list[torch.Tensor], sxy: float, srgb: float | None) -> torch.Tensor:
+    """d×N per-pixel features in pydensecrf's order and float rounding: x/sxy, y/sxy[, r/srgb, g/srgb, b/srgb]."""
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        dev = im.device
+        x = (torch.arange(w, device=dev, dtype=torch.float32) / sxy).expand(h, w)
+        y = (torch.arange(h, device=dev, dtype=torch.float32) / sxy)[:, None].expand(h, w)
+        parts = [x, y]
+        if srgb is not None:
+            parts += list((im.to(torch.float32) / srgb).unbind(2))
+        out.append(torch.stack(parts).reshape(len(parts), h * w))
+    return torch.cat(out, 1)
+
+
+def _lattices(images: list[torch.Tensor], k, sparse: bool | None) -> list[tuple[Lattice, float]]:
+    """The Gaussian and bilateral lattices of a batch (``k``: CrfParams), with their Potts weights."""
+    dev = images[0].device
+    sizes = [im.shape[0] * im.shape[1] for im in images]
+    owner = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(sizes, device=dev))
+    ghosts = torch.tensor([i for i, s in enumerate(sizes) if s % 4], dtype=torch.long, device=dev)
+    out = []
+    for compat, sxy, srgb in ((k.gauss_compat, k.gauss_sxy, None),
+                              (k.bilateral_compat, k.bilateral_sxy, k.bilateral_srgb)):  # fmt: skip
+        if compat != 0:
+            out.append((build_lattice(_features(images, sxy, srgb), owner, ghosts, sparse=sparse), compat))
+    return out
+
+
+def mean_field(lattices: list[tuple[Lattice, float]], unary: torch.Tensor, iters: int) -> torch.Tensor:
+    """Marginals N×S×K after ``iters`` steps from unaries N×S×K (S unaries per pixel; +inf = absent label)."""
+    n, s, k = unary.shape
+    norms = [(lat, w, (lat.filter(unary.new_ones(n, 1)) + 1e-20).rsqrt()) for lat, w in lattices]
+    neg_u = -unary
+    q = torch.softmax(neg_u, 2)
+    for _ in range(iters):
+        energy = neg_u
+        for lat, w, norm in norms:
+            msg = lat.filter((q.reshape(n, s * k) * norm).contiguous()) * norm
+            energy = energy + w * msg.view(n, s, k)
+        q = torch.softmax(energy, 2)
+    return q
+
+
+def marginals(
+    images: list[torch.Tensor], unaries: list[torch.Tensor], params, *, sparse: bool | None = None
+) -> list[torch.Tensor]:
+    """S×K_i×H×W marginals for each image (H×W×3 uint8) and S×K_i×H×W unary; one batch."""
+    s = unaries[0].shape[0]
+    kmax = max(u.shape[1] for u in unaries)
+    flat = []
+    for u in unaries:
+        u = u.to(torch.float32).flatten(2).permute(2, 0, 1)  # N×S×K
+        if u.shape[2] < kmax:  # absent labels: zero probability, no messages
+            u = torch.cat([u, u.new_full((*u.shape[:2], kmax - u.shape[2]), INF)], 2)
+        flat.append(u)
+    q = mean_field(_lattices(images, params, sparse), torch.cat(flat), params.iters)
+    out, start = [], 0
+    for im, u in zip(images, unaries, strict=True):
+        h, w = im.shape[:2]
+        qi = q[start : start + h * w, :, : u.shape[1]]
+        out.append(qi.permute(1, 2, 0).reshape(s, u.shape[1], h, w))
+        start += h * w
+    return out
+
+
+def segmentation_unary(logits: torch.Tensor) -> torch.Tensor:
+    """K×H×W logits -> 1×K×H×W unary -log softmax."""
+    return -torch.log_softmax(logits.to(torch.float32), 0)[None]
+
+
+def label_unary(labels: torch.Tensor, n: int, gt_prob: float) -> torch.Tensor:
+    """S×H×W label maps -> S×n×H×W unary: -log gt_prob at the label, -log((1-gt_prob)/(n-1)) elsewhere
+    (pydensecrf ``unary_from_labels`` with zero_unsure=False; energies rounded to float32 as there)."""
+    on = float(np.float32(-np.log(gt_prob)))
+    off = float(np.float32(-np.log((1.0 - gt_prob) / (n - 1))))
+    onehot = torch.nn.functional.one_hot(labels.long(), n).permute(0, 3, 1, 2).bool()
+    return torch.where(onehot, on, off).to(torch.float32)
