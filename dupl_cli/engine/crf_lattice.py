@@ -72,7 +72,7 @@ def _simplex(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 
 
 class _Keys:
-    """Mixed-radix int64 codes of vertex keys (image, r, q_0..q_{d-1}), q with a margin of one so the
+    """Mixed-radix int64 codes of vertex keys (image, q_0..q_{d-1}, r), q with a margin of one so the
     codes of blur neighbours stay in range."""
 
     def __init__(self, qbase: torch.Tensor, images: int) -> None:
@@ -80,13 +80,13 @@ class _Keys:
         lo = (qbase.amin(1) - 2).tolist()  # vertex q is qbase or qbase - 1; neighbours one further
         span = [int(h) - lo_ + 2 for h, lo_ in zip(qbase.amax(1).tolist(), lo, strict=True)]
         self.d, self.lo = d, lo
-        strides, acc = [], 1
+        # r is the least significant digit: vertices of neighbouring simplices get nearby ids
+        self.r_stride, strides, acc = 1, [], d + 1
         for s in reversed(span):
             strides.append(acc)
             acc *= s
         self.q_strides = strides[::-1]
-        self.r_stride = acc
-        self.image_stride = acc * (d + 1)
+        self.image_stride = acc
         if self.image_stride * images >= _PACK_LIMIT:
             raise UserError(
                 "dense CRF: lattice keys too spread out to hash (crf sxy or srgb too small for the image "
@@ -114,7 +114,7 @@ class _Keys:
         In full coordinates n1 is key - 1 except key[j] + d (n2 the opposite), the last coordinate
         implied; in (r, q): n1 has r - 1 and q_j + 1, or, from r = 0, r = d and q_i - 1 for i != j."""
         d, rs = self.d, self.r_stride
-        r = torch.div(codes, rs, rounding_mode="floor") % (d + 1)
+        r = codes % (d + 1)
         total = sum(self.q_strides)
         out = []
         for j in range(d + 1):
@@ -207,6 +207,23 @@ def build_lattice(
         slice_crow = torch.arange(0, n * d1 + 1, d1, device=dev)
         slice_ = torch.sparse_csr_tensor(slice_crow, offsets.reshape(-1), slice_w.reshape(-1), (n, m))
     return Lattice(n, m, neighbours, splat, slice_, None, None, None, None, None)
+
+
+def locality_order(features: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """A permutation of the points grouping those near the same lattice point (image first).
+
+    Splat reads the values of each vertex's points; in raster order they are scattered over many
+    image rows, in this order they are mostly adjacent (about 2x faster splats on CPU)."""
+    d = features.shape[0]
+    point = torch.round(_elevate(features)[:d] * float(np.float32(1.0) / np.float32(d + 1))).long()
+    lo = point.amin(1, keepdim=True)
+    span = (point.amax(1) - lo[:, 0] + 1).tolist()
+    key = owner.clone()
+    for i in range(d):
+        if math.prod(span[: i + 1]) * (int(owner.max()) + 1 if len(owner) else 1) >= _PACK_LIMIT:
+            break  # coarser grouping is still a valid order
+        key = key * span[i] + (point[i] - lo[i])
+    return torch.argsort(key, stable=True)
 
 
 def _lookup(keys: torch.Tensor, queries: torch.Tensor, missing: int) -> torch.Tensor:

@@ -14,38 +14,46 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from dupl_cli.engine.crf_lattice import Lattice, build_lattice
+from dupl_cli.engine.crf_lattice import Lattice, build_lattice, locality_order
 
 INF = float("inf")
 
 
 def _features(images: list[torch.Tensor], sxy: float, srgb: float | None) -> torch.Tensor:
-    """d×N per-pixel features in pydensecrf's order and float rounding: x/sxy, y/sxy[, r/srgb, g/srgb, b/srgb]."""
+    """d×N per-pixel features, pydensecrf's: x/sxy, y/sxy[, r/srgb, g/srgb, b/srgb] in float32.
+
+    The divisions run on the host (on CUDA torch divides by a scalar as a multiply by its reciprocal,
+    which can differ in the last bit); the device only indexes the small tables."""
+    dev = images[0].device
+    step = torch.from_numpy(np.arange(max(max(im.shape[:2]) for im in images), dtype=np.float32) / np.float32(sxy))
+    step = step.to(dev)
+    lut = None if srgb is None else torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(srgb)).to(dev)
     out = []
     for im in images:
         h, w = im.shape[:2]
-        dev = im.device
-        x = (torch.arange(w, device=dev, dtype=torch.float32) / sxy).expand(h, w)
-        y = (torch.arange(h, device=dev, dtype=torch.float32) / sxy)[:, None].expand(h, w)
-        parts = [x, y]
-        if srgb is not None:
-            parts += list((im.to(torch.float32) / srgb).unbind(2))
+        parts = [step[:w].expand(h, w), step[:h, None].expand(h, w)]
+        if lut is not None:
+            parts += list(lut[im.long()].unbind(2))
         out.append(torch.stack(parts).reshape(len(parts), h * w))
     return torch.cat(out, 1)
 
 
-def _lattices(images: list[torch.Tensor], k, sparse: bool | None) -> list[tuple[Lattice, float]]:
-    """The Gaussian and bilateral lattices of a batch (``k``: CrfParams), with their Potts weights."""
+def _lattices(images: list[torch.Tensor], k, sparse: bool | None):
+    """The Gaussian and bilateral lattices of a batch (``k``: CrfParams) with their Potts weights, and
+    the point order they use (``locality_order``; marginals come back in raster order)."""
     dev = images[0].device
     sizes = [im.shape[0] * im.shape[1] for im in images]
     owner = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(sizes, device=dev))
     ghosts = torch.tensor([i for i, s in enumerate(sizes) if s % 4], dtype=torch.long, device=dev)
+    bilateral = _features(images, k.bilateral_sxy, k.bilateral_srgb)
+    order = locality_order(bilateral, owner)
+    owner = owner[order]
     out = []
-    for compat, sxy, srgb in ((k.gauss_compat, k.gauss_sxy, None),
-                              (k.bilateral_compat, k.bilateral_sxy, k.bilateral_srgb)):  # fmt: skip
+    for compat, feats in ((k.gauss_compat, None), (k.bilateral_compat, bilateral)):
         if compat != 0:
-            out.append((build_lattice(_features(images, sxy, srgb), owner, ghosts, sparse=sparse), compat))
-    return out
+            feats = _features(images, k.gauss_sxy, None) if feats is None else feats
+            out.append((build_lattice(feats[:, order], owner, ghosts, sparse=sparse), compat))
+    return out, order
 
 
 def mean_field(lattices: list[tuple[Lattice, float]], unary: torch.Tensor, iters: int) -> torch.Tensor:
@@ -56,9 +64,9 @@ def mean_field(lattices: list[tuple[Lattice, float]], unary: torch.Tensor, iters
     q = torch.softmax(neg_u, 2)
     for _ in range(iters):
         energy = neg_u
-        for lat, w, norm in norms:
-            msg = lat.filter((q.reshape(n, s * k) * norm).contiguous()) * norm
-            energy = energy + w * msg.view(n, s, k)
+        for lat, w, norm in norms:  # energy += w * n * K(n * q): Potts -w, subtracted
+            msg = lat.filter(q.reshape(n, s * k) * norm)
+            energy = torch.addcmul(energy, msg.view(n, s, k), norm[:, :, None], value=w)
         q = torch.softmax(energy, 2)
     return q
 
@@ -75,7 +83,10 @@ def marginals(
         if u.shape[2] < kmax:  # absent labels: zero probability, no messages
             u = torch.cat([u, u.new_full((*u.shape[:2], kmax - u.shape[2]), INF)], 2)
         flat.append(u)
-    q = mean_field(_lattices(images, params, sparse), torch.cat(flat), params.iters)
+    unary = torch.cat(flat)
+    lattices, order = _lattices(images, params, sparse)
+    q = torch.empty_like(unary)
+    q[order] = mean_field(lattices, unary[order], params.iters)
     out, start = [], 0
     for im, u in zip(images, unaries, strict=True):
         h, w = im.shape[:2]
