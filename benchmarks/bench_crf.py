@@ -51,8 +51,12 @@ def methods(images, logits, params, workers: int, batch: int) -> dict:
         return run
 
     out = {
-        "pydensecrf, 1 core": lambda: [crf_segmentation(im, lg, params) for im, lg in zip(images, logits)],
-        f"pydensecrf pool, {workers} processes": lambda: pool.map_segmentation(zip(images, logits), params),
+        "pydensecrf, 1 core": lambda: [
+            crf_segmentation(im, lg, params) for im, lg in zip(images, logits, strict=True)
+        ],
+        f"pydensecrf pool, {workers} processes": lambda: pool.map_segmentation(
+            zip(images, logits, strict=True), params
+        ),
         "torch CPU, 1 thread": torch_cpu(1),
         f"torch CPU, {threads} threads": torch_cpu(threads),
     }
@@ -96,13 +100,15 @@ def bench_case(h: int, w: int, k: int, args, params) -> None:
         pool.close()
     ref = results["pydensecrf, 1 core"]
     base = len(images) / statistics.median(times["pydensecrf, 1 core"])
-    print(f"\n{w}x{h}, {k} labels, {params.iters} iterations, {len(images)} images, median of {args.repeats}:")
+    print(f"\n{w}x{h}, {k} labels, {params.iters} iterations, {len(images)} images, "
+          f"median of {args.repeats}:")  # fmt: skip
     for name, ts in times.items():
         rate = len(images) / statistics.median(ts)
-        agree = np.mean([(a == b).mean() for a, b in zip(results[name], ref)])
-        print(f"  {name:34s} {rate:8.3f} img/s  {rate / base:7.2f}x  labels = pydensecrf on {100 * agree:6.2f}%")
+        agree = np.mean([(a == b).mean() for a, b in zip(results[name], ref, strict=True)])
+        print(f"  {name:34s} {rate:8.3f} img/s  {rate / base:7.2f}x  "
+              f"labels = pydensecrf on {100 * agree:6.2f}%")  # fmt: skip
     again = {name: runs[name]() for name in runs if name.startswith("torch")}
-    same = all(all(np.array_equal(a, b) for a, b in zip(again[n], results[n])) for n in again)
+    same = all(all(np.array_equal(a, b) for a, b in zip(again[n], results[n], strict=True)) for n in again)
     print(f"  torch runs repeat bitwise: {same}")
 
 

@@ -96,9 +96,9 @@ def _is_torch(x) -> bool:
     return hasattr(x, "detach")
 
 
-def _check_pair(image, scores, what: str) -> tuple[int, int]:
-    if tuple(image.shape[2:]) != (3,) or len(image.shape) != 3 or str(image.dtype).split(".")[-1] != "uint8":
-        raise UserError(f"dense CRF: image must be uint8 H×W×3, got {str(image.dtype)} {tuple(image.shape)}")
+def _check_pair(image, scores, what: str) -> None:
+    if len(image.shape) != 3 or image.shape[2] != 3 or str(image.dtype).split(".")[-1] != "uint8":
+        raise UserError(f"dense CRF: image must be uint8 H×W×3, got {image.dtype} {tuple(image.shape)}")
     if len(scores.shape) != 3 or tuple(scores.shape[1:]) != tuple(image.shape[:2]) or scores.shape[0] < 1:
         raise UserError(
             f"dense CRF: {what} must be K×H×W with H×W = the image's {tuple(image.shape[:2])}, "
@@ -106,11 +106,14 @@ def _check_pair(image, scores, what: str) -> tuple[int, int]:
         )
     if scores.shape[0] > MAX_LABELS:
         raise UserError(f"dense CRF: at most {MAX_LABELS} labels (uint8 label maps), got {scores.shape[0]}")
-    return tuple(image.shape[:2])
 
 
 def _device_type(x) -> str:
     return x.device.type if _is_torch(x) else "cpu"
+
+
+def _device(x):
+    return x.device if _is_torch(x) else "cpu"
 
 
 def _to_torch(images, arrays, device):
@@ -149,9 +152,12 @@ def dense_crf_batch(images: Sequence, logits: Sequence, params: CrfParams, *, ba
     for im, lg in zip(images, logits, strict=True):
         _check_pair(im, lg, "logits")
     if resolve_backend(backend, _device_type(logits[0])) == "pydensecrf":
-        out = [crf_segmentation(to_numpy(im), to_numpy(lg), params) for im, lg in zip(images, logits, strict=True)]
+        pairs = zip(images, logits, strict=True)
+        out = [crf_segmentation(to_numpy(im), to_numpy(lg), params) for im, lg in pairs]
     else:
-        out = _torch_segmentation(*_to_torch(images, logits, _device(logits[0])), params)
+        from dupl_cli.engine.crf_torch import segmentation_labels
+
+        out = segmentation_labels(*_to_torch(images, logits, _device(logits[0])), params)
     return [_like(o, lg) for o, lg in zip(out, logits, strict=True)]
 
 
@@ -170,57 +176,15 @@ def cam_crf_batch(
             raise UserError(f"dense CRF: {cam.shape[0]} CAMs but {len(ids)} class ids")
     if not images:
         return []
+    ids = [np.asarray(to_numpy(i), dtype=np.int64) for i in class_ids]
     if resolve_backend(backend, _device_type(cams[0])) == "pydensecrf":
-        return [
-            _like(crf_cam_pseudo_label(to_numpy(im), to_numpy(c), np.asarray(to_numpy(i)), params, tau_high,
-                                       tau_low), c)
-            for im, c, i in zip(images, cams, class_ids, strict=True)
-        ]  # fmt: skip
-    ims, cs = _to_torch(images, cams, _device(cams[0]))
-    out = _torch_cams(ims, cs, [np.asarray(to_numpy(i), dtype=np.int64) for i in class_ids], params, tau_high, tau_low)
+        out = [crf_cam_pseudo_label(to_numpy(im), to_numpy(c), i, params, tau_high, tau_low)
+               for im, c, i in zip(images, cams, ids, strict=True)]  # fmt: skip
+    else:
+        from dupl_cli.engine.crf_torch import cam_labels
+
+        out = cam_labels(*_to_torch(images, cams, _device(cams[0])), ids, params, tau_high, tau_low)
     return [_like(o, c) for o, c in zip(out, cams, strict=True)]
-
-
-def _device(x):
-    return x.device if _is_torch(x) else "cpu"
-
-
-def _torch_segmentation(images, logits, params: CrfParams) -> list:
-    import torch
-
-    from dupl_cli.engine.crf_torch import marginals, segmentation_unary
-
-    with torch.no_grad():
-        q = marginals(images, [segmentation_unary(lg) for lg in logits], params)
-        return [qi[0].argmax(0).to(torch.uint8) for qi in q]
-
-
-def _torch_cams(images, cams, class_ids: list[np.ndarray], params: CrfParams, tau_high: float, tau_low: float):
-    """Two CRF passes per image (background score tau_high, tau_low) sharing its lattices; fg from the
-    tau_high pass, background where both passes say background, 255 elsewhere."""
-    import torch
-
-    from dupl_cli.engine.crf_torch import label_unary, marginals
-
-    with torch.no_grad():
-        out = [torch.zeros(im.shape[:2], dtype=torch.uint8, device=im.device) for im in images]
-        todo = [i for i, c in enumerate(cams) if c.shape[0] > 0]  # no class present: all background
-        unaries = []
-        for i in todo:
-            cam = cams[i].to(torch.float32)
-            labels = torch.stack([torch.cat([cam.new_full((1, *cam.shape[1:]), tau), cam]).argmax(0)
-                                  for tau in (tau_high, tau_low)])  # fmt: skip
-            unaries.append(label_unary(labels, cam.shape[0] + 1, CAM_CRF_GT_PROB))
-        if todo:
-            qs = marginals([images[i] for i in todo], unaries, params)
-            for i, q in zip(todo, qs, strict=True):
-                high, low = q.argmax(1)
-                keys = torch.as_tensor(np.concatenate([[0], class_ids[i]]), device=q.device)
-                lab = torch.full_like(high, 255)
-                lab[(high == 0) & (low == 0)] = 0
-                lab = torch.where(high > 0, keys[high], lab)
-                out[i] = lab.to(torch.uint8)
-        return out
 
 
 # ------------------------------------------------------------------ runners for the router
@@ -239,7 +203,7 @@ class TorchCrf:
     def submit_segmentation(self, key, image, logits, params: CrfParams) -> list:
         return self._add(("seg", params, None), key, (image, logits), logits)
 
-    def submit_cams(self, key, image, cams, class_ids, params: CrfParams, tau_high: float, tau_low: float) -> list:
+    def submit_cams(self, key, image, cams, class_ids, params: CrfParams, tau_high: float, tau_low: float):
         return self._add(("cam", params, (tau_high, tau_low)), key, (image, cams, class_ids), cams)
 
     def _add(self, group, key, job, scores) -> list:
@@ -294,7 +258,7 @@ class CrfRunner:
     def submit_segmentation(self, key, image, logits, params: CrfParams) -> list:
         return self._for(logits).submit_segmentation(key, image, logits, params)
 
-    def submit_cams(self, key, image, cams, class_ids, params: CrfParams, tau_high: float, tau_low: float) -> list:
+    def submit_cams(self, key, image, cams, class_ids, params: CrfParams, tau_high: float, tau_low: float):
         return self._for(cams).submit_cams(key, image, cams, class_ids, params, tau_high, tau_low)
 
     def drain(self) -> Iterator[tuple[object, np.ndarray]]:

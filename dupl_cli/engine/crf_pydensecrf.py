@@ -147,7 +147,8 @@ class CrfPool:
     def submit_cams(
         self, key, image, cams, class_ids, params: CrfParams, tau_high: float, tau_low: float
     ) -> list:
-        return self._submit(key, ("cam", (image, to_numpy(cams), np.asarray(class_ids), params, tau_high, tau_low)))
+        job = (image, to_numpy(cams), np.asarray(class_ids), params, tau_high, tau_low)
+        return self._submit(key, ("cam", job))
 
     def _submit(self, key, job) -> list[tuple[object, np.ndarray]]:
         self._pending.append((key, self._pool.submit(_run, job)))

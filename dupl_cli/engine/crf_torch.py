@@ -17,6 +17,7 @@ import torch
 from dupl_cli.engine.crf_lattice import Lattice, build_lattice, locality_order
 
 INF = float("inf")
+CAM_CRF_GT_PROB = 0.7  # ToCo's confidence of the CAM label (as crf_pydensecrf)
 
 
 def _features(images: list[torch.Tensor], sxy: float, srgb: float | None) -> torch.Tensor:
@@ -25,9 +26,11 @@ def _features(images: list[torch.Tensor], sxy: float, srgb: float | None) -> tor
     The divisions run on the host (on CUDA torch divides by a scalar as a multiply by its reciprocal,
     which can differ in the last bit); the device only indexes the small tables."""
     dev = images[0].device
-    step = torch.from_numpy(np.arange(max(max(im.shape[:2]) for im in images), dtype=np.float32) / np.float32(sxy))
-    step = step.to(dev)
-    lut = None if srgb is None else torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(srgb)).to(dev)
+    longest = max(max(im.shape[:2]) for im in images)
+    step = torch.from_numpy(np.arange(longest, dtype=np.float32) / np.float32(sxy)).to(dev)
+    lut = None
+    if srgb is not None:
+        lut = torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(srgb)).to(dev)
     out = []
     for im in images:
         h, w = im.shape[:2]
@@ -57,7 +60,7 @@ def _lattices(images: list[torch.Tensor], k, sparse: bool | None):
 
 
 def mean_field(lattices: list[tuple[Lattice, float]], unary: torch.Tensor, iters: int) -> torch.Tensor:
-    """Marginals N×S×K after ``iters`` steps from unaries N×S×K (S unaries per pixel; +inf = absent label)."""
+    """Marginals N×S×K after ``iters`` steps from N×S×K unaries (S per pixel; +inf: absent label)."""
     n, s, k = unary.shape
     norms = [(lat, w, (lat.filter(unary.new_ones(n, 1)) + 1e-20).rsqrt()) for lat, w in lattices]
     neg_u = -unary
@@ -108,3 +111,33 @@ def label_unary(labels: torch.Tensor, n: int, gt_prob: float) -> torch.Tensor:
     off = float(np.float32(-np.log((1.0 - gt_prob) / (n - 1))))
     onehot = torch.nn.functional.one_hot(labels.long(), n).permute(0, 3, 1, 2).bool()
     return torch.where(onehot, on, off).to(torch.float32)
+
+
+@torch.no_grad()
+def segmentation_labels(images: list[torch.Tensor], logits: list[torch.Tensor], params) -> list[torch.Tensor]:
+    """uint8 H×W labels of the CRF with unary -log softmax(logits), one batch."""
+    q = marginals(images, [segmentation_unary(lg) for lg in logits], params)
+    return [qi[0].argmax(0).to(torch.uint8) for qi in q]
+
+
+@torch.no_grad()
+def cam_labels(images, cams, class_ids: list[np.ndarray], params, tau_high: float, tau_low: float) -> list:
+    """CAM pseudo-labels (uint8, 255 uncertain) from P×H×W CAMs of the present classes (ids 1..C):
+    two CRF passes per image (constant background score tau_high, tau_low) sharing its lattices; the
+    foreground of the tau_high pass, background where both passes say background, 255 elsewhere."""
+    out = [torch.zeros(im.shape[:2], dtype=torch.uint8, device=im.device) for im in images]
+    todo = [i for i, c in enumerate(cams) if c.shape[0] > 0]  # no class present: all background
+    if not todo:
+        return out
+    unaries = []
+    for i in todo:
+        cam = cams[i].to(torch.float32)
+        labels = torch.stack([torch.cat([cam.new_full((1, *cam.shape[1:]), tau), cam]).argmax(0)
+                              for tau in (tau_high, tau_low)])  # fmt: skip
+        unaries.append(label_unary(labels, cam.shape[0] + 1, CAM_CRF_GT_PROB))
+    for i, q in zip(todo, marginals([images[i] for i in todo], unaries, params), strict=True):
+        high, low = q.argmax(1)
+        keys = torch.as_tensor(np.concatenate([[0], class_ids[i]]), device=q.device)
+        label = torch.where((high == 0) & (low == 0), 0, 255)
+        out[i] = torch.where(high > 0, keys[high], label).to(torch.uint8)
+    return out

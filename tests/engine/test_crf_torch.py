@@ -200,7 +200,7 @@ def test_batch_of_different_sizes_equals_single_images():
     dark = np.random.default_rng(0).integers(0, 40, (9, 11, 3), dtype=np.uint8)  # its ghosts matter
     images = [*_demo(2, 48), _demo(1, 33)[0][:, :21].copy(), np.full((5, 7, 3), 9, np.uint8), dark]
     ks = [3, 7, 5, 2, 4]  # label counts differ too
-    logits = [_smooth_logits(k, *im.shape[:2], i, cell=6) for i, (im, k) in enumerate(zip(images, ks, strict=True))]
+    logits = [_smooth_logits(k, *im.shape[:2], k, cell=6) for im, k in zip(images, ks, strict=True)]
     unaries = [_seg_unary(lg) for lg in logits]
     for sparse in (True, False):
         batched = _torch_q(images, unaries, SEG, sparse=sparse)
@@ -275,3 +275,53 @@ def test_label_unary_matches_pydensecrf_unary_from_labels():
     for s in range(2):
         ref = unary_from_labels(labels[s], 4, gt_prob=0.7, zero_unsure=False).reshape(4, 9, 11)
         np.testing.assert_array_equal(got[s], ref)
+
+
+def _spy_torch_backend(monkeypatch) -> list:
+    calls = []
+    real = crf_torch.marginals
+    monkeypatch.setattr(crf_torch, "marginals", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_demo_evaluation_multiscale_crf_torch_matches_pydensecrf_miou(cli, tmp_path, monkeypatch):
+    import json
+
+    calls = _spy_torch_backend(monkeypatch)
+    miou = {}
+    for backend in ("pydensecrf", "torch"):
+        out = tmp_path / backend
+        r = cli("evaluate", str(cli.run_dir), "--multiscale", "--crf", "--out", str(out),
+                "--set", f'crf.backend="{backend}"')  # fmt: skip
+        assert r.exit_code == 0, r.output
+        miou[backend] = json.loads((out / "metrics.json").read_text())["miou"]
+        assert bool(calls) == (backend == "torch")
+    assert abs(miou["torch"] - miou["pydensecrf"]) <= 0.001  # 0.1 mIoU points
+
+
+def test_cam_pseudo_labels_through_the_cli_match_between_backends(cli, tmp_path, monkeypatch):
+    from dupl_cli.engine.visualize import load_mask
+
+    calls = _spy_torch_backend(monkeypatch)
+    for backend in ("pydensecrf", "torch"):
+        r = cli("pseudo-label", str(cli.run_dir), "--out", str(tmp_path / backend), "--split", "val",
+                "--source", "cam", "--crf", "--set", f'crf.backend="{backend}"')  # fmt: skip
+        assert r.exit_code == 0, r.output
+    assert calls
+    files = sorted((tmp_path / "torch").glob("*.png"))
+    assert len(files) == 4
+    for f in files:
+        assert (load_mask(f) == load_mask(tmp_path / "pydensecrf" / f.name)).mean() >= AGREE
+
+
+def test_pydensecrf_backend_missing_fails_before_any_work(cli, tmp_path, monkeypatch):
+    def missing():
+        raise UserError(crf_mod.INSTALL_HINT)
+
+    monkeypatch.setattr(crf_mod, "require_pydensecrf", missing)
+    calls = _spy_torch_backend(monkeypatch)
+    r = cli("evaluate", str(cli.run_dir), "--crf", "--set", 'crf.backend="pydensecrf"')
+    assert r.exit_code == 2 and "pip install" in r.output and not calls
+    r = cli("evaluate", str(cli.run_dir), "--crf", "--max-images", "1", "--out", str(tmp_path))
+    assert r.exit_code == 0, r.output
+    assert calls  # auto on CPU without the extra: the torch backend
