@@ -52,7 +52,7 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: str | N
     if use_crf:
         from dupl_cli.engine.crf import check_backend
 
-        check_backend(settings.crf)  # fail before loading anything
+        check_backend(settings.crf.backend)  # fail before loading anything
     from dupl_cli.engine.infer import load_for_inference, make_runtime
 
     runtime = make_runtime()

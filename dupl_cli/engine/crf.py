@@ -72,11 +72,11 @@ def pydensecrf_available() -> bool:
     return True
 
 
-def check_backend(crf_settings) -> None:
-    """Fail at once (before any model work) when the configured backend cannot run."""
-    if crf_settings.backend not in BACKENDS:
-        raise UserError(f"crf.backend must be one of {', '.join(BACKENDS)}, not {crf_settings.backend!r}")
-    if crf_settings.backend == "pydensecrf":
+def check_backend(backend: str) -> None:
+    """Fail at once (before any model work) when the configured ``crf.backend`` cannot run."""
+    if backend not in BACKENDS:
+        raise UserError(f"crf.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "pydensecrf":
         require_pydensecrf()
 
 
@@ -236,11 +236,13 @@ class TorchCrf:
 
 
 class CrfRunner:
-    """``crf.backend`` resolved on the first job, by the device its scores are on (CPU or CUDA)."""
+    """``crf.backend`` resolved on the first job, by the device its scores are on (CPU or CUDA).
 
-    def __init__(self, crf_settings) -> None:
-        check_backend(crf_settings)
-        self.backend, self.workers = crf_settings.backend, crf_settings.workers
+    ``workers`` and ``pool_options`` go to the ``CrfPool`` when that is pydensecrf."""
+
+    def __init__(self, backend: str = "auto", workers: int = 0, **pool_options) -> None:
+        check_backend(backend)
+        self.backend, self.workers, self.pool_options = backend, workers, pool_options
         self._impl: CrfPool | TorchCrf | None = None
 
     def __enter__(self) -> CrfRunner:
@@ -252,7 +254,8 @@ class CrfRunner:
     def _for(self, scores):
         if self._impl is None:
             chosen = resolve_backend(self.backend, _device_type(scores))
-            self._impl = CrfPool(self.workers) if chosen == "pydensecrf" else TorchCrf()
+            use_pool = chosen == "pydensecrf"
+            self._impl = CrfPool(self.workers, **self.pool_options) if use_pool else TorchCrf()
         return self._impl
 
     def submit_segmentation(self, key, image, logits, params: CrfParams) -> list:

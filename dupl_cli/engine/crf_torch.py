@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from dupl_cli.engine.crf_lattice import Lattice, build_lattice, locality_order
+from dupl_cli.engine.crf_pydensecrf import CAM_CRF_GT_PROB
 
 INF = float("inf")
-CAM_CRF_GT_PROB = 0.7  # ToCo's confidence of the CAM label (as crf_pydensecrf)
 
 
 def _features(images: list[torch.Tensor], sxy: float, srgb: float | None) -> torch.Tensor:
@@ -114,9 +114,11 @@ def label_unary(labels: torch.Tensor, n: int, gt_prob: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def segmentation_labels(images: list[torch.Tensor], logits: list[torch.Tensor], params) -> list[torch.Tensor]:
-    """uint8 H×W labels of the CRF with unary -log softmax(logits), one batch."""
-    q = marginals(images, [segmentation_unary(lg) for lg in logits], params)
+def segmentation_labels(images: list[torch.Tensor], logits: list[torch.Tensor], params, *,
+                        sparse: bool | None = None) -> list[torch.Tensor]:  # fmt: skip
+    """uint8 H×W labels of the CRF with unary -log softmax(logits), one batch (``sparse``: see
+    ``build_lattice``)."""
+    q = marginals(images, [segmentation_unary(lg) for lg in logits], params, sparse=sparse)
     return [qi[0].argmax(0).to(torch.uint8) for qi in q]
 
 

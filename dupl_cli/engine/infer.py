@@ -113,7 +113,7 @@ def crf_pool_or_none(use_crf: bool, settings):
         return None
     from dupl_cli.engine.crf import CrfRunner
 
-    return CrfRunner(settings.crf)  # crf.backend, resolved on the device of the first scores
+    return CrfRunner(settings.crf.backend, settings.crf.workers)  # resolved on the first scores' device
 
 
 # ---------------------------------------------------------------- dupl infer
