@@ -1,14 +1,15 @@
 """Dense CRF throughput: pydensecrf (one core, pool on all cores) vs the torch backend (CPU, CUDA).
 
 Images per second for H×W×K cases (default 500x375x21, VOC-like, and 640x480x81, COCO-like), 10
-mean-field steps with the segmentation kernels (SPEC §11). Scenes: demo-generator images with
-spatially smooth random logits. Methods are run interleaved, ``--repeats`` times, and the median is
-reported with its ratio to one pydensecrf core. CUDA rows appear when a GPU is visible; their inputs
-are already on the device (as the merged TTA logits are in the commands) and labels come back to the
-host. Each case also prints the torch backend's label agreement with pydensecrf and whether two
-torch runs are bitwise equal. Runs unchanged on CPU-only and GPU machines.
+mean-field steps with the segmentation kernels (docs/method.md §11). Scenes: demo-generator
+images with spatially smooth random logits. Methods run interleaved, ``--repeats`` times; the
+median is reported with its ratio to one pydensecrf core. CUDA rows appear when a GPU is visible;
+their inputs are already on the device (as the merged TTA logits are in the commands) and labels
+come back to the host. Each case also prints the torch backend's label agreement with pydensecrf,
+whether two runs give bitwise equal marginals (per device and splat/slice implementation) and
+equal labels. Runs unchanged on CPU-only and GPU machines.
 
-Usage: python benchmarks/bench_crf.py [--images 4] [--repeats 3] [--cases 500x375x21,640x480x81]
+Usage: python benchmarks/bench_crf.py [--images 2] [--repeats 3] [--cases 500x375x21,640x480x81]
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def main() -> None:
     from dupl_cli.engine.crf import CrfParams, default_workers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", type=int, default=4, help="images per case")
+    ap.add_argument("--images", type=int, default=2, help="images per case")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cases", default="500x375x21,640x480x81", help="WxHxK, comma separated")
     ap.add_argument("--workers", type=int, default=0, help="pool processes (0 = available cores)")

@@ -1,4 +1,5 @@
-"""Dense CRF post-processing (SPEC §11): one API over two backends, and the router the commands use.
+"""Dense CRF post-processing (docs/method.md §11): one API over two backends, and the router
+the commands use.
 
 Backends (``crf.backend``): ``torch`` (engine/crf_torch.py: batched mean field on a permutohedral
 lattice, on the device the logits are on) and ``pydensecrf`` (engine/crf_pydensecrf.py: the C++

@@ -1,8 +1,8 @@
 """Batched mean-field inference of pydensecrf's ``DenseCRF2D`` model in torch (CPU or CUDA, fp32).
 
-The model dupl uses (SPEC §11): unary U, a Gaussian kernel on pixel position (sxy) and a bilateral
-kernel on position and colour (sxy, srgb), both with Potts compatibility -w and symmetric
-normalisation n_i = 1 / sqrt(k_i·1). Each step, as ``DenseCRF::inference``:
+The model dupl uses (docs/method.md §11): unary U, a Gaussian kernel on pixel position (sxy)
+and a bilateral kernel on position and colour (sxy, srgb), both with Potts compatibility -w and
+symmetric normalisation n_i = 1 / sqrt(k_i·1). Each step, as ``DenseCRF::inference``:
 Q <- softmax(-U + sum_k w_k n_k * K_k(n_k * Q)), starting from Q = softmax(-U).
 
 Images of different sizes go through in one batch (one lattice per kernel for the whole batch);
