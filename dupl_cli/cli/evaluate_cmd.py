@@ -19,8 +19,7 @@ StudentOpt = Annotated[
     ),
 ]
 CrfOpt = Annotated[
-    bool,
-    typer.Option("--crf", help="Dense CRF post-processing (needs the crf extra: pip install 'dupl\\[crf]')."),
+    bool, typer.Option("--crf", help="Dense CRF post-processing (crf.backend: torch, or pydensecrf from the crf extra).")
 ]
 MultiscaleOpt = Annotated[
     bool, typer.Option("--multiscale", help="Multi-scale + flip TTA (eval.scales, eval.flip).")
@@ -38,10 +37,6 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
 
     if student is not None and student not in ("1", "2", "best", "ensemble"):
         raise UserError(f"--student must be 1, 2, best or ensemble, not {student!r}")
-    if use_crf:
-        from dupl_cli.engine.crf import require_pydensecrf
-
-        require_pydensecrf()  # fail before loading anything
     resolved = resolve_settings(ctx, preset, config, sets)
     path, how = resolve_checkpoint(checkpoint, resolved.settings)
     opts = global_options(ctx)
@@ -49,6 +44,10 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
         card = read_card(path)
         resolved = resolve_settings(ctx, sets=sets, card=(card_path(path), card.get("settings")))
     settings = resolved.settings
+    if use_crf:
+        from dupl_cli.engine.crf import check_backend
+
+        check_backend(settings.crf.backend)  # fail before loading anything
     from dupl_cli.engine.predict import load_for_inference, make_runtime
 
     runtime = make_runtime()

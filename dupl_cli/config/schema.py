@@ -213,6 +213,9 @@ class CrfSettings(Section):
     cam: CamCrfSettings = Field(
         default_factory=CamCrfSettings, description="The CRF pass that turns CAMs into pseudo-labels"
     )
+    backend: Literal["auto", "torch", "pydensecrf"] = Field(
+        "auto", description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)"
+    )
 
 
 class ExportSettings(Section):

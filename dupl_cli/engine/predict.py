@@ -187,11 +187,14 @@ def to_tensor(image: np.ndarray, mean, std, device) -> torch.Tensor:
 
 
 @contextmanager
-def label_router(use_crf: bool, workers: int, runtime: Runtime, finish: Callable) -> Iterator:
-    """The router from outputs to labels: argmax / CAM rule at once, or a CRF pool (closed on exit)."""
-    from dupl_cli.engine.crf import CrfPool, LabelRouter
+def label_router(options: PredictOptions, runtime: Runtime, finish: Callable) -> Iterator:
+    """The router from outputs to labels: argmax / CAM rule at once, or the dense CRF of
+    ``crf.backend`` (torch on the scores' device, or a pydensecrf pool; closed on exit)."""
+    from dupl_cli.engine.crf import CrfRunner, LabelRouter
 
-    pool = CrfPool(workers, local_processes=runtime.local_processes) if use_crf else None
+    pool = None
+    if options.crf:
+        pool = CrfRunner(options.crf_backend, options.crf_workers, local_processes=runtime.local_processes)
     try:
         yield LabelRouter(pool, finish)
     finally:
@@ -205,10 +208,12 @@ class PredictOptions:
     std: Sequence[float]
     crf: bool = False
     crf_workers: int = 0  # 0 = this machine's cores shared among its processes
+    crf_backend: str = "auto"
 
     @classmethod
     def from_settings(cls, settings, crf: bool) -> PredictOptions:
-        return cls(tuple(settings.data.mean), tuple(settings.data.std), crf, settings.crf.workers)
+        mean, std = tuple(settings.data.mean), tuple(settings.data.std)
+        return cls(mean, std, crf, settings.crf.workers, settings.crf.backend)
 
 
 def predict(
@@ -232,7 +237,7 @@ def predict(
         if entry[1] == 0:
             del in_flight[number]
 
-    with label_router(options.crf, options.crf_workers, runtime, finish) as router:
+    with label_router(options, runtime, finish) as router:
         for number, item in enumerate(items):
             for sink in sinks:
                 sink.begin(item)
