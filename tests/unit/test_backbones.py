@@ -113,7 +113,7 @@ def test_bad_weights_are_one_line_errors(tmp_path):
 def test_unknown_family_and_arch():
     with pytest.raises(UserError, match="unknown backbone 'vitt'.*did you mean 'vit'"):
         build_backbone(ModelSettings(backbone="vitt", arch="test_vit", pretrained="none"), 64)
-    with pytest.raises(UserError, match="not a timm ViT"):
+    with pytest.raises(UserError, match="not a timm vision transformer"):
         build_backbone(ModelSettings(backbone="vit", arch="resnet50", pretrained="none"), 64)
     with pytest.raises(UserError, match="timm has no model"):
         build_backbone(ModelSettings(backbone="vit", arch="vit_nonexistent", pretrained="none"), 64)
