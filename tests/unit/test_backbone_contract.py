@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from dupl_cli.config.sources import load_settings
 from dupl_cli.engine.checkpoint import save_model
+from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.tta import padded_forward
 from dupl_cli.method.cam import multiscale_cam
 from dupl_cli.method.step import training_step
@@ -152,9 +153,9 @@ def _batch(h: int, w: int, seed: int = 0) -> dict:
 
 
 def _step(family: str, batch: dict):
-    settings = settings_for(family, "method.cam_scales=[1.0, 0.5, 1.5]")
-    t = settings.method.t_anf + 1  # every loss on
-    return training_step(_dual(family).train(), batch, t, settings, generator=torch.Generator().manual_seed(1))
+    config = step_config(settings_for(family, "method.cam_scales=[1.0, 0.5, 1.5]"), num_classes=3)
+    t = config.schedule.t_anf + 1  # every loss on
+    return training_step(_dual(family).train(), batch, t, config, generator=torch.Generator().manual_seed(1))
 
 
 @pytest.mark.parametrize("family", families(FAMILIES, fast=["vit-register", "convnext"]))
