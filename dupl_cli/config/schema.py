@@ -28,10 +28,10 @@ class Section(BaseModel):
 
 
 class ModelSettings(Section):
-    backbone: str = Field("vit", description="Backbone family: a `dupl.backbones` entry point (vit, resnet, mit, ...); 'family:arch' also sets arch")
-    arch: str = Field("deit_base_patch16_224", description="Architecture inside the family (a timm model name for vit/resnet, mit_b0..mit_b5)")
-    pretrained: str = Field("timm", description="Backbone weights: 'none', 'timm' (hub, needs network) or a local .safetensors/.pth file")
-    aux_layer: int = Field(-3, description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12)")
+    backbone: str = Field("vit", description="Backbone family: a `dupl.backbones` entry point (vit, timm, resnet, mit, ...); 'family:arch' also sets arch")
+    arch: str = Field("deit_base_patch16_224", description="Architecture inside the family: a timm name, optionally with its weights tag, for vit (any timm ViT) and timm (any timm CNN); mit_b0..mit_b5")
+    pretrained: str = Field("timm", description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), 'hf-hub:org/name' or a local .safetensors/.pth file")
+    aux_layer: int = Field(-3, description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; CNNs use the level before the last)")
     head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
     head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
 

@@ -131,6 +131,7 @@ class Trainer:
 
         from dupl_cli.data.loader import train_loader
         from dupl_cli.engine.optim import build_optimizer, build_scheduler
+        from dupl_cli.models.backbones.base import normalisation_mismatch
         from dupl_cli.models.dual import build_dual_student
 
         s, t = self.settings, self.settings.train
@@ -153,6 +154,10 @@ class Trainer:
         self.config = step_config(s, num_classes=len(classes))
         model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
+        backbone = model.students[0].backbone
+        stats = normalisation_mismatch(backbone, s.model.arch, s.model.pretrained, s.data.mean, s.data.std)
+        if main and stats:
+            progress.message(f"warning: {stats}")
         if main:
             self._report_batch(acc, progress)
         if self.options.dry_run:

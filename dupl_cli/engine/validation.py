@@ -12,8 +12,17 @@ import torch
 import torch.nn.functional as F
 
 from dupl_cli.engine.metrics import ConfusionMeter, metrics_from_confusion
+from dupl_cli.models.geometry import pad_to_multiple, padded_size, resample_view
 
 KINDS = ("cam", "aux_cam", "seg")
+
+
+def segment_at(student, images: torch.Tensor, size) -> torch.Tensor:
+    """Segmentation logits of ``images`` mapped onto ``size`` (exact when the stride padded them)."""
+    stride = int(getattr(student.backbone, "stride", 1) or 1)
+    view = tuple(images.shape[-2:])
+    logits = student.segment(pad_to_multiple(images, stride)).float()
+    return resample_view(logits, tuple(size), view=view, padded=padded_size(view, stride))
 
 
 @torch.no_grad()
@@ -33,8 +42,7 @@ def validate(
         labels = batch["labels"].to(device, non_blocking=True).float()
         size = masks.shape[-2:]
         for k, student in enumerate(model.students, start=1):
-            seg = student.segment(images).float()
-            seg = F.interpolate(seg, size=size, mode="bilinear", align_corners=False)
+            seg = segment_at(student, images, size)
             meters[f"seg_s{k}"].update(seg.argmax(1), masks)
             cam, cam_aux = multiscale_cam(student, images, scales=tuple(cam_scales), flip=True)
             for kind, value in (("cam", cam), ("aux_cam", cam_aux)):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from dupl_cli.models.geometry import pad_to_multiple, padded_size, resample_view
+
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
@@ -19,23 +21,42 @@ def normalise_cam(cam: torch.Tensor) -> torch.Tensor:
     return cam / (cam.amax(dim=(-2, -1), keepdim=True) + 1e-5)
 
 
-def merge_flip(raw: torch.Tensor, size: tuple[int, int], batch: int, flip: bool) -> torch.Tensor:
-    """Raw CAM of ``cat([x, hflip(x)])`` (or of x alone) -> upsampled, flip-merged by max, ReLU."""
-    up = _resize(raw.float(), size)
+def merge_flip(
+    raw: torch.Tensor, size: tuple[int, int], batch: int, flip: bool, *, view=None, stride: int = 1
+) -> torch.Tensor:
+    """Raw CAM of ``cat([x, hflip(x)])`` (or of x alone) -> upsampled, flip-merged by max, ReLU.
+
+    ``view``: the size of x before it was padded to a multiple of ``stride`` (``models.geometry``);
+    the CAM of its content is then mapped exactly onto ``size``.
+    """
+    up = raw.float()
+    if view is None:
+        up = _resize(up, size)
+    else:
+        up = resample_view(up, size, view=view, padded=padded_size(view, stride))
     if flip:
         up = torch.maximum(up[:batch], up[batch:].flip(-1))
     return up.relu()
 
 
+def view_sizes(size: tuple[int, int], scales) -> list[tuple[int, int]]:
+    """The release's ``int(s * side)`` view size per scale."""
+    return [(int(s * size[0]), int(s * size[1])) for s in scales]
+
+
+def backbone_stride(student) -> int:
+    return int(getattr(student.backbone, "stride", 1) or 1)
+
+
 def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool):
-    """For each scale, ``student.cams`` of the resized batch (with its hflip appended when ``flip``)."""
-    h, w = images.shape[-2:]
+    """For each scale, ``student.cams`` of the resized batch (with its hflip appended when ``flip``),
+    zero-padded at the bottom/right to a multiple of the backbone stride."""
     out = []
-    for s in scales:
-        x = _resize(images, (int(s * h), int(s * w)))
+    for view in view_sizes(images.shape[-2:], scales):
+        x = _resize(images, view)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
-        out.append(student.cams(x))
+        out.append(student.cams(pad_to_multiple(x, backbone_stride(student))))
     return out
 
 
@@ -44,9 +65,11 @@ def multiscale_cam(student, images: torch.Tensor, *, scales: tuple[float, ...], 
     """(cam, cam_aux), both B×C×H×W in [0, 1]: ReLU-summed over scales, normalised per image and class."""
     b, _, h, w = images.shape
     cam = cam_aux = None
-    for raw, raw_aux in raw_cams_at_scales(student, images, scales, flip):
-        c = merge_flip(raw, (h, w), b, flip)
-        a = merge_flip(raw_aux, (h, w), b, flip)
+    stride = backbone_stride(student)
+    raws = raw_cams_at_scales(student, images, scales, flip)
+    for view, (raw, raw_aux) in zip(view_sizes((h, w), scales), raws, strict=True):
+        c = merge_flip(raw, (h, w), b, flip, view=view, stride=stride)
+        a = merge_flip(raw_aux, (h, w), b, flip, view=view, stride=stride)
         cam = c if cam is None else cam + c
         cam_aux = a if cam_aux is None else cam_aux + a
     return normalise_cam(cam), normalise_cam(cam_aux)

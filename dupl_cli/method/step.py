@@ -13,7 +13,7 @@ import torch
 
 from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
-from dupl_cli.method.cam import dual_multiscale_cam
+from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.params import PhaseSchedule, StepConfig, ThresholdConfig
 from dupl_cli.method.schedule import Phase, dta_window, phase_at
@@ -26,6 +26,7 @@ from dupl_cli.method.thresholds import (
     refine_labels,
     token_labels,
 )
+from dupl_cli.models.geometry import pad_to_multiple
 
 
 class StepResult(NamedTuple):
@@ -96,7 +97,9 @@ def training_step(
     model, batch: dict, t: int, config: StepConfig, *, generator: torch.Generator | None = None
 ) -> StepResult:
     phase = phase_at(t, config.schedule, config.weights)
-    images = batch["image"]
+    # Crops that are not a multiple of the backbone stride are padded like any short crop: the
+    # padding lies outside img_box, so its labels are ignored (models.geometry, docs/method.md §9).
+    images = pad_to_multiple(batch["image"], backbone_stride(model.students[0]))
     labels = batch["labels"].to(images.device).float()
     img_box = batch["img_box"].to(images.device)
     size = tuple(images.shape[-2:])

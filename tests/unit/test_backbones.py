@@ -113,13 +113,23 @@ def test_bad_weights_are_one_line_errors(tmp_path):
 def test_unknown_family_and_arch():
     with pytest.raises(UserError, match="unknown backbone 'vitt'.*did you mean 'vit'"):
         build_backbone(ModelSettings(backbone="vitt", arch="test_vit", pretrained="none"), 64)
-    with pytest.raises(UserError, match="not a timm ViT"):
+    with pytest.raises(UserError, match="not a timm vision transformer"):
         build_backbone(ModelSettings(backbone="vit", arch="resnet50", pretrained="none"), 64)
     with pytest.raises(UserError, match="timm has no model"):
         build_backbone(ModelSettings(backbone="vit", arch="vit_nonexistent", pretrained="none"), 64)
 
 
-def test_timm_hub_weights_offline_is_one_line(monkeypatch):
+def test_timm_hub_weights_offline_is_one_line(monkeypatch, tmp_path):
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    def refuse(*_a, **_k):
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)  # read at import: the env alone is too late
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     with pytest.raises(UserError, match="cannot download timm weights for test_vit.*offline"):
         build_backbone(ModelSettings(backbone="vit", arch="test_vit", pretrained="timm"), 64)

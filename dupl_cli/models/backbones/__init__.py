@@ -1,4 +1,4 @@
-"""Backbones: the contract in ``base``; built-in families (vit, resnet, mit) register as plugins."""
+"""Backbones: the contract in ``base``; built-in families (vit, timm, resnet, mit) register as plugins."""
 
 from __future__ import annotations
 

@@ -1,21 +1,59 @@
-"""The backbone contract and shared weight loading.
+"""The backbone contract.
 
 A backbone maps images B×3×H×W to ``BackboneFeatures(final, aux)``: ``final`` (B×D×h×w) feeds
 the classifier, CAM and segmentation head; ``aux`` (B×D'×h'×w', an intermediate map) feeds
-the auxiliary classifier. Factories registered under the ``dupl.backbones`` entry-point group
-have the signature ``build(arch, *, pretrained, img_size, aux_layer) -> Backbone``.
+the auxiliary classifier. ``stride`` is the input pixels per cell of ``final``: inputs of any size
+are zero-padded at the bottom and right to a multiple of it, and ``h = ceil(H / stride)``
+(``dupl_cli.models.geometry`` maps such maps back onto the image exactly). dupl pads every input to a
+multiple of ``stride`` before it calls a backbone, so a plugin only has to handle multiples.
+
+Factories registered under the ``dupl.backbones`` entry-point group have the signature
+``build(arch, *, pretrained, img_size, aux_layer) -> Backbone``. Weight loading helpers live in
+``weights`` and are re-exported here for plugins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
-from torch import nn
 
-from dupl_cli.errors import UserError
+from dupl_cli.models.backbones.weights import (  # noqa: F401  (re-exported for plugins)
+    create_timm_model,
+    load_state_strict,
+    load_weights,
+    read_state_dict,
+)
+
+
+def pretrained_normalisation(model) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) a timm model's pretrained weights expect (its pretrained config), if it names them."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean"), cfg.get("std")
+    if mean is None or std is None or len(mean) != 3 or len(std) != 3:
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def normalisation_mismatch(backbone, arch: str, pretrained: str, mean, std) -> str | None:
+    """A warning when pretrained weights expect other mean/std than ``data.mean``/``data.std``, else None.
+
+    Backbones may expose ``input_normalisation = (mean, std)``; random weights expect nothing.
+    """
+    expected = getattr(backbone, "input_normalisation", None)
+    if pretrained == "none" or expected is None:
+        return None
+    close = all(abs(a - b) <= 1e-4 for a, b in zip((*expected[0], *expected[1]), (*mean, *std), strict=True))
+    if close:
+        return None
+    return (
+        f"{arch} weights expect inputs normalised with mean {_fmt(expected[0])} std {_fmt(expected[1])}, "
+        f"but data.mean={_fmt(mean)} data.std={_fmt(std)}; set them to match (as the voc-clipb preset does)"
+    )
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
 class BackboneFeatures(NamedTuple):
@@ -32,77 +70,3 @@ class Backbone(Protocol):
     def __call__(self, x: torch.Tensor) -> BackboneFeatures: ...
 
     def parameters(self, recurse: bool = True): ...
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file: safetensors, or a PyTorch checkpoint read without pickle code."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: weights file does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt or foreign file formats raise many types
-        raise UserError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
-    for nest in ("state_dict", "model", "module"):
-        if isinstance(state, Mapping) and nest in state and isinstance(state[nest], Mapping):
-            state = state[nest]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path}: not a state dict of tensors")
-    return dict(state)
-
-
-def load_weights(
-    module: nn.Module,
-    path: Path,
-    *,
-    key_map: Callable[[str], str | None] | None = None,
-    ignore_prefixes: tuple[str, ...] = (),
-) -> None:
-    """Load a local weights file strictly; mismatches give one line naming the file and the keys."""
-    state = read_state_dict(path)
-    if key_map is not None:
-        state = {new: v for k, v in state.items() if (new := key_map(k)) is not None}
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in state)
-    unexpected = sorted(k for k in state if k not in own and not k.startswith(ignore_prefixes))
-    wrong = [
-        f"{k} (file {list(state[k].shape)}, model {list(own[k].shape)})"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-
-    def few(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-
-    problems = []
-    if missing:
-        problems.append(f"missing keys {few(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {few(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes {few(wrong)}")
-    if problems:
-        raise UserError(f"{path}: weights do not fit the backbone: {'; '.join(problems)}")
-    module.load_state_dict({k: state[k] for k in own}, strict=True)
-
-
-def create_timm_model(arch: str, pretrained: str, **kwargs) -> nn.Module:
-    """timm model by name; ``pretrained == "timm"`` downloads (an offline failure is one clear line)."""
-    import timm
-
-    if arch not in timm.list_models() and arch not in timm.list_models(pretrained=True):
-        raise UserError(f"timm has no model named {arch!r}")
-    if pretrained != "timm":
-        return timm.create_model(arch, pretrained=False, **kwargs)
-    try:
-        return timm.create_model(arch, pretrained=True, **kwargs)
-    except Exception as exc:  # hub/network errors come in many types
-        raise UserError(
-            f"cannot download timm weights for {arch} ({type(exc).__name__}); offline? "
-            "Set model.pretrained to a local .safetensors/.pth file or 'none'"
-        ) from None
