@@ -18,6 +18,7 @@ from dupl_cli.cli import (
     data_cmd,
     evaluate_cmd,
     export_cmd,
+    import_cmd,
     infer_cmd,
     plugins_cmd,
     presets_cmd,
@@ -95,6 +96,7 @@ app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(import_cmd.app, name="import")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)

@@ -83,7 +83,7 @@ def cam_label(cam: torch.Tensor, labels: torch.Tensor, threshold: float) -> torc
 
 def variants_for(loaded: LoadedModel, student: str, settings) -> tuple[list[tuple[str, list[int]]], str]:
     """(name, student indices) evaluated, and the protocol sentence for the student."""
-    if student == "best" and settings.compat.eval_gt_student:
+    if student == "best" and settings.compat.eval_gt_student and len(loaded.model.students) > 1:
         return [("student 1", [0]), ("student 2", [1])], (
             "better of the two students on this split's ground truth (compat.eval_gt_student: release quirk)"
         )

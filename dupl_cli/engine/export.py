@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.engine.checkpoint import atomic_write, atomic_write_text, card_path, load_model, versions
+from dupl_cli.engine.checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    card_path,
+    card_students,
+    load_model,
+    versions,
+)
 from dupl_cli.errors import UserError
 
 EXPORT_FORMAT = "dupl-export/1"
@@ -95,11 +102,11 @@ class ExportResult:
 
 def choose_student(card: dict[str, Any], choice: str) -> int:
     """1-based student: explicit ``1``/``2``, or ``best`` = the card's choice by validation."""
-    if choice in ("1", "2"):
-        return int(choice)
-    if choice != "best":
+    if choice not in ("1", "2", "best"):
         raise UserError(f"--student must be 1, 2 or best, not {choice!r}")
-    return int(card.get("student", 1))
+    if choice == "2" and card_students(card) == 1:
+        raise UserError("the checkpoint holds one student; --student 2 needs two (use 1 or best)")
+    return int(choice) if choice != "best" else int(card.get("student", 1))
 
 
 def inference_state(student: nn.Module, full: bool) -> dict[str, torch.Tensor]:

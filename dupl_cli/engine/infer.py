@@ -68,12 +68,16 @@ def load_for_inference(path: Path, how: str, device) -> LoadedModel:
 
 def student_choice(loaded: LoadedModel, student: str) -> tuple[list[int], str]:
     """0-based student indices and a sentence saying why (never from the evaluated split's GT)."""
+    count = len(loaded.model.students)
+    if count == 1 and student in ("2", "ensemble"):
+        raise UserError(f"{loaded.path}: holds one student; --student {student} needs two (use 1 or best)")
     if student == "ensemble":
         return [0, 1], "ensemble of both students (mean of logits)"
     if student in ("1", "2"):
         return [int(student) - 1], f"student {student} (chosen with --student)"
     chosen = int(loaded.card.get("student", 1))
-    return [chosen - 1], f"student {chosen} (best by validation during training, from the checkpoint card)"
+    rule = loaded.card.get("student_rule", "best by validation during training")
+    return [chosen - 1], f"student {chosen} ({rule}, from the checkpoint card)"
 
 
 def seg_fn(model, indices: list[int]) -> Callable[[torch.Tensor], torch.Tensor]:
