@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from dupl_cli import __version__
 from dupl_cli.cli import (
+    compare_cmd,
     config_cmd,
     data_cmd,
     evaluate_cmd,
@@ -102,6 +103,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)
 app.command("pseudo-label")(pseudo_label_cmd.pseudo_label)
 app.command("export")(export_cmd.export)
+app.command("compare", help=compare_cmd.COMPARE_HELP)(compare_cmd.compare)
 
 
 def main() -> None:

@@ -26,8 +26,12 @@ import torch
 from dupl_cli.engine.checkpoint import load_model, save_model
 from dupl_cli.errors import UserError
 
-RENAMES = (("encoder.", "backbone.vit."), ("decoder.", "head."), ("classifier.", "classifier."),
-           ("aux_classifier.", "aux_classifier."))  # fmt: skip
+RENAMES = (
+    ("encoder.", "backbone.vit."),
+    ("decoder.", "head."),
+    ("classifier.", "classifier."),
+    ("aux_classifier.", "aux_classifier."),
+)
 """Release module names inside one network -> dupl Student names (timm names below ``encoder.``)."""
 
 UNUSED = {
@@ -58,8 +62,9 @@ def _refusal(path: Path, exc: Exception) -> UserError:
     found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global:? ([\w.]+)", text, re.IGNORECASE)
     what = f" ({found.group(1)})" if found else ""
     return UserError(
-        f"{path}: refused: the file holds pickled Python objects{what}, not only tensors; a release checkpoint "
-        "is a plain state dict and is read with torch.load(weights_only=True), which never runs pickled code"
+        f"{path}: refused: the file holds pickled Python objects{what}, not only tensors; "
+        "a release checkpoint is a plain state dict and is read with torch.load(weights_only=True), "
+        "which never runs pickled code"
     )
 
 
@@ -67,7 +72,9 @@ def _unreadable(path: Path, exc: Exception) -> UserError:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     # torch wraps the real cause in advice; keep the line after "WeightsUnpickler error:" when present.
     marker = next((i for i, line in enumerate(lines) if "WeightsUnpickler error" in line), None)
-    detail = lines[marker + 1] if marker is not None and marker + 1 < len(lines) else (lines[0] if lines else "")
+    detail = (
+        lines[marker + 1] if marker is not None and marker + 1 < len(lines) else (lines[0] if lines else "")
+    )
     return UserError(f"{path}: not a readable torch.save file ({type(exc).__name__}: {detail})")
 
 
@@ -167,7 +174,11 @@ def check_against(model: torch.nn.Module, mapped: MappedState, unmapped: list[st
     )
     problems = [
         f"{label} {len(keys)}: {_few(keys)}"
-        for label, keys in (("unmapped keys", unmapped), ("missing weights", missing), ("wrong shapes", wrong))
+        for label, keys in (
+            ("unmapped keys", unmapped),
+            ("missing weights", missing),
+            ("wrong shapes", wrong),
+        )
         if keys
     ]
     if problems:
@@ -204,9 +215,11 @@ def refuse_existing(out: Path) -> None:
         raise UserError(f"{out}: already exists; an import never overwrites a run (choose another --out)")
 
 
-def import_release(path: Path, out: Path, settings, sources: dict[str, str], classes, palette,
-                   student: int = 1) -> ImportResult:  # fmt: skip
-    """Map, check and write ``out/final.safetensors`` + card + config.toml; ``out`` appears whole or not at all."""
+def import_release(
+    path: Path, out: Path, settings, sources: dict[str, str], classes, palette, student: int = 1
+) -> ImportResult:
+    """Map, check and write ``out/final.safetensors`` + card + config.toml; ``out`` appears whole or
+    not at all."""
     from dupl_cli.engine.run_dir import write_config
     from dupl_cli.models.dual import build_dual_student
 
@@ -218,7 +231,8 @@ def import_release(path: Path, out: Path, settings, sources: dict[str, str], cla
     n = class_count(mapped, path)
     if n != len(classes):
         raise UserError(
-            f"{path}: the classifier has {n} classes, the preset's {settings.data.adapter} data {len(classes)} "
+            f"{path}: the classifier has {n} classes, "
+            f"the preset's {settings.data.adapter} data {len(classes)} "
             "(VOC 20: voc-vitb; COCO 80: coco-vitb)"
         )
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
@@ -245,7 +259,9 @@ def import_release(path: Path, out: Path, settings, sources: dict[str, str], cla
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ImportResult(out, out / "final.safetensors", mapped.students, mapped.layout, tensors, mapped.dropped)
+    return ImportResult(
+        out, out / "final.safetensors", mapped.students, mapped.layout, tensors, mapped.dropped
+    )
 
 
 def _card(settings, classes, palette, mapped: MappedState, path: Path, student: int, tensors: int) -> dict:

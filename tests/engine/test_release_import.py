@@ -32,7 +32,7 @@ TINY = ["--preset", "voc-vitb", "--set", "model.arch=test_vit", "--set", "data.c
 
 
 def release_names(state: dict[str, torch.Tensor], *, two: bool = True) -> dict[str, torch.Tensor]:
-    """dupl DualStudent names -> the release's (``branchK.encoder`` / ``decoder``); ToCo without ``branchK.``."""
+    """dupl DualStudent names -> the release's (``branchK.encoder``, ``decoder``); ToCo: no ``branchK.``."""
     out = {}
     for key, value in state.items():
         _, index, rest = key.split(".", 2)
@@ -48,7 +48,9 @@ def tiny_state(students: int = 2, seed: int = 0) -> dict[str, torch.Tensor]:
     from dupl_cli.config.sources import load_settings
     from dupl_cli.models.dual import build_dual_student
 
-    settings = load_settings("voc-vitb", assignments=["model.arch=test_vit", "model.pretrained=none"], environ={})
+    settings = load_settings(
+        "voc-vitb", assignments=["model.arch=test_vit", "model.pretrained=none"], environ={}
+    )
     torch.manual_seed(seed)
     model = build_dual_student(settings.settings.model, 20, img_size=64, students=students)
     return {k: v.clone() for k, v in model.state_dict().items()}
@@ -64,12 +66,25 @@ def test_release_checkpoint_reproduces_the_release_cams(tmp_path):
     file = tmp_path / "checkpoint.pth"
     torch.save({f"module.{k}": v for k, v in rf.state0().items()}, file)  # as DDP saves it
     run = tmp_path / "run"
-    code, output = imported([str(file), "--preset", "voc-vitb", "--out", str(run), "--set",
-                             f"model.arch={rf.backbone_name()}", "--set", f"data.crop_size={rf.crop()}"])  # fmt: skip
+    code, output = imported(
+        [
+            str(file),
+            "--preset",
+            "voc-vitb",
+            "--out",
+            str(run),
+            "--set",
+            f"model.arch={rf.backbone_name()}",
+            "--set",
+            f"data.crop_size={rf.crop()}",
+        ]
+    )
     assert code == 0, output
     model, card = load_model(run / "final.safetensors")
     assert card["students"] == 2 and card["import"]["module_prefix"] is True
-    assert sorted(card["import"]["dropped"]) == [f"branch{k}.encoder.head.{p}" for k in (1, 2) for p in ("bias", "weight")]
+    assert sorted(card["import"]["dropped"]) == [
+        f"branch{k}.encoder.head.{p}" for k in (1, 2) for p in ("bias", "weight")
+    ]
     common, scales = rf.tensors("common"), [float(s) for s in rf.hyper()["cam_scales"]]
     x = common["input.weak"]
     with torch.no_grad():
@@ -78,8 +93,12 @@ def test_release_checkpoint_reproduces_the_release_cams(tmp_path):
             for b in range(rf.batch_size()):
                 present = rf.present(b)
                 torch.testing.assert_close(cam[b, present], common[f"cam.s{k}.b{b}"], atol=1e-4, rtol=0)
-                torch.testing.assert_close(cam_aux[b, present], common[f"cam_aux.s{k}.b{b}"], atol=1e-4, rtol=0)
-            for (raw, raw_aux), s in zip(raw_cams_at_scales(student, x, scales, flip=True), scales, strict=True):
+                torch.testing.assert_close(
+                    cam_aux[b, present], common[f"cam_aux.s{k}.b{b}"], atol=1e-4, rtol=0
+                )
+            for (raw, raw_aux), s in zip(
+                raw_cams_at_scales(student, x, scales, flip=True), scales, strict=True
+            ):
                 ref = common[f"cam.raw.s{k}.x{s}"]
                 torch.testing.assert_close(raw, ref, atol=1e-4 * float(ref.abs().max()), rtol=0)
                 ref = common[f"cam_aux.raw.s{k}.x{s}"]
@@ -117,18 +136,29 @@ def test_import_maps_every_tensor_and_writes_a_run(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (lambda s: s.update({"branch1.mlp_layer.0.weight": torch.zeros(64, 64, 1, 1)}),
-         "unmapped keys 1: branch1.mlp_layer.0.weight"),
+        (
+            lambda s: s.update({"branch1.mlp_layer.0.weight": torch.zeros(64, 64, 1, 1)}),
+            "unmapped keys 1: branch1.mlp_layer.0.weight",
+        ),
         (lambda s: s.pop("branch2.decoder.conv7.weight"), "missing weights 1: branch2.decoder.conv7.weight"),
-        (lambda s: s.update({"branch1.encoder.blocks.3.mlp.fc1.weight": torch.zeros(7, 64)}),
-         "wrong shapes 1: branch1.encoder.blocks.3.mlp.fc1.weight (file [7, 64], model [192, 64])"),
-        (lambda s: s.update({"branch1.encoder.blocks.9.mlp.fc1.weight": torch.zeros(7, 64)}),
-         "unmapped keys 1: branch1.encoder.blocks.9.mlp.fc1.weight"),
-        (lambda s: s.update({"branch3.classifier.weight": torch.zeros(20, 64, 1, 1)}),
-         "unmapped keys 1: branch3.classifier.weight"),
-        (lambda s: s.update({"classifier.weight": torch.zeros(20, 64, 1, 1)}), "unmapped keys 1: classifier.weight"),
+        (
+            lambda s: s.update({"branch1.encoder.blocks.3.mlp.fc1.weight": torch.zeros(7, 64)}),
+            "wrong shapes 1: branch1.encoder.blocks.3.mlp.fc1.weight (file [7, 64], model [192, 64])",
+        ),
+        (
+            lambda s: s.update({"branch1.encoder.blocks.9.mlp.fc1.weight": torch.zeros(7, 64)}),
+            "unmapped keys 1: branch1.encoder.blocks.9.mlp.fc1.weight",
+        ),
+        (
+            lambda s: s.update({"branch3.classifier.weight": torch.zeros(20, 64, 1, 1)}),
+            "unmapped keys 1: branch3.classifier.weight",
+        ),
+        (
+            lambda s: s.update({"classifier.weight": torch.zeros(20, 64, 1, 1)}),
+            "unmapped keys 1: classifier.weight",
+        ),
     ],
-)  # fmt: skip
+)
 def test_every_key_must_map(tmp_path, edit, expected):
     release = release_names(tiny_state())
     edit(release)
@@ -203,10 +233,17 @@ def toco_run(tmp_path_factory):
 def test_one_network_import_is_a_one_student_run(toco_run):
     run, _, state = toco_run
     model, card = load_model(run / "final.safetensors")
-    assert card["students"] == 1 and len(model.students) == 1 and card["import"]["layout"].startswith("one network")
+    assert (
+        card["students"] == 1
+        and len(model.students) == 1
+        and card["import"]["layout"].startswith("one network")
+    )
     assert sorted(card["import"]["dropped"]) == [
-        "encoder.head.bias", "encoder.head.weight", "proj_head.mlp.0.weight", "proj_head_t.last_layer.weight_g",
-    ]  # fmt: skip
+        "encoder.head.bias",
+        "encoder.head.weight",
+        "proj_head.mlp.0.weight",
+        "proj_head_t.last_layer.weight_g",
+    ]
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
 
@@ -221,14 +258,18 @@ def test_one_student_run_evaluates_infers_and_exports(toco_run, tmp_path, monkey
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert payload["protocol"]["student"].startswith("student 1 (named at import")
-    gt_student = runner.invoke(app, ["evaluate", str(run), "--out", str(tmp_path / "gt"), *data,
-                                     "--set", "compat.eval_gt_student=true"])  # fmt: skip
+    gt_student = runner.invoke(
+        app,
+        ["evaluate", str(run), "--out", str(tmp_path / "gt"), *data, "--set", "compat.eval_gt_student=true"],
+    )
     assert gt_student.exit_code == 0, gt_student.output
     for choice in ("2", "ensemble"):
         bad = runner.invoke(app, ["evaluate", str(run), "--student", choice, *data])
         assert bad.exit_code == 2 and f"holds one student; --student {choice} needs two" in bad.output
     images = voc / "JPEGImages"
-    result = runner.invoke(app, ["infer", str(images), "--checkpoint", str(run), "--out", str(tmp_path / "masks")])
+    result = runner.invoke(
+        app, ["infer", str(images), "--checkpoint", str(run), "--out", str(tmp_path / "masks")]
+    )
     assert result.exit_code == 0, result.output
     mask = load_mask(tmp_path / "masks" / "2008_000000.png")
     assert mask.shape == (40, 56) and mask.max() <= 20
@@ -236,6 +277,8 @@ def test_one_student_run_evaluates_infers_and_exports(toco_run, tmp_path, monkey
     result = runner.invoke(app, ["export", str(run), "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_suffix(".json").read_text())["student"] == 1
-    result = runner.invoke(app, ["export", str(run), "--student", "2", "--out", str(tmp_path / "s2.safetensors")])
+    result = runner.invoke(
+        app, ["export", str(run), "--student", "2", "--out", str(tmp_path / "s2.safetensors")]
+    )
     assert result.exit_code == 2 and "holds one student" in result.output
     assert np.isfinite(payload["miou"])
