@@ -24,6 +24,7 @@ from dupl_cli.cli import (
     plugins_cmd,
     presets_cmd,
     pseudo_label_cmd,
+    submit_cmd,
     train_cmd,
 )
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
@@ -103,6 +104,7 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)
 app.command("pseudo-label")(pseudo_label_cmd.pseudo_label)
 app.command("export")(export_cmd.export)
+app.command("submit", help=submit_cmd.SUBMIT_HELP)(submit_cmd.submit)
 app.command("compare", help=compare_cmd.COMPARE_HELP)(compare_cmd.compare)
 
 
