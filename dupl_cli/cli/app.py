@@ -14,14 +14,17 @@ from typer.core import TyperGroup
 
 from dupl_cli import __version__
 from dupl_cli.cli import (
+    compare_cmd,
     config_cmd,
     data_cmd,
     evaluate_cmd,
     export_cmd,
+    import_cmd,
     infer_cmd,
     plugins_cmd,
     presets_cmd,
     pseudo_label_cmd,
+    submit_cmd,
     train_cmd,
 )
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
@@ -95,11 +98,14 @@ app.add_typer(presets_cmd.app, name="presets")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(data_cmd.app, name="data")
+app.add_typer(import_cmd.app, name="import")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)
 app.command("pseudo-label")(pseudo_label_cmd.pseudo_label)
 app.command("export")(export_cmd.export)
+app.command("submit", help=submit_cmd.SUBMIT_HELP)(submit_cmd.submit)
+app.command("compare", help=compare_cmd.COMPARE_HELP)(compare_cmd.compare)
 
 
 def main() -> None:

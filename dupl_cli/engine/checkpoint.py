@@ -1,7 +1,8 @@
 """Inference checkpoints: ``<name>.safetensors`` (weights) + ``<name>.json`` (card). No pickle anywhere.
 
 The card carries everything needed to rebuild the model and use its output: resolved settings,
-class names, palette, the student chosen by validation, step, metrics and library versions.
+class names, palette, the student chosen by validation, step, metrics and library versions;
+``students`` (default 2) is how many students the weights hold (1 for one-network imports).
 Writes are atomic (temporary file + rename), so a kill never leaves a half-written checkpoint.
 """
 
@@ -77,7 +78,14 @@ def read_card(path: Path) -> dict[str, Any]:
         raise UserError(f"{card_file}: checkpoint card is not valid JSON ({exc})") from None
     if card.get("format") != CARD_FORMAT:
         raise UserError(f"{card_file}: not a dupl checkpoint card (format {card.get('format')!r})")
+    if card.get("students", 2) not in (1, 2):
+        raise UserError(f"{card_file}: 'students' must be 1 or 2, not {card['students']!r}")
     return card
+
+
+def card_students(card: dict[str, Any]) -> int:
+    """How many students a checkpoint holds (cards without the field come from two-student training)."""
+    return int(card.get("students", 2))
 
 
 def settings_from_card(card: dict[str, Any], card_file: Path):
@@ -99,7 +107,10 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
     card = read_card(path)
     settings = settings_from_card(card, card_path(path))
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
-    model = build_dual_student(model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size)
+    model = build_dual_student(
+        model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size,
+        students=card_students(card),
+    )  # fmt: skip
     try:
         state = load_file(str(path))  # to CPU; the model moves as a whole below
     except Exception as exc:  # safetensors raises its own error types for corrupt files

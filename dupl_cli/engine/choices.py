@@ -48,19 +48,27 @@ class StudentPick:
     text: str  # why these, for protocols and reports
 
 
-def choose_students(choice: str | Enum, card_student: int, allowed: type[Enum] = Student) -> StudentPick:
-    """``choice`` (``1``, ``2``, ``best`` or ``ensemble``) -> students; ``best`` is the checkpoint card's
-    pick by validation during training, never the evaluated split's ground truth."""
+def choose_students(
+    choice: str | Enum,
+    card_student: int,
+    allowed: type[Enum] = Student,
+    *,
+    students: int = 2,
+    rule: str = "best by validation during training",
+) -> StudentPick:
+    """``choice`` (``1``, ``2``, ``best`` or ``ensemble``) -> students of a checkpoint holding
+    ``students``; ``best`` is the card's pick (``rule`` says how it was made), never the evaluated
+    split's ground truth."""
     value = choice.value if isinstance(choice, Enum) else str(choice)
     names = [member.value for member in allowed]
     if value not in names:
         listed = ", ".join(names[:-1]) + f" or {names[-1]}"
         raise UserError(f"--student must be {listed}, not {value!r}")
+    if students == 1 and value in ("2", "ensemble"):
+        raise UserError(f"the checkpoint holds one student; --student {value} needs two (use 1 or best)")
     if value == "ensemble":
         return StudentPick((0, 1), "ensemble of both students (mean of logits)")
     if value in ("1", "2"):
         return StudentPick((int(value) - 1,), f"student {value} (chosen with --student)")
     chosen = int(card_student)
-    return StudentPick(
-        (chosen - 1,), f"student {chosen} (best by validation during training, from the checkpoint card)"
-    )
+    return StudentPick((chosen - 1,), f"student {chosen} ({rule}, from the checkpoint card)")

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dupl_cli.engine.choices import choose_students
 from dupl_cli.engine.crf import CrfParams
 from dupl_cli.engine.method_config import cam_config
 from dupl_cli.engine.metrics import SegMetrics, metrics_from_confusion
@@ -57,13 +56,11 @@ class EvalResult:
 
 def variants_for(loaded: LoadedModel, student: str, settings) -> tuple[list[tuple[str, list[int]]], str]:
     """(name, student indices) evaluated, and the protocol sentence for the student."""
-
-
-    if student == "best" and settings.compat.eval_gt_student:
+    if student == "best" and settings.compat.eval_gt_student and len(loaded.model.students) > 1:
         return [("student 1", [0]), ("student 2", [1])], (
             "better of the two students on this split's ground truth (compat.eval_gt_student: release quirk)"
         )
-    pick = choose_students(student, loaded.card_student)
+    pick = loaded.pick(student)
     return [(pick.text, list(pick.indices))], pick.text
 
 

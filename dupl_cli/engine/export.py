@@ -28,7 +28,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.engine.checkpoint import atomic_write, atomic_write_text, card_path, load_model, versions
+from dupl_cli.engine.checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    card_path,
+    card_students,
+    load_model,
+    versions,
+)
 from dupl_cli.errors import UserError
 
 EXPORT_FORMAT = "dupl-export/1"
@@ -97,7 +104,8 @@ def choose_student(card: dict[str, Any], choice: str) -> int:
     """1-based student: explicit ``1``/``2``, or ``best`` = the card's choice by validation."""
     from dupl_cli.engine.choices import ExportStudent, choose_students
 
-    return choose_students(choice, int(card.get("student", 1)), ExportStudent).indices[0] + 1
+    pick = choose_students(choice, int(card.get("student", 1)), ExportStudent, students=card_students(card))
+    return pick.indices[0] + 1
 
 
 def inference_state(student: nn.Module, full: bool) -> dict[str, torch.Tensor]:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dupl_cli.data.images import IMAGE_EXTS
-from dupl_cli.engine.choices import choose_students
 from dupl_cli.engine.crf import CrfParams
 from dupl_cli.engine.predict import Item, LoadedModel, PredictOptions, ProgressBar, Runtime, predict
 from dupl_cli.engine.predict_heads import SegHead, seg_fn
@@ -103,7 +102,7 @@ def run_infer(
     share = slice(runtime.process_index, None, runtime.num_processes)
     files, stems = files[share], stems[share]
     out.mkdir(parents=True, exist_ok=True)
-    pick = choose_students(student, loaded.card_student)
+    pick = loaded.pick(student)
     params = CrfParams.for_segmentation(settings.crf)
     head = SegHead(seg_fn(loaded.model, pick.indices), tta, stride_of(loaded.model), params)
     masks = MaskSink(out, loaded.palette)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from dupl_cli.engine.checkpoint import load_model
+from dupl_cli.engine.choices import StudentPick, choose_students
 
 
 # ---------------------------------------------------------------- processes and model
@@ -83,6 +84,11 @@ class LoadedModel:
     def card_student(self) -> int:
         """1-based student chosen by validation during training."""
         return int(self.card.get("student", 1))
+
+    def pick(self, choice) -> StudentPick:
+        """The students ``choice`` (``--student``) names in this checkpoint."""
+        rule = self.card.get("student_rule", "best by validation during training")
+        return choose_students(choice, self.card_student, students=len(self.model.students), rule=rule)
 
 
 def load_for_inference(path: Path, how: str, device) -> LoadedModel:

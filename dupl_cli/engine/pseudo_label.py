@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dupl_cli.engine.choices import choose_students
 from dupl_cli.engine.crf import CrfParams
 from dupl_cli.engine.method_config import cam_config
 from dupl_cli.engine.metrics import SegMetrics, metrics_from_confusion
@@ -96,7 +95,7 @@ def run_pseudo_label(
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, req.max_images)
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
-    pick = choose_students(req.student, loaded.card_student)
+    pick = loaded.pick(req.student)
     scoring = req.evaluate and adapter.has_masks
     if req.evaluate and not adapter.has_masks:
         log(f"--evaluate: split {req.split!r} has no ground-truth masks; nothing to score")
