@@ -97,6 +97,23 @@ def hyper() -> dict:
     return meta()["hyper_parameters"]
 
 
+def noise_filter_config():
+    """The release's noise filter (two-sided, as it ran) from the recorded hyper-parameters."""
+    from dupl_cli.method.params import NoiseFilterConfig
+
+    gmm = hyper()["gmm"]
+    return NoiseFilterConfig(
+        gamma=gmm["gamma"],
+        eta=gmm["valid_abs_mean_diff"],
+        min_pixels=gmm["min_pixels"],
+        loss_floor=gmm["min_loss"],
+        iters=gmm["max_iter"],
+        tol=gmm["tol"],
+        reg=gmm["reg_covar"],
+        one_sided=False,
+    )
+
+
 def present(b: int) -> torch.Tensor:
     return tensors("common")[f"cam.present.b{b}"].long()
 

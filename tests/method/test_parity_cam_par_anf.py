@@ -10,7 +10,7 @@ from method_oracles import refine
 
 from dupl_cli.method.cam import merge_flip, multiscale_cam, normalise_cam, raw_cams_at_scales
 from dupl_cli.method.noise_filter import noisy_pixels
-from dupl_cli.method.params import NoiseFilterConfig, ParConfig
+from dupl_cli.method.params import ParConfig
 from dupl_cli.method.thresholds import (
     cam_on_grid,
     cam_to_label,
@@ -185,17 +185,7 @@ def test_anf_fits_and_masks(student):
     t, gmm = rf.tensors(f"phase_{phase}"), rf.hyper()["gmm"]
     losses = t[f"{phase}.anf.pix_loss.s{student}"]
     labels = t[f"{phase}.refined.s{student}"].long()
-    release = NoiseFilterConfig(
-        gamma=gmm["gamma"],
-        eta=gmm["valid_abs_mean_diff"],
-        min_pixels=gmm["min_pixels"],
-        loss_floor=gmm["min_loss"],
-        iters=gmm["max_iter"],
-        tol=gmm["tol"],
-        reg=gmm["reg_covar"],
-        one_sided=False,
-    )
-    noise, fit = noisy_pixels(losses, labels, release, return_fit=True)
+    noise, fit = noisy_pixels(losses, labels, rf.noise_filter_config(), return_fit=True)
     assert torch.equal(noise, t[f"{phase}.anf.noise_mask.s{student}"])
     filtered = torch.where(noise, torch.full_like(labels, 255), labels)
     assert torch.equal(filtered, t[f"{phase}.refined_filtered.s{student}"].long())

@@ -26,7 +26,6 @@ from dupl_cli.method.params import (
     CamConfig,
     ConsistencyConfig,
     LossWeights,
-    NoiseFilterConfig,
     ParConfig,
     PhaseSchedule,
     StepConfig,
@@ -128,7 +127,7 @@ def test_strong_view_logits(fx, model):
 
 def release_config() -> StepConfig:
     """The step configuration of the release run the fixture set describes (all from its meta.json)."""
-    hp, gmm = rf.hyper(), rf.hyper()["gmm"]
+    hp = rf.hyper()
     par, strong = hp["par"], hp["strong_aug"]
     return StepConfig(
         cam=CamConfig(scales=tuple(hp["cam_scales"]), flip=True),
@@ -146,16 +145,7 @@ def release_config() -> StepConfig:
             w_color=par["w1"],
             w_pos=par["w2"],
         ),
-        noise=NoiseFilterConfig(
-            gamma=gmm["gamma"],
-            eta=gmm["valid_abs_mean_diff"],
-            min_pixels=gmm["min_pixels"],
-            loss_floor=gmm["min_loss"],
-            iters=gmm["max_iter"],
-            tol=gmm["tol"],
-            reg=gmm["reg_covar"],
-            one_sided=False,
-        ),
+        noise=rf.noise_filter_config(),
         strong=StrongViewConfig(n=strong["n"], magnitude=strong["m"], scale=strong["resize"], flip=strong["hflip"]),
         consistency=ConsistencyConfig(confidence=hp["reg_confidence"], include_padding=True),
         discrepancy="release",
