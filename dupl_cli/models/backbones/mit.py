@@ -37,6 +37,7 @@ from torch import nn
 
 from dupl_cli.errors import UserError
 from dupl_cli.models.backbones.base import BackboneFeatures, load_weights
+from dupl_cli.models.geometry import pad_to_multiple
 
 # Stage widths and block counts per variant; heads, reduction ratios and MLP ratio are shared.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
@@ -160,6 +161,8 @@ class MixVisionTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> BackboneFeatures:
+        # Padded like every family, so the maps cover ceil(H / stride) cells of the padded input.
+        x = pad_to_multiple(x, self.stride)
         for stage in self.stages[:3]:
             x = stage(x)
         return BackboneFeatures(final=self.stages[3](x), aux=x)
