@@ -167,6 +167,11 @@ class MethodSettings(Section):
     t_anf: int = Field(8000, ge=0, description="Iteration noise filtering and consistency start")
     aux_seg_until: int = Field(0, ge=0, description="COCO release stage: train the head from aux-CAM labels with fixed tau until this iteration (0 = off)")
     aux_seg_tau: float = Field(0.65, ge=0, le=1, description="Fixed tau_h of the aux-CAM stage")
+    dta_start: int | None = Field(None, ge=0, description="Iteration DTA starts decaying tau_h (unset: t_seg, or aux_seg_until when later)")
+    ptc_start: int = Field(0, ge=0, description="First iteration the PTC loss is weighted (and computed)")
+    dis_start: int = Field(0, ge=0, description="First iteration the discrepancy loss is weighted (and computed)")
+    seg_start: int | None = Field(None, ge=0, description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, +1 with compat.delayed_weights)")
+    reg_start: int | None = Field(None, ge=0, description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, +1 with compat.delayed_weights)")
     w_ptc: float = Field(0.2, ge=0, description="Weight of the patch token contrast loss")
     w_dis: float = Field(0.1, ge=0, description="Weight of the discrepancy loss")
     w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
@@ -271,6 +276,11 @@ class DuplSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _schedule_order(self) -> DuplSettings:
-        if self.method.t_anf < self.method.t_seg:
-            raise ValueError(f"method.t_anf ({self.method.t_anf}) must be >= method.t_seg ({self.method.t_seg})")
+        m = self.method
+        if m.t_anf < m.t_seg:
+            raise ValueError(f"method.t_anf ({m.t_anf}) must be >= method.t_seg ({m.t_seg})")
+        for name in ("seg_start", "reg_start"):
+            value = getattr(m, name)
+            if value is not None and value < m.t_seg:
+                raise ValueError(f"method.{name} ({value}) must be >= method.t_seg ({m.t_seg}): its labels start there")
         return self

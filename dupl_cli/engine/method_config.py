@@ -45,6 +45,11 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
             max_iters=settings.train.max_iters,
             aux_seg_until=m.aux_seg_until,
             delayed_weights=c.delayed_weights,
+            ptc_start=m.ptc_start,
+            dis_start=m.dis_start,
+            seg_start=m.seg_start,
+            reg_start=m.reg_start,
+            dta_start=m.dta_start,
         ),
         weights=LossWeights(ptc=m.w_ptc, dis=m.w_dis, seg=m.w_seg, reg=m.w_reg),
         par=ParConfig(

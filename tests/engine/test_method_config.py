@@ -34,6 +34,8 @@ def _leaves(model: BaseModel, prefix: str):
 
 def _other_value(value, annotation):
     """A valid value different from ``value`` (halved, incremented, flipped, shortened, other choice)."""
+    if value is None:  # an unset start iteration: a set one past every stage
+        return 10**6
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
