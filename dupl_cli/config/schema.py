@@ -115,6 +115,11 @@ class TrainSettings(Section):
     max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps before stopping")
     tracker: Literal["none", "tensorboard"] = Field("none", description="Experiment tracker (tensorboard needs the tb extra)")
     compile: bool = Field(False, description="torch.compile the students")
+    select: Literal["final", "best-val"] = Field(
+        "final",
+        description="Inference checkpoint: 'final' (last iteration, student 1: no pixel label chooses it) or "
+        "'best-val' (also best.safetensors, best seg mIoU on data.val_split: that split's labels chose it)",
+    )
 
 
 class ParSettings(Section):
@@ -177,6 +182,11 @@ class MethodSettings(Section):
     w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
     w_reg: float = Field(0.05, ge=0, description="Weight of the consistency loss on discarded pixels")
     discrepancy: Literal["release", "paper"] = Field("release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))")
+    students: int = Field(2, ge=1, le=2, description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from its own PAR-refined CAM labels (half the work per step)")
+    use_dis: bool = Field(True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)")
+    use_dta: bool = Field(True, description="Ablation switch +DTA: the dynamic threshold (off: tau_h stays tau_high_start)")
+    use_anf: bool = Field(True, description="Ablation switch +ANF: adaptive noise filtering of the seg labels (off: no EM)")
+    use_reg: bool = Field(True, description="Ablation switch +L_reg: the consistency loss (off: no strong view)")
     par: ParSettings = Field(default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels")
     anf: AnfSettings = Field(default_factory=AnfSettings, description="Adaptive noise filter (two-component GMM)")
     reg: RegSettings = Field(default_factory=RegSettings, description="Consistency loss on discarded pixels")
@@ -283,4 +293,6 @@ class DuplSettings(BaseSettings):
             value = getattr(m, name)
             if value is not None and value < m.t_seg:
                 raise ValueError(f"method.{name} ({value}) must be >= method.t_seg ({m.t_seg}): its labels start there")
+        if m.students == 1 and m.use_dis:
+            raise ValueError("method.use_dis needs two students; set method.use_dis = false with method.students = 1")
         return self

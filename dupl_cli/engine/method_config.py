@@ -36,8 +36,11 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
         )
     return StepConfig(
         cam=cam_config(settings),
-        thresholds=ThresholdConfig(
-            tau_low=m.tau_low, tau_start=m.tau_high_start, tau_end=tau_end, aux_tau=m.aux_seg_tau
+        thresholds=ThresholdConfig(  # without DTA the threshold "decays" to where it starts
+            tau_low=m.tau_low,
+            tau_start=m.tau_high_start,
+            tau_end=tau_end if m.use_dta else m.tau_high_start,
+            aux_tau=m.aux_seg_tau,
         ),
         schedule=PhaseSchedule(
             t_seg=m.t_seg,
@@ -50,8 +53,12 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
             seg_start=m.seg_start,
             reg_start=m.reg_start,
             dta_start=m.dta_start,
+            noise_filter=m.use_anf,
         ),
-        weights=LossWeights(ptc=m.w_ptc, dis=m.w_dis, seg=m.w_seg, reg=m.w_reg),
+        # An ablation switch that is off zeroes its weight: a zero-weight term is never computed.
+        weights=LossWeights(
+            ptc=m.w_ptc, dis=m.w_dis if m.use_dis else 0.0, seg=m.w_seg, reg=m.w_reg if m.use_reg else 0.0
+        ),
         par=ParConfig(
             dilations=tuple(m.par.dilations),
             iters=m.par.iters,
@@ -78,6 +85,7 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
         ),
         consistency=ConsistencyConfig(confidence=m.reg.confidence, include_padding=c.reg_include_padding),
         discrepancy=m.discrepancy,
+        students=m.students,
         ptc_pixel_box=c.ptc_pixel_box,
         mean=tuple(settings.data.mean),
         std=tuple(settings.data.std),

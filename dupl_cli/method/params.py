@@ -131,6 +131,13 @@ class StepConfig:
     strong: StrongViewConfig = field(default_factory=StrongViewConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     discrepancy: Literal["release", "paper"] = "release"
+    students: int = 2  # 1: the paper's baseline (one network, its own labels); the model must match
     ptc_pixel_box: bool = False  # release: token labels sliced with the pixel crop box
     mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation of the batch's images
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.students not in (1, 2):
+            raise ValueError(f"students must be 1 or 2, not {self.students}")
+        if self.students == 1 and self.weights.dis > 0:
+            raise ValueError("the discrepancy loss needs two students (weights.dis must be 0 with one)")

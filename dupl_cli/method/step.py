@@ -102,6 +102,8 @@ def training_step(
     model, batch: dict, t: int, config: StepConfig, *, generator: torch.Generator | None = None
 ) -> StepResult:
     phase = phase_at(t, config.schedule, config.weights)
+    if len(model.students) != config.students:
+        raise ValueError(f"the step is configured for {config.students} student(s), the model has {len(model.students)}")
     # Crops that are not a multiple of the backbone stride are padded like any short crop: the
     # padding lies outside img_box, so its labels are ignored (models.geometry, docs/method.md §9).
     images = pad_to_multiple(batch["image"], backbone_stride(model.students[0]))
