@@ -25,11 +25,6 @@ class Phase:
     anf: bool  # adaptive noise filtering on the refined labels
     aux_labels: bool  # COCO release stage: seg labels from the auxiliary CAM at a fixed tau
 
-    @property
-    def cams(self) -> bool:
-        """The multi-scale CAMs are needed (token labels or refined labels); not for cls alone."""
-        return self.w_ptc > 0 or self.seg_labels
-
 
 def phase_name(t: int, schedule: PhaseSchedule) -> str:
     """The stage iteration ``t`` is in, by the schedule alone: A before t_seg, B before t_anf, else C.

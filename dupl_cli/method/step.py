@@ -38,7 +38,7 @@ class StepResult(NamedTuple):
 
 class PseudoLabels(NamedTuple):
     tau_image: torch.Tensor  # B, per-image tau_h of this iteration
-    token: list[torch.Tensor] | None  # per student, B×h×w PTC token labels (None: PTC off)
+    token: list[torch.Tensor]  # per student, B×h×w PTC token labels
     refined: list[torch.Tensor] | None  # per student, B×H×W PAR labels (before ANF)
     filtered: list[torch.Tensor] | None  # per student, after ANF (the label its partner learns)
     noise: torch.Tensor | None  # (students·B)×H×W noise mask (student 1 images first)
@@ -63,7 +63,7 @@ def make_pseudo_labels(
     """Token labels, PAR-refined labels and their noise-filtered version for both students."""
     th = config.thresholds
     tau_image = image_thresholds(class_thresholds(t, th, config.schedule), labels)
-    token = None if phase.w_ptc <= 0 else [
+    token = [
         token_labels(
             a,
             labels,
@@ -115,9 +115,7 @@ def training_step(
     images_u8 = denormalize_u8(images, config.mean, config.std)
     images01 = images_u8.float() / 255.0  # as the release: PAR sees the uint8-rounded image
 
-    cams = cams_aux = None  # not needed while only the classification loss is weighted
-    if phase.cams:
-        cams, cams_aux = dual_multiscale_cam(model, images, scales=config.cam.scales, flip=config.cam.flip)
+    cams, cams_aux = dual_multiscale_cam(model, images, scales=config.cam.scales, flip=config.cam.flip)
     outs = [s(images) for s in students]
     seg_weak = [o.seg for o in outs]
     grid = tuple(outs[0].features.shape[-2:])
@@ -155,8 +153,7 @@ def training_step(
     terms = {k: v.detach() for k, v in terms.items()}
 
     stats = {"tau_h": pseudo.tau_image.float().mean(), "noise_share": _noise_share(pseudo, zero)}
-    cam = cams[0] if cams is not None else None
-    visuals = _visuals(images_u8, cam, labels, seg_weak[0], pseudo, size, config.thresholds.tau_low)
+    visuals = _visuals(images_u8, cams[0], labels, seg_weak[0], pseudo, size, config.thresholds.tau_low)
     return StepResult(total, terms, stats, visuals)
 
 
@@ -194,8 +191,6 @@ def _noise_share(pseudo: PseudoLabels, zero: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _visuals(images_u8, cam, labels, seg, pseudo: PseudoLabels, size, tau_low) -> dict[str, torch.Tensor]:
-    if cam is None:  # classification-only iteration: no CAM was computed
-        cam = images_u8.new_zeros((1, labels.shape[1], *size), dtype=torch.float32)
     first_cam = (cam[:1].float() * labels[:1, :, None, None]).amax(1)[0]
     if pseudo.filtered is not None:
         label = pseudo.filtered[partner(0, len(pseudo.filtered))][0]  # what student 1 learns

@@ -14,7 +14,6 @@ from dupl_cli.config import presets
 from dupl_cli.config.sources import load_settings
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.errors import UserError
-from dupl_cli.method import cam as cam_module
 from dupl_cli.method import losses
 from dupl_cli.method import step as step_module
 from dupl_cli.models.dual import build_dual_student
@@ -50,10 +49,9 @@ class Work:
     """Counts of the work a step does, by spying on the functions that do it."""
 
     def __init__(self, monkeypatch):
-        self.calls: dict[str, int] = {"cam": 0, "dis": 0, "em": 0, "strong": 0}
+        self.calls: dict[str, int] = {"dis": 0, "em": 0, "strong": 0}
         self.images = 0  # images through the students' backbones
         for name, module, attr in (
-            ("cam", cam_module, "multiscale_cam"),
             ("dis", losses, "discrepancy_terms"),
             ("em", step_module, "noisy_pixels"),
             ("strong", step_module, "strong_view"),
@@ -106,7 +104,6 @@ def test_ablation_preset_runs_its_components_only(preset, monkeypatch):
     last = results[STEPS[-1]]
     assert {name for name in TERMS if float(last.terms[name]) > 0} == nonzero
     assert all(f"{name}_2" not in last.terms for name in TERMS) == (students == 1)
-    assert work.calls["cam"] == students * len(STEPS)  # every stage needs the CAMs (PTC)
     assert work.calls["dis"] == (len(STEPS) if "dis" in nonzero else 0)
     assert (work.calls["em"] > 0) == em
     assert (work.calls["strong"] > 0) == strong

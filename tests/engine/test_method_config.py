@@ -72,7 +72,10 @@ def _method_paths():
 @pytest.mark.parametrize(("path", "value", "annotation"), _method_paths())
 def test_every_method_setting_reaches_the_step_config(path, value, annotation):
     base = DuplSettings()
-    if path in ("data.mean", "data.std"):
+    if path == "method.students":  # one student needs the discrepancy off
+        base = _with(base, "method.use_dis", False)
+        changed = _with(base, path, 1)
+    elif path in ("data.mean", "data.std"):
         changed = _with(base, path, [0.5, 0.5, 0.5])
     else:
         changed = _with(base, path, _other_value(value, annotation))
