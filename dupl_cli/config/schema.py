@@ -115,6 +115,11 @@ class TrainSettings(Section):
     max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps before stopping")
     tracker: Literal["none", "tensorboard"] = Field("none", description="Experiment tracker (tensorboard needs the tb extra)")
     compile: bool = Field(False, description="torch.compile the students")
+    select: Literal["final", "best-val"] = Field(
+        "final",
+        description="Inference checkpoint: 'final' (last iteration, student 1: no pixel label chooses it) or "
+        "'best-val' (also best.safetensors, best seg mIoU on data.val_split: that split's labels chose it)",
+    )
 
 
 class ParSettings(Section):
@@ -167,11 +172,21 @@ class MethodSettings(Section):
     t_anf: int = Field(8000, ge=0, description="Iteration noise filtering and consistency start")
     aux_seg_until: int = Field(0, ge=0, description="COCO release stage: train the head from aux-CAM labels with fixed tau until this iteration (0 = off)")
     aux_seg_tau: float = Field(0.65, ge=0, le=1, description="Fixed tau_h of the aux-CAM stage")
+    dta_start: int | None = Field(None, ge=0, description="Iteration DTA starts decaying tau_h (unset: t_seg, or aux_seg_until when later)")
+    ptc_start: int = Field(0, ge=0, description="First iteration the PTC loss is weighted (and computed)")
+    dis_start: int = Field(0, ge=0, description="First iteration the discrepancy loss is weighted (and computed)")
+    seg_start: int | None = Field(None, ge=0, description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, +1 with compat.delayed_weights)")
+    reg_start: int | None = Field(None, ge=0, description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, +1 with compat.delayed_weights)")
     w_ptc: float = Field(0.2, ge=0, description="Weight of the patch token contrast loss")
     w_dis: float = Field(0.1, ge=0, description="Weight of the discrepancy loss")
     w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
     w_reg: float = Field(0.05, ge=0, description="Weight of the consistency loss on discarded pixels")
     discrepancy: Literal["release", "paper"] = Field("release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))")
+    students: int = Field(2, ge=1, le=2, description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from its own PAR-refined CAM labels (half the work per step)")
+    use_dis: bool = Field(True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)")
+    use_dta: bool = Field(True, description="Ablation switch +DTA: the dynamic threshold (off: tau_h stays tau_high_start)")
+    use_anf: bool = Field(True, description="Ablation switch +ANF: adaptive noise filtering of the seg labels (off: no EM)")
+    use_reg: bool = Field(True, description="Ablation switch +L_reg: the consistency loss (off: no strong view)")
     par: ParSettings = Field(default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels")
     anf: AnfSettings = Field(default_factory=AnfSettings, description="Adaptive noise filter (two-component GMM)")
     reg: RegSettings = Field(default_factory=RegSettings, description="Consistency loss on discarded pixels")
@@ -271,6 +286,13 @@ class DuplSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _schedule_order(self) -> DuplSettings:
-        if self.method.t_anf < self.method.t_seg:
-            raise ValueError(f"method.t_anf ({self.method.t_anf}) must be >= method.t_seg ({self.method.t_seg})")
+        m = self.method
+        if m.t_anf < m.t_seg:
+            raise ValueError(f"method.t_anf ({m.t_anf}) must be >= method.t_seg ({m.t_seg})")
+        for name in ("seg_start", "reg_start"):
+            value = getattr(m, name)
+            if value is not None and value < m.t_seg:
+                raise ValueError(f"method.{name} ({value}) must be >= method.t_seg ({m.t_seg}): its labels start there")
+        if m.students == 1 and m.use_dis:
+            raise ValueError("method.use_dis needs two students; set method.use_dis = false with method.students = 1")
         return self

@@ -114,7 +114,7 @@ def run_evaluate(
         student_text += f": student {best + 1}"
     total = min(limit, len(adapter)) if limit else len(adapter)
     protocol = _protocol(loaded, settings, runtime, req, tta, student_text, total, limit)
-    payload = {"protocol": protocol, **results[best].to_json()}
+    payload = {"protocol": protocol, "selection": loaded.selection_record(req.split), **results[best].to_json()}
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:
@@ -131,6 +131,7 @@ def _protocol(loaded, settings, runtime, req: EvalRequest, tta, student_text, to
     )
     return {
         "checkpoint": f"{loaded.path} ({loaded.how})",
+        "selection": loaded.selection_record(req.split)["text"],
         "split": f"{req.split} ({total} images{', capped' if limit else ''})",
         "source": "CAM pseudo-labels (multi-scale CAM with ground-truth image labels, docs/method.md §11)"
         if req.cams

@@ -85,6 +85,30 @@ class LoadedModel:
         """1-based student chosen by validation during training."""
         return int(self.card.get("student", 1))
 
+    @property
+    def selection(self) -> str:
+        """How the checkpoint was chosen: final, best-val (train.select), import, or unknown."""
+        if "import" in self.card:
+            return "import"
+        return self.card.get("selection") or {"best": "best-val", "final": "final"}.get(self.path.stem, "unknown")
+
+    def selection_record(self, split: str) -> dict:
+        """For protocols and metrics.json: the checkpoint rule, the student rule, and whether
+        ``split``'s own pixel labels took part in the choice (best-val validated on it)."""
+        settings = self.card.get("settings") or {}
+        val_split = (settings.get("data") or {}).get("val_split")
+        kind, step = self.selection, self.card.get("step")
+        peeked = kind == "best-val" and val_split == split
+        text = {
+            "final": f"final checkpoint (step {step})",
+            "best-val": f"best by validation on {val_split!r} (step {step}, train.select = best-val)",
+            "import": "imported weights (dupl import release)",
+        }.get(kind, "not recorded in the card")
+        if peeked:
+            text += f"; optimistic on {split!r}: its pixel labels chose this checkpoint and student"
+        rule = self.card.get("student_rule", "best by validation during training")
+        return {"checkpoint": kind, "text": text, "student_rule": rule, "chosen_on_this_split": peeked}
+
     def pick(self, choice) -> StudentPick:
         """The students ``choice`` (``--student``) names in this checkpoint."""
         rule = self.card.get("student_rule", "best by validation during training")

@@ -121,7 +121,7 @@ def run_pseudo_label(
     protocol = _protocol(loaded, settings, runtime, req, pick.text, len(todo), skipped, len(adapter))
     metrics = metrics_from_confusion(confusion.meters[0].reduced(), loaded.classes) if scoring else None
     if metrics is not None and runtime.is_main:
-        payload = {"protocol": protocol, **metrics.to_json()}
+        payload = {"protocol": protocol, "selection": loaded.selection_record(req.split), **metrics.to_json()}
         write_metrics(out.parent / f"{out.name}_metrics", metrics, payload)
     result = PseudoLabelResult(protocol, out, len(todo), skipped, metrics)
     if want_report:
@@ -145,6 +145,7 @@ def _protocol(loaded, settings, runtime, req, student_text, written, skipped, av
     process = f" (process {runtime.process_index})" if runtime.num_processes > 1 else ""
     return {
         "checkpoint": f"{loaded.path} ({loaded.how})",
+        "selection": loaded.selection_record(req.split)["text"],
         "split": f"{req.split} ({shown} images)",
         "source": source,
         "student": student_text,

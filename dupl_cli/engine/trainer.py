@@ -95,12 +95,28 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     }
 
 
-def _card(settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict) -> dict:
+FINAL_RULE = (
+    "student 1, fixed before training: the students are trained symmetrically, "
+    "and no pixel label of any split chose it"
+)
+
+
+def best_val_rule(settings: DuplSettings, step: int) -> str:
+    return (
+        f"best seg mIoU on {settings.data.val_split!r} at step {step} (train.select = best-val: "
+        "that split's pixel labels chose the checkpoint and the student)"
+    )
+
+
+def _card(settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str) -> dict:
     return {
         "step": step,
         "classes": list(classes),
         "palette": [list(c) for c in palette],
         "student": student,
+        "students": settings.method.students,
+        "student_rule": rule,
+        "selection": settings.train.select,
         "metrics": metrics,
         "settings": settings.model_dump(mode="json"),
     }
@@ -152,7 +168,9 @@ class Trainer:
         train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
         classes, palette = train_set.classes, train_set.palette
         self.config = step_config(s, num_classes=len(classes))
-        model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size)
+        model = build_dual_student(
+            s.model, num_classes=len(classes), img_size=s.data.crop_size, students=s.method.students
+        )
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
         backbone = model.students[0].backbone
         stats = normalisation_mismatch(backbone, s.model.arch, s.model.pretrained, s.data.mean, s.data.std)
@@ -344,7 +362,7 @@ class _Loop:
             self.model, loader, num_classes=len(self.classes), class_names=self.classes,
             cam_scales=self.config.cam.scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
         )  # fmt: skip
-        student = 1 if scores["seg_s1"] >= scores["seg_s2"] else 2
+        student = max(range(1, len(self.model.students) + 1), key=lambda k: scores[f"seg_s{k}"])  # ties: 1
         best_score = scores[f"seg_s{student}"]
         text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
         self.progress.message(f"validation step {step}: {text} (mIoU %)")
@@ -354,18 +372,25 @@ class _Loop:
             out.write(json.dumps({"step": step, "validation": scores, "best_student": student}) + "\n")
         if self.s.train.tracker != "none":
             self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=step)
+        self.state["last"] = {"step": step, "scores": scores}
         best = self.state.get("best")
-        if best is None or best_score > best["score"]:
+        if self.s.train.select == "best-val" and (best is None or best_score > best["score"]):
             self.state["best"] = {"step": step, "score": best_score, "student": student, "scores": scores}
-            save_model(self.run_dir / "best", self.model, _card(self.s, self.classes, self.palette, step, student, scores))
+            card = _card(self.s, self.classes, self.palette, step, student, scores, best_val_rule(self.s, step))
+            save_model(self.run_dir / "best", self.model, card)
             self.progress.message(f"new best: student {student} seg mIoU {best_score:.1f} -> {self.run_dir / 'best.safetensors'}")
 
     def _finish(self, step: int) -> None:
         if self.run_dir is None or step < self.s.train.max_iters:
             return
         if self.acc.is_main_process:
-            best = self.state.get("best") or {}
-            card = _card(self.s, self.classes, self.palette, step, best.get("student", 1), best.get("scores", {}))
+            best = self.state.get("best")
+            if self.s.train.select == "best-val" and best is not None:
+                student, scores, rule = best["student"], best["scores"], best_val_rule(self.s, best["step"])
+            else:  # the default, and best-val without any validation
+                rule = FINAL_RULE if self.s.method.students == 2 else "the only student"
+                student, scores = 1, (self.state.get("last") or {}).get("scores", {})
+            card = _card(self.s, self.classes, self.palette, step, student, scores, rule)
             path = save_model(self.run_dir / "final", self.model, card)
             self.progress.message(f"training finished at step {step}: {path}")
         self.acc.wait_for_everyone()

@@ -29,13 +29,14 @@ def segment_at(student, images: torch.Tensor, size) -> torch.Tensor:
 def validate(
     model, loader, *, num_classes: int, class_names: list[str], cam_scales, cam_threshold: float, device
 ) -> dict[str, float]:
-    """mIoU (in %) for ``{kind}_s{k}`` with kind in cam, aux_cam, seg and k in 1, 2."""
+    """mIoU (in %) for ``{kind}_s{k}`` with kind in cam, aux_cam, seg and k each student (1, 2)."""
     from dupl_cli.method.cam import multiscale_cam
     from dupl_cli.method.thresholds import cam_to_label
 
     was_training = model.training
     model.eval()
-    meters = {f"{kind}_s{k}": ConfusionMeter(num_classes + 1, device) for kind in KINDS for k in (1, 2)}
+    ks = range(1, len(model.students) + 1)
+    meters = {f"{kind}_s{k}": ConfusionMeter(num_classes + 1, device) for kind in KINDS for k in ks}
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)

@@ -38,13 +38,30 @@ class ThresholdConfig:
 
 @dataclass(frozen=True)
 class PhaseSchedule:
-    """When each stage starts (docs/method.md §8); ``max_iters`` also ends the DTA window."""
+    """When each stage and each loss term starts (docs/method.md §8); ``max_iters`` also ends the DTA.
+
+    ``t_seg`` starts the refined labels (and DTA), ``t_anf`` the noise filter. Each weighted term has
+    its own first iteration; ``None`` is the stage's start (t_seg for seg, t_anf for reg), one later
+    with ``delayed_weights``. ``noise_filter`` False removes ANF (ablation).
+    """
 
     t_seg: int = 2000
     t_anf: int = 8000
     max_iters: int = 20000
-    aux_seg_until: int = 0  # COCO release stage: head trained from aux-CAM labels until here (0 = off)
+    aux_seg_until: int = 0  # COCO release stage: head trained from aux-CAM labels while t < this (0 = off)
     delayed_weights: bool = False  # release: a new term is weighted one iteration after it is computed
+    ptc_start: int = 0
+    dis_start: int = 0
+    seg_start: int | None = None
+    reg_start: int | None = None
+    dta_start: int | None = None  # None: max(t_seg, aux_seg_until)
+    noise_filter: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("seg_start", "reg_start"):
+            value = getattr(self, name)
+            if value is not None and value < self.t_seg:
+                raise ValueError(f"{name} ({value}) is before t_seg ({self.t_seg}): its labels start there")
 
 
 @dataclass(frozen=True)
@@ -114,6 +131,13 @@ class StepConfig:
     strong: StrongViewConfig = field(default_factory=StrongViewConfig)
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     discrepancy: Literal["release", "paper"] = "release"
+    students: int = 2  # 1: the paper's baseline (one network, its own labels); the model must match
     ptc_pixel_box: bool = False  # release: token labels sliced with the pixel crop box
     mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation of the batch's images
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.students not in (1, 2):
+            raise ValueError(f"students must be 1 or 2, not {self.students}")
+        if self.students == 1 and self.weights.dis > 0:
+            raise ValueError("the discrepancy loss needs two students (weights.dis must be 0 with one)")

@@ -34,33 +34,44 @@ def phase_name(t: int, schedule: PhaseSchedule) -> str:
     return "A" if t < schedule.t_seg else ("B" if t < schedule.t_anf else "C")
 
 
+def term_starts(schedule: PhaseSchedule) -> dict[str, int]:
+    """First iteration each loss term is weighted (and computed): the schedule's own or the stage's."""
+    delay = 1 if schedule.delayed_weights else 0
+    seg = schedule.seg_start if schedule.seg_start is not None else schedule.t_seg + delay
+    reg = schedule.reg_start if schedule.reg_start is not None else schedule.t_anf + delay
+    return {"ptc": schedule.ptc_start, "dis": schedule.dis_start, "seg": seg, "reg": reg}
+
+
 def phase_at(t: int, schedule: PhaseSchedule, weights: LossWeights) -> Phase:
     """Loss weights and active stages at iteration ``t``.
 
-    With ``schedule.delayed_weights`` a new term is computed from its first iteration but weighted
-    only one iteration later, as the release does; the zero-weight term is then skipped.
+    Each term is weighted from its start (:func:`term_starts`); with ``schedule.delayed_weights``
+    the seg and reg terms default to one iteration after their stage starts, as the release does.
+    A zero-weight term is skipped, and so is every label stage no weighted term needs.
     """
-    delay = 1 if schedule.delayed_weights else 0
+    starts = term_starts(schedule)
+    w = {name: getattr(weights, name) if t >= start else 0.0 for name, start in starts.items()}
     seg_on = t >= schedule.t_seg
-    anf_on = t >= schedule.t_anf
-    w_seg = weights.seg if t >= schedule.t_seg + delay else 0.0
-    w_reg = weights.reg if t >= schedule.t_anf + delay else 0.0
+    needs_labels = w["seg"] > 0 or w["reg"] > 0  # reg's discarded pixels come from the labels
     return Phase(
         name=phase_name(t, schedule),
         w_cls=1.0,
-        w_ptc=weights.ptc,
-        w_dis=weights.dis,
-        w_seg=w_seg,
-        w_reg=w_reg,
-        seg_labels=seg_on and (w_seg > 0 or (anf_on and w_reg > 0)),
-        anf=anf_on and (w_seg > 0 or w_reg > 0),
+        w_ptc=w["ptc"],
+        w_dis=w["dis"],
+        w_seg=w["seg"],
+        w_reg=w["reg"],
+        seg_labels=seg_on and needs_labels,
+        anf=schedule.noise_filter and t >= schedule.t_anf and needs_labels,
         aux_labels=seg_on and t < schedule.aux_seg_until,
     )
 
 
 def dta_window(schedule: PhaseSchedule) -> tuple[int, int]:
     """Iterations over which the dynamic threshold decays (after the COCO aux stage when set)."""
-    return max(schedule.t_seg, schedule.aux_seg_until), schedule.max_iters
+    start = schedule.dta_start
+    if start is None:
+        start = max(schedule.t_seg, schedule.aux_seg_until)
+    return start, schedule.max_iters
 
 
 def lr_factor(t: int, *, max_iters: int, warmup_iters: int, warmup_ratio: float, power: float) -> float:

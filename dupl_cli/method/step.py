@@ -40,8 +40,13 @@ class PseudoLabels(NamedTuple):
     tau_image: torch.Tensor  # B, per-image tau_h of this iteration
     token: list[torch.Tensor]  # per student, B×h×w PTC token labels
     refined: list[torch.Tensor] | None  # per student, B×H×W PAR labels (before ANF)
-    filtered: list[torch.Tensor] | None  # per student, after ANF (the label the OTHER student learns)
-    noise: torch.Tensor | None  # 2B×H×W noise mask (student 1 images first)
+    filtered: list[torch.Tensor] | None  # per student, after ANF (the label its partner learns)
+    noise: torch.Tensor | None  # (students·B)×H×W noise mask (student 1 images first)
+
+
+def partner(k: int, students: int) -> int:
+    """Whose label student k learns: the other student (cross supervision), or its own when alone."""
+    return (k + 1) % students
 
 
 def class_thresholds(t: int, thresholds: ThresholdConfig, schedule: PhaseSchedule) -> torch.Tensor | float:
@@ -73,15 +78,15 @@ def make_pseudo_labels(
     if not phase.seg_labels:
         return PseudoLabels(tau_image, token, None, None, None)
     sources, tau_seg = (cams_aux, th.aux_tau) if phase.aux_labels else (cams, tau_image)
-    # Both students' label passes share one PAR batch (the affinity is per image either way).
-    b = labels.shape[0]
+    # Every student's label pass shares one PAR batch (the affinity is per image either way).
+    b, n = labels.shape[0], len(sources)
     refined = refine_labels(
-        torch.cat([images01, images01]),
+        torch.cat([images01] * n),
         torch.cat(sources),
-        torch.cat([labels, labels]),
-        tau_high=torch.as_tensor(tau_seg, device=labels.device).reshape(-1).expand(b).repeat(2),
+        torch.cat([labels] * n),
+        tau_high=torch.as_tensor(tau_seg, device=labels.device).reshape(-1).expand(b).repeat(n),
         tau_low=th.tau_low,
-        img_box=torch.cat([img_box, img_box]),
+        img_box=torch.cat([img_box] * n),
         par=config.par,
     )
     noise = None
@@ -97,6 +102,8 @@ def training_step(
     model, batch: dict, t: int, config: StepConfig, *, generator: torch.Generator | None = None
 ) -> StepResult:
     phase = phase_at(t, config.schedule, config.weights)
+    if len(model.students) != config.students:
+        raise ValueError(f"the step is configured for {config.students} student(s), the model has {len(model.students)}")
     # Crops that are not a multiple of the backbone stride are padded like any short crop: the
     # padding lies outside img_box, so its labels are ignored (models.geometry, docs/method.md §9).
     images = pad_to_multiple(batch["image"], backbone_stride(model.students[0]))
@@ -119,26 +126,27 @@ def training_step(
     cls = [
         L.classification_loss(o.logits, labels) + L.classification_loss(o.aux_logits, labels) for o in outs
     ]
-    terms["cls"] = cls[0] + cls[1]
+    terms["cls"] = sum(cls)
     total = phase.w_cls * terms["cls"]
     if phase.w_ptc > 0:
         ptc = [L.ptc_loss(o.features, tok) for o, tok in zip(outs, pseudo.token, strict=True)]
-        terms.update(ptc=ptc[0] + ptc[1], ptc_1=ptc[0], ptc_2=ptc[1])
+        terms.update(_per_student("ptc", ptc))
         total = total + phase.w_ptc * terms["ptc"]
     if phase.w_dis > 0:
         to_2, to_1 = L.discrepancy_terms(outs[0].features, outs[1].features, form=config.discrepancy)
         terms.update(dis=to_2 + to_1, dis_1=to_2, dis_2=to_1)
         total = total + phase.w_dis * terms["dis"]
+    n = len(students)
     if phase.w_seg > 0:
-        # cross supervision: student 1 learns student 2's label and vice versa
-        seg = [L.seg_loss(seg_weak[0], pseudo.filtered[1]), L.seg_loss(seg_weak[1], pseudo.filtered[0])]
-        terms.update(seg=seg[0] + seg[1], seg_1=seg[0], seg_2=seg[1])
+        # cross supervision: student 1 learns student 2's label and vice versa (a lone one its own)
+        seg = [L.seg_loss(seg_weak[k], pseudo.filtered[partner(k, n)]) for k in range(n)]
+        terms.update(_per_student("seg", seg))
         total = total + phase.w_seg * terms["seg"]
     if phase.w_reg > 0:
         reg = consistency_terms(
             students, images_u8, seg_weak, pseudo.filtered, img_box, size, config, generator
         )
-        terms.update(reg=reg[0] + reg[1], reg_1=reg[0], reg_2=reg[1])
+        terms.update(_per_student("reg", reg))
         total = total + phase.w_reg * terms["reg"]
     for name in ("ptc", "dis", "seg", "reg"):
         terms.setdefault(name, zero)
@@ -147,6 +155,11 @@ def training_step(
     stats = {"tau_h": pseudo.tau_image.float().mean(), "noise_share": _noise_share(pseudo, zero)}
     visuals = _visuals(images_u8, cams[0], labels, seg_weak[0], pseudo, size, config.thresholds.tau_low)
     return StepResult(total, terms, stats, visuals)
+
+
+def _per_student(name: str, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The term summed over students, and each student's share as name_k."""
+    return {name: sum(values), **{f"{name}_{k}": v for k, v in enumerate(values, 1)}}
 
 
 def consistency_terms(
@@ -159,7 +172,7 @@ def consistency_terms(
     inside = None if reg.include_padding else box_mask(img_box, size)
     out = []
     for k, student in enumerate(students):
-        discarded = filtered[1 - k] == IGNORE_INDEX  # the label student k is trained on
+        discarded = filtered[partner(k, len(students))] == IGNORE_INDEX  # the label student k learns
         if inside is not None:
             discarded = discarded & inside
         target, mask, _ = L.consistency_target(seg_weak[k], discarded, confidence=reg.confidence)
@@ -180,7 +193,7 @@ def _noise_share(pseudo: PseudoLabels, zero: torch.Tensor) -> torch.Tensor:
 def _visuals(images_u8, cam, labels, seg, pseudo: PseudoLabels, size, tau_low) -> dict[str, torch.Tensor]:
     first_cam = (cam[:1].float() * labels[:1, :, None, None]).amax(1)[0]
     if pseudo.filtered is not None:
-        label = pseudo.filtered[1][0]  # what student 1 is trained on
+        label = pseudo.filtered[partner(0, len(pseudo.filtered))][0]  # what student 1 learns
     else:
         label = cam_to_label(cam[:1], labels[:1], tau_high=pseudo.tau_image[:1], tau_low=tau_low)[0]
     prediction = L.upsample(seg[:1].detach(), size).argmax(1)[0]

@@ -167,3 +167,18 @@ def test_two_process_shards_write_what_one_process_writes(loaded, tmp_path):
     for kind in ("infer", "pl"):
         one, two = _files(tmp_path / "one" / kind), _files(tmp_path / "two" / kind)
         assert one == two and len(one) == (10 if kind == "infer" else 5)
+
+
+def test_selection_comes_from_the_card_or_the_file_name(loaded, tmp_path):
+    from dupl_cli.engine.predict import LoadedModel
+
+    model = loaded[0]  # a best.safetensors whose card predates train.select
+    assert model.selection == "best-val"
+    on_val, on_train = model.selection_record("val"), model.selection_record("train")
+    assert on_val["chosen_on_this_split"] and "optimistic on 'val'" in on_val["text"]
+    assert not on_train["chosen_on_this_split"] and "optimistic" not in on_train["text"]
+    final = LoadedModel(model.model, {**model.card, "selection": "final"}, tmp_path / "best.safetensors", "given")
+    assert final.selection_record("val") == {
+        "checkpoint": "final", "text": "final checkpoint (step 6)", "chosen_on_this_split": False,
+        "student_rule": "best by validation during training",
+    }

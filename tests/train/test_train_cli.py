@@ -46,10 +46,12 @@ def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
     # Rotating checkpoints (every 3 steps) and the inference checkpoints with cards.
     assert [step for step, _ in checkpoint_dirs(run)] == [3, 6]
     assert read_state(run / "checkpoints" / "step_6")["step"] == 6
-    for name in ("final", "best"):
-        card = json.loads((run / f"{name}.json").read_text())
-        assert card["format"] == "dupl-checkpoint/1" and card["student"] in (1, 2)
-        assert card["classes"] and len(card["palette"]) == len(card["classes"]) + 1
+    # Honest selection by default: the final weights, student 1, no best-by-validation file.
+    card = json.loads((run / "final.json").read_text())
+    assert card["format"] == "dupl-checkpoint/1" and (card["student"], card["selection"]) == (1, "final")
+    assert "no pixel label" in card["student_rule"] and card["metrics"]  # the last validation's scores
+    assert card["classes"] and len(card["palette"]) == len(card["classes"]) + 1
+    assert not (run / "best.safetensors").exists()
     assert (run / "config.toml").is_file() and (run / "train.log").is_file()
     assert not list((run / "checkpoints").glob(".tmp*"))
 
@@ -191,3 +193,44 @@ def test_tensorboard_tracker_writes_scalars_and_image_grids(tiny_data, tmp_path)
     acc.Reload()
     assert "loss/total" in acc.Tags()["scalars"] and "val/seg_s1" in acc.Tags()["scalars"]
     assert any("grid" in tag for tag in acc.Tags()["images"])
+
+
+def test_best_by_validation_is_explicit_and_every_report_states_it(tiny_data, tmp_path):
+    short = ["--set", "train.max_iters=2", "--set", "method.t_seg=1", "--set", "method.t_anf=2", "--set", "train.val_every=1"]
+    final, best = tmp_path / "final", tmp_path / "best"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(final), *short))
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(best), *short, "--set", "train.select=best-val"))
+    card = json.loads((best / "best.json").read_text())
+    assert card["selection"] == "best-val" and "'val'" in card["student_rule"]
+    assert json.loads((best / "final.json").read_text())["selection"] == "best-val"
+    records = {}
+    for run in (final, best):
+        out = tmp_path / f"eval_{run.name}"
+        result = invoke(["evaluate", str(run), "--out", str(out), "--set", "eval.max_images=1"])
+        records[run.name] = (result.output, json.loads((out / "metrics.json").read_text()))
+    output, metrics = records["final"]
+    assert metrics["selection"]["checkpoint"] == "final" and not metrics["selection"]["chosen_on_this_split"]
+    assert "final checkpoint (step 2)" in metrics["protocol"]["selection"] and "final checkpoint" in output
+    output, metrics = records["best"]
+    assert metrics["selection"]["checkpoint"] == "best-val" and metrics["selection"]["chosen_on_this_split"]
+    assert "optimistic on 'val'" in metrics["protocol"]["selection"] and "optimistic" in output
+
+
+def test_one_student_baseline_trains_and_evaluates(tiny_data, tmp_path):
+    # The ablation-baseline switches on tiny-cpu: one student end to end, card and validation included.
+    switches = ["method.students=1", "method.use_dis=false", "method.use_dta=false", "method.use_anf=false",
+                "method.use_reg=false", "train.max_iters=3", "train.val_every=3"]  # fmt: skip
+    run = tmp_path / "run"
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), *[a for s in switches for a in ("--set", s)]))
+    card = json.loads((run / "final.json").read_text())
+    assert (card["students"], card["student"], card["student_rule"]) == (1, 1, "the only student")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in records if "phase" in r][-1]
+    assert last["phase"] == "B" and last["loss/seg"] > 0 and last["loss/dis"] == 0 and last["loss/reg"] == 0
+    assert "loss/seg_1" in last and "loss/seg_2" not in last and last["tau_h"] == pytest.approx(0.70)
+    assert set(next(r for r in records if "validation" in r)["validation"]) == {"cam_s1", "aux_cam_s1", "seg_s1"}
+    model, _ = load_model(run / "final.safetensors")
+    assert len(model.students) == 1
+    out = tmp_path / "eval"
+    invoke(["evaluate", str(run), "--out", str(out), "--set", "eval.max_images=1"])
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["student"].startswith("student 1 (the only")
