@@ -124,7 +124,7 @@ def _card(settings: DuplSettings, classes, palette, step: int, student: int, met
 
 class Trainer:
     def __init__(self, settings: DuplSettings, options: TrainOptions) -> None:
-        self.settings = settings
+        self.settings = runs.absolute_paths(settings)  # cards must name the same data from any folder
         self.options = options
         self.model: nn.Module | None = None
         self.config: StepConfig | None = None  # built in run() once the class count is known
