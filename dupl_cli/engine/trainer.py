@@ -60,12 +60,14 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
 
 def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]:
     """Training split checked before the first step (all problems listed at once), and the val split."""
-    from dupl_cli.data.base import SubsetAdapter
+    from dupl_cli.data.base import SubsetAdapter, left_out_note
     from dupl_cli.data.verify import check_split
     from dupl_cli.plugins import DATASETS, load
 
     factory = load(DATASETS, settings.data.adapter)
     train_set = factory(settings.data, settings.data.train_split)
+    if note := left_out_note(train_set):
+        report(f"warning: {note}")
     good, problems = check_split(train_set, on_error=settings.data.on_error)
     if problems:
         report(f"warning: skipping {len(problems)} bad training sample(s) (data.on_error = skip):")

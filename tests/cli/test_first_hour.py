@@ -76,3 +76,30 @@ def test_a_run_without_validation_does_not_claim_a_pick_by_validation(unmasked_r
     result = run_cli("pseudo-label", run / "final.safetensors", "--out", tmp_path / "pl", "--max-images", "1")
     assert result.exit_code == 0, result.output
     assert "fixed before training" in result.stdout and "best by validation" not in result.stdout
+
+
+@pytest.fixture
+def folder_with_unlisted(tiny_data, tmp_path):
+    """A folder dataset without split files (split from labels.csv) and two images labels.csv lacks."""
+    root = tmp_path / "own"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("splits", "demo.json"))
+    for name in ("extra_b", "extra_a"):
+        shutil.copy(root / "images" / "train_00000.png", root / "images" / f"{name}.png")
+    return root
+
+
+def test_verify_names_images_missing_from_labels_csv(run_cli, folder_with_unlisted):
+    sets = ["--set", "data.adapter=folder", "--set", f'data.root="{folder_with_unlisted}"']
+    result = run_cli("data", "verify", "--preset", "tiny-cpu", *sets)
+    assert result.exit_code == 0, result.output
+    assert "2 image(s) under" in result.stdout and "extra_a, extra_b" in result.stdout
+    report = json.loads(run_cli("data", "verify", "--preset", "tiny-cpu", *sets, "--json").stdout)
+    assert all(split["left_out"] == ["extra_a", "extra_b"] for split in report["splits"])
+
+
+@pytest.mark.slow
+def test_training_warns_about_images_missing_from_labels_csv(run_cli, folder_with_unlisted):
+    sets = ["--set", "data.adapter=folder", "--set", f'data.root="{folder_with_unlisted}"']
+    result = run_cli("train", "--preset", "tiny-cpu", *sets, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 image(s) under" in result.stderr and "extra_a, extra_b" in result.stderr
