@@ -7,6 +7,7 @@ only ``compat.eval_gt_student`` reproduces the release's pick by the evaluated s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,27 @@ def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest) -> None:
         )
 
 
+def capped_tag(limit: int) -> str:
+    """Folder-name suffix of an evaluation of only the first ``limit`` images ("" for all)."""
+    return f"-first{limit}" if limit else ""
+
+
+def _keep_full_evaluation(out: Path, limit: int) -> None:
+    """A capped evaluation must not replace the metrics of a full one."""
+    previous = out / "metrics.json"
+    if not limit or not previous.is_file():
+        return
+    try:
+        old_limit = json.loads(previous.read_text(encoding="utf-8")).get("max_images", 0)
+    except (OSError, ValueError):
+        return
+    if not old_limit:
+        raise UserError(
+            f"{out}: holds a full evaluation; an evaluation capped at {limit} images would overwrite it. "
+            "Choose another --out"
+        )
+
+
 def run_evaluate(
     loaded: LoadedModel,
     adapter,
@@ -97,6 +119,7 @@ def run_evaluate(
 ) -> EvalResult:
     _check(loaded, adapter, settings, req)
     limit = req.max_images or settings.eval.max_images
+    _keep_full_evaluation(req.out, limit)
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, limit)
     tta = TTAConfig.from_settings(settings.eval, multiscale=req.multiscale)
     variants, student_text = variants_for(loaded, req.student, settings)
@@ -114,7 +137,10 @@ def run_evaluate(
         student_text += f": student {best + 1}"
     total = min(limit, len(adapter)) if limit else len(adapter)
     protocol = _protocol(loaded, settings, runtime, req, tta, student_text, total, limit)
-    payload = {"protocol": protocol, "selection": loaded.selection_record(req.split), **results[best].to_json()}
+    payload = {
+        "protocol": protocol, "selection": loaded.selection_record(req.split), "images": total, "max_images": limit,
+        **results[best].to_json(),
+    }  # fmt: skip
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:
