@@ -24,6 +24,7 @@ from dupl_cli.cli import (
     plugins_cmd,
     presets_cmd,
     pseudo_label_cmd,
+    runs_cmd,
     submit_cmd,
     train_cmd,
 )
@@ -120,6 +121,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(import_cmd.app, name="import")
+app.add_typer(runs_cmd.app, name="runs")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)

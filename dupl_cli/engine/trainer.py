@@ -17,11 +17,12 @@ from torch import nn
 
 from dupl_cli.config.schema import DuplSettings
 from dupl_cli.engine import run_dir as runs
+from dupl_cli.engine import run_index
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
-from dupl_cli.errors import UserError
+from dupl_cli.errors import UserError, one_line
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
 
@@ -163,6 +164,8 @@ class Trainer:
             for line in changed:
                 progress.message(f"warning: setting changed since the checkpoint: {line}")
             runs.write_config(run_dir, s.model_dump(mode="json"), self.options.sources)
+            run_index.mark_run(run_dir, "running", preset=self.options.preset)
+            run_index.point_latest(t.runs_root, run_dir)
         set_seed(t.seed, deterministic=t.deterministic)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -199,9 +202,15 @@ class Trainer:
         loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state)
         try:
             loop.run()
+        except BaseException as exc:
+            if run_dir is not None and main:
+                run_index.mark_run(run_dir, "crashed", error=one_line(exc))
+            raise
         finally:
             progress.close()
             acc.end_training()
+        if run_dir is not None and main:
+            run_index.mark_run(run_dir, "finished" if state["step"] >= t.max_iters else "stopped", step=state["step"])
         return run_dir
 
     def _report_batch(self, acc, progress) -> None:
