@@ -125,7 +125,8 @@ def run_evaluate(
     variants, student_text = variants_for(loaded, req.student, settings)
     heads = [_head(loaded, indices, settings, req, tta) for _, indices in variants]
     confusion = ConfusionSink(len(loaded.classes), runtime.device, heads=len(heads))
-    samples = ReportSamples(req.report_samples) if req.report is not None and runtime.is_main else None
+    want_report = req.report is not None and runtime.is_main
+    samples = ReportSamples(req.report_samples, num_classes=len(loaded.classes)) if want_report else None
     sinks = [confusion] if samples is None else [confusion, samples]
     options = PredictOptions.from_settings(settings, req.crf)
     with ProgressBar(f"evaluate {req.split}", len(shard), show_progress and runtime.is_main) as bar:
@@ -188,9 +189,11 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: Re
     from dupl_cli.engine.visualize import HtmlReport, confusion_png, sample_panels
     from dupl_cli.method.thresholds import cam_to_label
 
-    report = HtmlReport(f"dupl evaluate: {req.split}", loaded.classes, loaded.palette)
+    what = "CAM pseudo-labels" if req.cams else "segmentation"
+    report = HtmlReport(f"dupl evaluate: {what} on {req.split}", loaded.classes, loaded.palette)
     report.add_protocol(protocol)
     report.add_metrics(metrics, confusion_png(np.asarray(metrics.matrix), metrics.class_names))
+    report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
     fn = cam_fn(loaded.model, indices, cam_config(settings))
     for s in samples.rows.values():
         x = to_tensor(s["image"], settings.data.mean, settings.data.std, runtime.device)
@@ -208,5 +211,9 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: Re
             prediction=s.get("label"),
             ground_truth=s["gt"],
         )
-        report.add_sample(s["id"], panels)
+        report.add_sample(s["id"], panels, note=f"image IoU {_pct(s.get('iou'))}")
     report.write(req.report)
+
+
+def _pct(x) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}"
