@@ -164,6 +164,7 @@ def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples
     if result.metrics is not None:
         m = result.metrics
         report.add_metrics(m, confusion_png(np.asarray(m.matrix), m.class_names))
+    report.add_curves(loaded.path.parent / "curves")
     report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
     for row in samples.rows.values():
         present = np.flatnonzero(row["labels"] > 0)

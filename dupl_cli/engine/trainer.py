@@ -20,6 +20,7 @@ from dupl_cli.engine import run_dir as runs
 from dupl_cli.engine import run_index
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
+from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
 from dupl_cli.errors import UserError, one_line
@@ -381,6 +382,7 @@ class _Loop:
             return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps({"step": step, "validation": scores, "best_student": student}) + "\n")
+        write_curves(self.run_dir)  # PNG curves beside the numbers, without TensorBoard
         if self.s.train.tracker != "none":
             self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=step)
         self.state["last"] = {"step": step, "scores": scores}

@@ -195,6 +195,18 @@ class HtmlReport:
         )
         self.sections.append(f"<h2>Metrics</h2>{summary}{table}{cm}")
 
+    def add_curves(self, folder: Path) -> None:
+        """The run's training curves (``<run>/curves/*.png``), when it has any."""
+        files = sorted(Path(folder).glob("*.png"))
+        if not files:
+            return
+        figs = "".join(
+            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' src='{png_data_uri(Image.open(p))}'>"
+            f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
+            for p in files
+        )
+        self.sections.append(f"<h2>Training curves</h2><p>from {html.escape(str(folder))}</p>{figs}")
+
     def add_heading(self, text: str) -> None:
         self.sections.append(f"<h2>{html.escape(text)}</h2>")
 

@@ -25,6 +25,8 @@ def test_runs_are_listed_with_status_and_latest_follows_the_newest(run_cli, tiny
     root = tmp_path / "runs"
     assert _train(run_cli, tiny_data, root, 'train.run_name="first"').exit_code == 0
     assert os.readlink(root / "latest") == "first"
+    curves = {p.name for p in (root / "first" / "curves").iterdir()}  # drawn at the validation (issue 16 item 9)
+    assert {"loss.png", "lr.png", "tau_h.png", "noise_share.png", "val_miou.png"} <= curves
     assert _train(run_cli, tiny_data, root, 'train.run_name="second"', "train.lr=1e-3").exit_code == 0
     assert os.readlink(root / "latest") == "second"
 

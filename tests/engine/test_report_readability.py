@@ -60,3 +60,26 @@ def test_evaluation_reports_name_their_source_and_rank_images(tiny_run, run_cli,
         ious = [float(x) for x in re.findall(r"image IoU ([0-9.]+)", text)]
         assert len(ious) == 4 and ious == sorted(ious)
         assert "lowest image IoU first" in text and "classList.toggle('big')" in text
+
+
+def test_reports_embed_the_runs_training_curves(tiny_run, run_cli, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from dupl_cli.engine.curves import write_curves
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    records = [{"step": s, "loss/cls": 1.0 / s, "loss/seg": 0.5, "lr": 1e-4 * s, "tau_h": 0.7, "noise_share": 0.1}
+               for s in (1, 2, 3)]  # fmt: skip
+    records.append({"step": 3, "validation": {"seg_s1": 10.0, "seg_s2": 12.0}, "best_student": 2})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    written = write_curves(run)
+    assert [p.name for p in written] == ["loss.png", "lr.png", "tau_h.png", "noise_share.png", "val_miou.png"]
+    with Image.open(written[0]) as img:
+        assert img.size == (640, 360)
+    report = tmp_path / "r.html"
+    assert run_cli("evaluate", run, "--report", report, "--max-images", "1").exit_code == 0
+    text = report.read_text()
+    assert "<h2>Training curves</h2>" in text and text.count("alt='val_miou'") == 1
