@@ -53,17 +53,17 @@ class MaskSink(Sink):
 
 
 class OverlaySink(Sink):
-    """``<out>/<name>_overlay.jpg``: the image blended with its mask."""
+    """``<out>/<name>_overlay.jpg``: the image blended with its mask, and a legend of the classes in it
+    (named with ``classes``, background first, else "class k")."""
 
-    def __init__(self, out: Path, palette) -> None:
-        self.out, self.palette = Path(out), palette
+    def __init__(self, out: Path, palette, classes: list[str] | None = None) -> None:
+        self.out, self.palette, self.classes = Path(out), palette, classes
 
     def label(self, item: Item, head: int, label) -> None:
-        from PIL import Image
+        from dupl_cli.engine.visualize import overlay, with_legend
 
-        from dupl_cli.engine.visualize import overlay
-
-        blended = Image.fromarray(overlay(item.image, label_array(label), self.palette))
+        mask = label_array(label)
+        blended = with_legend(overlay(item.image, mask, self.palette), mask, self.palette, self.classes)
         path = self.out / f"{item.name}_overlay.jpg"
         atomic_write(path, lambda tmp: blended.save(tmp, format="JPEG", quality=90))
 

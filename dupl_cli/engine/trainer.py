@@ -165,8 +165,7 @@ class Trainer:
             for line in changed:
                 progress.message(f"warning: setting changed since the checkpoint: {line}")
             runs.write_config(run_dir, s.model_dump(mode="json"), self.options.sources)
-            run_index.mark_run(run_dir, "running", preset=self.options.preset)
-            run_index.point_latest(t.runs_root, run_dir)
+            self._mark_started(run_dir)
         set_seed(t.seed, deterministic=t.deterministic)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -201,18 +200,27 @@ class Trainer:
             acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})
         progress.start = state["step"]
         loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state)
+        self._run_recorded(loop, acc, progress, run_dir if main else None)
+        return run_dir
+
+    def _mark_started(self, run_dir: Path) -> None:
+        run_index.mark_run(run_dir, "running", preset=self.options.preset)
+        run_index.point_latest(self.settings.train.runs_root, run_dir)
+
+    def _run_recorded(self, loop, acc, progress, run_dir: Path | None) -> None:
+        """The loop, with its outcome in run.json (``run_dir`` None: not this process's job)."""
         try:
             loop.run()
         except BaseException as exc:
-            if run_dir is not None and main:
+            if run_dir is not None:
                 run_index.mark_run(run_dir, "crashed", error=one_line(exc))
             raise
         finally:
             progress.close()
             acc.end_training()
-        if run_dir is not None and main:
-            run_index.mark_run(run_dir, "finished" if state["step"] >= t.max_iters else "stopped", step=state["step"])
-        return run_dir
+        if run_dir is not None:
+            step = loop.state["step"]
+            run_index.mark_run(run_dir, "finished" if step >= self.settings.train.max_iters else "stopped", step=step)
 
     def _report_batch(self, acc, progress) -> None:
         """The effective batch, with a warning when it differs from the preset's reference batch."""

@@ -63,6 +63,39 @@ def overlay(
     return np.where(keep, image, blend).round().clip(0, 255).astype(np.uint8)
 
 
+def with_legend(picture: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]],
+                class_names: Sequence[str] | None = None) -> Image.Image:
+    """``picture`` with a legend of the classes present in ``mask`` on a light band along its bottom
+    edge (drawn inside, so the overlay keeps the image's size and stays aligned with the mask)."""
+    ids = [int(k) for k in np.unique(mask) if 0 < k < len(palette)]
+    entries = [(class_names[k] if class_names is not None and k < len(class_names) else f"class {k}",
+                tuple(int(c) for c in palette[k])) for k in ids]  # fmt: skip
+    if (mask == IGNORE_INDEX).any():
+        entries.append(("uncertain", IGNORE_COLOUR))
+    img = Image.fromarray(picture).convert("RGB")
+    if not entries:
+        return img
+    w, h = img.size
+    rows, x = [[]], 2
+    for name, colour in entries:  # wrap the entries over as many lines as the width needs
+        width = 18 + 6 * len(name)
+        if rows[-1] and x + width > w:
+            rows.append([])
+            x = 2
+        rows[-1].append((name, colour, x))
+        x += width
+    top = max(0, h - 15 * len(rows) - 2)
+    band = Image.new("RGB", (w, h - top), "white")
+    img.paste(Image.blend(img.crop((0, top, w, h)), band, 0.75), (0, top))
+    draw = ImageDraw.Draw(img)
+    for r, row in enumerate(rows):
+        y = top + 2 + 15 * r
+        for name, colour, x in row:
+            draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline="black")
+            draw.text((x + 14, y), name, fill="black")
+    return img
+
+
 def heatmap(values: np.ndarray) -> np.ndarray:
     """[0, 1] H×W → H×W×3 uint8 with a blue-cyan-yellow-red ramp (no matplotlib needed)."""
     v = np.clip(values, 0, 1)[..., None]

@@ -83,3 +83,23 @@ def test_reports_embed_the_runs_training_curves(tiny_run, run_cli, tmp_path):
     assert run_cli("evaluate", run, "--report", report, "--max-images", "1").exit_code == 0
     text = report.read_text()
     assert "<h2>Training curves</h2>" in text and text.count("alt='val_miou'") == 1
+
+
+def test_overlays_carry_a_legend_of_the_classes_present(tmp_path):
+    from PIL import Image
+
+    from dupl_cli.engine.predict_sinks import OverlaySink
+
+    palette = [(0, 0, 0), (200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    mask = np.zeros((60, 160), np.uint8)
+    mask[5:20, 5:30] = 2
+    mask[20:30, :] = 255
+    item = Item(key=0, name="x", image=np.full((60, 160, 3), 128, np.uint8))
+    OverlaySink(tmp_path, palette, ["background", "cat", "dog", "bird"]).label(item, 0, mask)
+    with Image.open(tmp_path / "x_overlay.jpg") as img:
+        picture = np.asarray(img.convert("RGB")).astype(int)
+    assert picture.shape[:2] == (60, 160)  # still aligned with the image and its mask
+    band = picture[45:]  # the legend along the bottom edge, where the mask is background
+    assert (np.abs(band - [0, 200, 0]).sum(-1) < 60).sum() > 20  # the swatch of "dog", present
+    assert not (np.abs(band - [200, 0, 0]).sum(-1) < 60).any()  # no swatch of "cat", absent
+    assert (band.min(-1) < 60).sum() > 20  # the names, in black
