@@ -36,7 +36,7 @@ def list_cmd(
     sets: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
-    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best seg mIoU, size."""
+    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU, size."""
     from rich.table import Column, Table
 
     from dupl_cli.engine.run_index import list_runs, summary
@@ -50,7 +50,7 @@ def list_cmd(
     if not rows:
         con.print(f"no runs under {root}/")
         return
-    table = Table("preset", "dataset", "step", "status", "best seg mIoU", "size", title=f"runs in {root}/")
+    table = Table("preset", "dataset", "step", "status", "best val seg mIoU", "size", title=f"runs in {root}/")
     table.columns.insert(0, Column("run", no_wrap=True))
     for r in rows:
         step = "–" if r["step"] is None else f"{r['step']}/{r['max_iters'] or '?'}"
@@ -90,7 +90,7 @@ def show_cmd(
     step = "–" if row["step"] is None else f"{row['step']}/{row['max_iters'] or '?'}"
     con.print(f"[bold]{escape(row['name'])}[/bold] ({escape(str(run))}): {row['status']}, step {step}, "
               f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, {_size(row['size_bytes'])}")
-    con.print(f"best seg mIoU: {_best(row)}")
+    con.print(f"best validation seg mIoU: {_best(row)}")
     changed = settings_changed_from_preset(run)
     table = Table("setting", "preset", "this run", title=f"settings that differ from {row['preset'] or 'the defaults'}")
     for key, before, value in changed:

@@ -113,11 +113,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
     """One row of ``dupl runs list``."""
     run_dir = Path(run_dir)
     info = read_run(run_dir)
-    best = _card(run_dir, "best")
-    settings = best.get("settings") or _card(run_dir, "final").get("settings") or {}
+    card = _card(run_dir, "final") or _card(run_dir, "best")
+    settings = card.get("settings") or {}
     data = settings.get("data", {})
-    metrics = best.get("metrics") or {}
-    student = best.get("student")
     return {
         "name": run_dir.name,
         "path": str(run_dir),
@@ -126,12 +124,22 @@ def summary(run_dir: Path) -> dict[str, Any]:
         "step": run_step(run_dir),
         "max_iters": settings.get("train", {}).get("max_iters"),
         "status": run_status(run_dir),
-        "best": {"step": best.get("step"), "student": student, "seg_miou": metrics.get(f"seg_s{student}")}
-        if best
-        else None,
+        "best": best_validation(run_dir),
         "size_bytes": _size(run_dir),
         "started": info.get("started"),
     }
+
+
+def best_validation(run_dir: Path) -> dict[str, Any] | None:
+    """The highest seg mIoU any validation recorded: {step, student, seg_miou}; None without validation.
+    (What the history shows; the checkpoint the run hands on follows train.select.)"""
+    best = None
+    for record in validation_history(run_dir):
+        for student in (1, 2):
+            score = record["validation"].get(f"seg_s{student}")
+            if isinstance(score, int | float) and (best is None or score > best["seg_miou"]):
+                best = {"step": record["step"], "student": student, "seg_miou": score}
+    return best
 
 
 def list_runs(runs_root: Path) -> list[Path]:
