@@ -30,7 +30,8 @@ def one(preset: str, phase: str, iters: int, out: Path) -> None:
     from dupl_cli.engine.trainer import Trainer, TrainOptions
 
     data_root = out.parent / f"data-{preset}"
-    sets = [f"data.root={data_root}", f"train.runs_root={out}", f"train.max_iters={iters}", "train.val_every=1000000",
+    sets = [f"data.root={data_root}", "data.options.generate=true",
+            f"train.runs_root={out}", f"train.max_iters={iters}", "train.val_every=1000000",
             "train.ckpt_every=1000000", f"train.log_every={max(iters // 5, 1)}", "train.warmup_iters=1", *PHASES[phase]]  # fmt: skip
     settings = load_settings(preset, assignments=sets, environ={}).settings
     Trainer(settings, TrainOptions(run_dir=out / "run", quiet=True)).run()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from dupl_cli import __version__
 from dupl_cli.cli import (
@@ -24,6 +24,7 @@ from dupl_cli.cli import (
     plugins_cmd,
     presets_cmd,
     pseudo_label_cmd,
+    runs_cmd,
     submit_cmd,
     train_cmd,
 )
@@ -32,6 +33,8 @@ from dupl_cli.errors import UserError
 
 OPTIONAL_VALUE = {"--resume": "latest"}
 """Options whose value may be left out (``--resume`` alone means the latest checkpoint)."""
+ANYWHERE = ("-q", "--quiet", "-v", "--verbose")
+"""Global flags also accepted after the command (``dupl train -q``), as --preset/--config/--set are."""
 
 
 def fill_optional_values(args: list[str]) -> list[str]:
@@ -43,11 +46,30 @@ def fill_optional_values(args: list[str]) -> list[str]:
     return out
 
 
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move -q/-v given after the command in front of it (not after ``--``, not as an option's value)."""
+    end = args.index("--") if "--" in args else len(args)
+    moved = {i for i, a in enumerate(args[:end]) if a in ANYWHERE and (i == 0 or args[i - 1] not in TAKES_VALUE)}
+    return [args[i] for i in sorted(moved)] + [a for i, a in enumerate(args) if i not in moved]
+
+
+TAKES_VALUE = ("--set", "-s", "--preset", "-p", "--config", "-c", "--out", "-o")
+
+
+def _flag_type(self, ctx):
+    """Flags take no value: show no ``<bool>`` type beside them in --help (typer shows one)."""
+    return None if self.is_flag else _typed(self, ctx)
+
+
+_typed = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type
+
+
 class DuplGroup(TyperGroup):
     """Turns a ``UserError`` raised anywhere below into one line on stderr and its exit code."""
 
     def parse_args(self, ctx, args):
-        return super().parse_args(ctx, fill_optional_values(list(args)))
+        return super().parse_args(ctx, fill_optional_values(hoist_global_flags(list(args))))
 
     def invoke(self, ctx):
         try:
@@ -85,7 +107,7 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Global options apply to every command; a command's own --preset/--config/--set win over them."""
+    """Global options apply to every command and may also follow it; a command's own --preset/--config/--set win."""
     verbosity = -1 if quiet else (1 if verbose else 0)
     ctx.obj = GlobalOptions(preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity)
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
@@ -99,6 +121,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(plugins_cmd.app, name="plugins")
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(import_cmd.app, name="import")
+app.add_typer(runs_cmd.app, name="runs")
 app.command("train")(train_cmd.train)
 app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("infer")(infer_cmd.infer)

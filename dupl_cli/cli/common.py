@@ -66,4 +66,5 @@ def console(ctx: typer.Context | None = None, stderr: bool = False):
     from rich.console import Console
 
     quiet = ctx is not None and global_options(ctx).verbosity < 0
-    return Console(stderr=stderr, quiet=quiet, highlight=False)
+    # soft_wrap: long lines (paths) are not broken mid-word when piped into a file or another program
+    return Console(stderr=stderr, quiet=quiet, highlight=False, soft_wrap=True)

@@ -104,18 +104,26 @@ def labels_cmd(
     sets: SetOpt = None,
     split: SplitOpt = None,
 ) -> None:
-    """Write image-level labels (from masks or annotation XML) as CSV; exit 1 if any image fails."""
+    """Write image-level labels as CSV: from each image's mask, else (no mask) from the adapter's other
+    source (VOC annotation XML, the labels file); exit 1 if any image fails."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dupl_cli.errors import DataError
+    from dupl_cli.data.images import labels_from_mask
+    from dupl_cli.errors import DataError, UserError
 
     settings = resolve_settings(ctx, preset, config, sets).settings
+    inputs = [settings.data.labels_file, Path(settings.data.root) / "labels.csv", Path(settings.data.root) / "labels.json"]
+    if any(p is not None and Path(p).expanduser().resolve() == out.expanduser().resolve() for p in inputs):
+        raise UserError(f"{out}: is a labels file the dataset reads; write the labels elsewhere")
     rows: dict[str, str] = {}
     errors: list[str] = []
     for _, adapter in _adapters(settings, split):
         def one(i, adapter=adapter):
             sample_id = adapter.sample_id(i)
-            return sample_id, adapter.labels_of(sample_id, adapter.load_mask(sample_id))
+            mask = adapter.load_mask(sample_id)
+            if mask is not None:  # the mask wins over a labels file: this command derives labels
+                return sample_id, labels_from_mask(mask, len(adapter.classes))
+            return sample_id, adapter.labels_of(sample_id, None)
 
         def safe(i, one=one):
             try:
@@ -130,8 +138,10 @@ def labels_cmd(
                 else:
                     sample_id, vec = res
                     rows[sample_id] = " ".join(adapter.classes[k] for k in vec.nonzero()[0])
+    from dupl_cli.engine.checkpoint import atomic_write_text
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("id,labels\n" + "".join(f"{k},{v}\n" for k, v in rows.items()), encoding="utf-8")
+    atomic_write_text(out, "id,labels\n" + "".join(f"{k},{v}\n" for k, v in rows.items()))
     typer.echo(f"wrote labels of {len(rows)} images to {out}")
     for e in errors:
         typer.echo(f"error: {e}", err=True)

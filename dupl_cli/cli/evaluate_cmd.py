@@ -108,7 +108,7 @@ def evaluate(
     student: StudentOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder (default: <run>/eval/<split>-<source>[-ms][-crf])."),
+        typer.Option("--out", help="Output folder (default: <run>/eval/<split>-<source>[-ms][-crf][-first<N>])."),
     ] = None,
     max_images: Annotated[
         int, typer.Option("--max-images", min=0, help="Evaluate only the first N images (0 = all).")
@@ -126,11 +126,12 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on a labelled split: rich table, metrics.json, confusion CSV/PNG."""
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.evaluate import EvalRequest, run_evaluate
+    from dupl_cli.engine.evaluate import EvalRequest, capped_tag, run_evaluate
 
     out_console = console(ctx)
     split = split or settings.eval.split
     tag = f"{split}-{'cams' if cams else 'seg'}{'-ms' if multiscale else ''}{'-crf' if crf else ''}"
+    tag += capped_tag(max_images or settings.eval.max_images)  # a capped run never lands on a full one
     out = out or loaded.path.parent / "eval" / tag
     if runtime.is_main:
         out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")

@@ -33,6 +33,14 @@ def train(
 ) -> None:
     """Train DuPL. Multi-GPU: accelerate launch -m dupl_cli train ... (CPU data parallel: torchrun)."""
     resolved = resolve_settings(ctx, preset, config, sets)
+    scheduled = resolved.settings.train.max_iters
+    if max_iters is not None and max_iters > scheduled:
+        typer.echo(
+            f"warning: --max-iters {max_iters} is past the end of the schedule (train.max_iters = {scheduled}): "
+            f"training stops at {scheduled}. --max-iters only stops early; to train longer lengthen the schedule "
+            f"with --set train.max_iters={max_iters} (and method.t_seg, method.t_anf, train.warmup_iters to match)",
+            err=True,
+        )
     from dupl_cli.engine.trainer import Trainer, TrainOptions
 
     options = TrainOptions(

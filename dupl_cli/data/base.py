@@ -137,6 +137,16 @@ def find_with_ext(folder: Path, sample_id: str, exts=IMAGE_EXTS) -> Path | None:
     return None
 
 
+def left_out_note(adapter, shown: int = 10) -> str | None:
+    """One line naming the images an adapter found but uses in no split (None when there are none)."""
+    left = list(getattr(adapter, "left_out", ()))
+    if not left:
+        return None
+    names = ", ".join(left[:shown]) + (f", ... ({len(left) - shown} more; all in --json)" if len(left) > shown else "")
+    return (f"{len(left)} image(s) under {adapter.root} not listed in {adapter.source}, so in no split "
+            f"and not used: {names}")
+
+
 class ListAdapter(ABC):
     """A split as a list of ids with per-id image/mask paths and a label source.
 
@@ -153,6 +163,7 @@ class ListAdapter(ABC):
     source: Path
     layout_hint: str = ""
     masks_required: bool = True  # False: an id without a mask file is fine (its labels come from elsewhere)
+    left_out: tuple[str, ...] = ()  # ids of images on disk that no split lists: reported, never dropped silently
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dupl_cli.data import folder
 from dupl_cli.data.palette import flat_palette
+from dupl_cli.errors import UserError
 from dupl_cli.labels import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -219,13 +220,23 @@ class DemoOptions(BaseModel):
     size: int = Field(128, ge=32, description="Side of the generated demo images")
     n_train: int = Field(300, ge=1, description="Number of generated demo training images")
     n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
+    generate: bool = Field(
+        False, description="Generate the demo data at data.root when it is missing (else a missing root is an error)"
+    )
 
 
 def ensure_demo(data_settings) -> Path:
-    """Generate the demo into data.root on first use; keep an existing one (another process may race us)."""
+    """The demo data at data.root; generated only with data.options.generate (a mistyped root must not
+    silently become a new dataset). An existing one is kept (another process may race us)."""
     root = Path(data_settings.root).expanduser()
     wanted = DemoOptions.model_validate(data_settings.options).model_dump()
+    generate = wanted.pop("generate")
     if not (root / "classes.txt").is_file():
+        if not generate:
+            raise UserError(
+                f"{root}: no demo data there (no classes.txt); generate it with `dupl data demo --out {root}` "
+                "or --set data.options.generate=true, or fix data.root"
+            )
         try:
             write_demo(root, **wanted)
         except OSError:

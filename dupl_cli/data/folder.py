@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from dupl_cli.data.base import (
+    IMAGE_EXTS,
     ListAdapter,
     find_with_ext,
     labels_table_lookup,
@@ -46,6 +47,12 @@ def deterministic_split(ids: list[str], seed: int, val_fraction: float) -> dict[
     val = sorted(ordered[i] for i in perm[:n_val])
     train = sorted(ordered[i] for i in perm[n_val:])
     return {"train": train, "val": val}
+
+
+def _unlisted_images(folder: Path, listed: set[str]) -> tuple[str, ...]:
+    """Ids of the images in ``folder`` that the labels file (or masks/) does not name."""
+    exts = {e.lower() for e in IMAGE_EXTS}
+    return tuple(sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in exts and p.stem not in listed))
 
 
 class FolderAdapter(ListAdapter):
@@ -82,6 +89,7 @@ class FolderAdapter(ListAdapter):
             every = list(table) if table is not None else [p.stem for p in self.mask_dir.glob("*.png")]
             self.source = labels_path or self.mask_dir
             self.ids = deterministic_split(every, split_seed, val_fraction)[role]
+            self.left_out = _unlisted_images(self.root / "images", set(every))
             if not self.ids:
                 raise DataError(f"{self.source}: no ids for split {split!r}")
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from dupl_cli.data.base import check_id
+from dupl_cli.data.base import check_id, left_out_note
 from dupl_cli.data.images import labels_from_mask, probe_image
 from dupl_cli.errors import DataError, one_line
 from dupl_cli.labels import IGNORE_INDEX
@@ -33,6 +33,7 @@ class SplitReport:
     class_counts: dict = field(default_factory=dict)
     has_masks: bool = False
     notes: list[str] = field(default_factory=list)  # worth knowing, not errors
+    left_out: list[str] = field(default_factory=list)  # images found but in no split
 
     @property
     def ok(self) -> bool:
@@ -169,6 +170,9 @@ def check_split(adapter, *, on_error: str = "fail", workers: int | None = None) 
 def verify(adapter, *, workers: int | None = None, full: bool = False, crop_size: int | None = None) -> SplitReport:
     """Everything `dupl data verify` reports for one split."""
     report = SplitReport(split=adapter.split, count=len(adapter), has_masks=bool(adapter.has_masks))
+    report.left_out = list(getattr(adapter, "left_out", ()))
+    if note := left_out_note(adapter):
+        report.notes.append(note)
     if len(adapter) == 0:
         report.problems.append(Problem(None, None, f"{getattr(adapter, 'source', adapter.split)}: split list is empty"))
         return report

@@ -7,6 +7,7 @@ only ``compat.eval_gt_student`` reproduces the release's pick by the evaluated s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,27 @@ def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest) -> None:
         )
 
 
+def capped_tag(limit: int) -> str:
+    """Folder-name suffix of an evaluation of only the first ``limit`` images ("" for all)."""
+    return f"-first{limit}" if limit else ""
+
+
+def _keep_full_evaluation(out: Path, limit: int) -> None:
+    """A capped evaluation must not replace the metrics of a full one."""
+    previous = out / "metrics.json"
+    if not limit or not previous.is_file():
+        return
+    try:
+        old_limit = json.loads(previous.read_text(encoding="utf-8")).get("max_images", 0)
+    except (OSError, ValueError):
+        return
+    if not old_limit:
+        raise UserError(
+            f"{out}: holds a full evaluation; an evaluation capped at {limit} images would overwrite it. "
+            "Choose another --out"
+        )
+
+
 def run_evaluate(
     loaded: LoadedModel,
     adapter,
@@ -97,12 +119,14 @@ def run_evaluate(
 ) -> EvalResult:
     _check(loaded, adapter, settings, req)
     limit = req.max_images or settings.eval.max_images
+    _keep_full_evaluation(req.out, limit)
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, limit)
     tta = TTAConfig.from_settings(settings.eval, multiscale=req.multiscale)
     variants, student_text = variants_for(loaded, req.student, settings)
     heads = [_head(loaded, indices, settings, req, tta) for _, indices in variants]
     confusion = ConfusionSink(len(loaded.classes), runtime.device, heads=len(heads))
-    samples = ReportSamples(req.report_samples) if req.report is not None and runtime.is_main else None
+    want_report = req.report is not None and runtime.is_main
+    samples = ReportSamples(req.report_samples, num_classes=len(loaded.classes)) if want_report else None
     sinks = [confusion] if samples is None else [confusion, samples]
     options = PredictOptions.from_settings(settings, req.crf)
     with ProgressBar(f"evaluate {req.split}", len(shard), show_progress and runtime.is_main) as bar:
@@ -114,7 +138,10 @@ def run_evaluate(
         student_text += f": student {best + 1}"
     total = min(limit, len(adapter)) if limit else len(adapter)
     protocol = _protocol(loaded, settings, runtime, req, tta, student_text, total, limit)
-    payload = {"protocol": protocol, "selection": loaded.selection_record(req.split), **results[best].to_json()}
+    payload = {
+        "protocol": protocol, "selection": loaded.selection_record(req.split), "images": total, "max_images": limit,
+        **results[best].to_json(),
+    }  # fmt: skip
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:
@@ -162,9 +189,12 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: Re
     from dupl_cli.engine.visualize import HtmlReport, confusion_png, sample_panels
     from dupl_cli.method.thresholds import cam_to_label
 
-    report = HtmlReport(f"dupl evaluate: {req.split}", loaded.classes, loaded.palette)
+    what = "CAM pseudo-labels" if req.cams else "segmentation"
+    report = HtmlReport(f"dupl evaluate: {what} on {req.split}", loaded.classes, loaded.palette)
     report.add_protocol(protocol)
     report.add_metrics(metrics, confusion_png(np.asarray(metrics.matrix), metrics.class_names))
+    report.add_curves(loaded.path.parent / "curves")
+    report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
     fn = cam_fn(loaded.model, indices, cam_config(settings))
     for s in samples.rows.values():
         x = to_tensor(s["image"], settings.data.mean, settings.data.std, runtime.device)
@@ -182,5 +212,9 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: Re
             prediction=s.get("label"),
             ground_truth=s["gt"],
         )
-        report.add_sample(s["id"], panels)
+        report.add_sample(s["id"], panels, note=f"image IoU {_pct(s.get('iou'))}")
     report.write(req.report)
+
+
+def _pct(x) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.1f}"

@@ -3,7 +3,8 @@
 Every export is checked before the command succeeds: the exported artefact is run at the sizes
 ``export.check_sizes`` (chosen to differ from the trace size, so a graph that baked in the trace
 size fails) and compared with the PyTorch student; the largest absolute logit difference must
-stay within ``export.atol`` (fp32). A card ``<out>.json`` beside the artefact names the inputs
+stay within ``export.atol`` (fp32). A card ``<out>.json`` (``best.student1.onnx.json``: one per
+exported file) beside the artefact names the inputs
 and outputs, normalisation, classes, palette and the check results.
 
 Graph exports (ONNX, TorchScript) take ``image`` (float32 B×3×H×W, RGB in [0,1] normalised with
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +33,6 @@ from torch import nn
 from dupl_cli.engine.checkpoint import (
     atomic_write,
     atomic_write_text,
-    card_path,
     card_students,
     load_model,
     versions,
@@ -98,6 +99,23 @@ class ExportResult:
     card: Path
     student: int
     checks: list[dict[str, Any]] = field(default_factory=list)  # {"size": [b, h, w], "max_abs_diff": x}
+    log: Path | None = None  # the exporter's own log, when it wrote one
+
+
+@contextlib.contextmanager
+def _logs_to_file(path: Path):
+    """Route every log record (the ONNX optimiser logs ~170 INFO lines) to ``path`` instead of the
+    console; the file is created only if something is logged."""
+    root = logging.getLogger()
+    handler = logging.FileHandler(path, mode="w", encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    saved = root.handlers[:]
+    root.handlers = [handler]
+    try:
+        yield
+    finally:
+        root.handlers = saved
+        handler.close()
 
 
 def choose_student(card: dict[str, Any], choice: str) -> int:
@@ -112,6 +130,12 @@ def inference_state(student: nn.Module, full: bool) -> dict[str, torch.Tensor]:
     """The student's weights needed at inference: backbone + head (+ classifiers with ``full``)."""
     keep = ("backbone.", "head.") + (("classifier.", "aux_classifier.") if full else ())
     return {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items() if k.startswith(keep)}
+
+
+def export_card_path(exported: Path) -> Path:
+    """The card of one exported file: its full name + ``.json``, so the ONNX and TorchScript exports of
+    one student do not share (and overwrite) a card."""
+    return Path(exported).with_name(Path(exported).name + ".json")
 
 
 def default_out(checkpoint: Path, fmt: str, student: int) -> Path:
@@ -243,7 +267,7 @@ def load_exported_student(path: Path):
     from dupl_cli.models.backbones import build_backbone
     from dupl_cli.models.student import Student
 
-    card_file = card_path(path)
+    card_file = export_card_path(path)
     if not card_file.is_file():
         raise UserError(f"{card_file}: export card is missing")
     card = json.loads(card_file.read_text(encoding="utf-8"))
@@ -279,8 +303,6 @@ def export_checkpoint(
     full: bool = False,
 ) -> ExportResult:
     """Export one student of ``checkpoint`` in ``fmt``, verify it, and write its card."""
-    from safetensors.torch import save_file
-
     if fmt not in SUFFIXES:
         raise UserError(f"--format must be one of {', '.join(SUFFIXES)}, not {fmt!r}")
     if fmt == "onnx":
@@ -291,35 +313,56 @@ def export_checkpoint(
     out = Path(out) if out is not None else default_out(Path(checkpoint), fmt, index)
     if out.suffix == ".json":
         raise UserError(f"{out}: the export path must not end in .json (the card is written there)")
-    settings = source_card["settings"]
-    trace_size = int(settings["data"]["crop_size"])
-    graph = InferenceGraph(chosen, full=full).eval()
-    names = [o["name"] for o in OUTPUTS + (FULL_OUTPUTS if full else [])]
-    sizes = [tuple(s) for s in export_settings.check_sizes]
-
+    job = _Job(fmt, out, Path(checkpoint), source_card, index, full, chosen, export_settings)
+    log = out.with_name(out.name + ".log")
+    log.unlink(missing_ok=True)  # a log of an earlier export would describe another file
     try:
-        if fmt == "safetensors":
-            state = inference_state(chosen, full)
-            atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT}))
-            # Round trip: a Student rebuilt from the file and its card must reproduce the original.
-            draft = _card(source_card, fmt, index, full, checkpoint, [], export_settings)
-            atomic_write_text(card_path(out), json.dumps(draft))
-            rebuilt = InferenceGraph(load_exported_student(out)[0], full=full).eval()
-            checks = verify(rebuilt, graph, sizes, export_settings.atol, "safetensors")
-        elif fmt == "onnx":
-            _export_onnx(graph, out, trace_size, export_settings.opset, names)
-            checks = verify(_run_onnx(out, names), graph, sizes, export_settings.atol, "ONNX")
-        else:
-            _export_torchscript(graph, out, trace_size)
-            checks = verify(_run_torchscript(out), graph, sizes, export_settings.atol, "TorchScript")
+        with _logs_to_file(log):
+            checks = job.write_and_check()
     except UserError:
         # A failed check must not leave an export that looks usable.
         out.unlink(missing_ok=True)
-        card_path(out).unlink(missing_ok=True)
+        export_card_path(out).unlink(missing_ok=True)
         raise
     card = _card(source_card, fmt, index, full, checkpoint, checks, export_settings)
-    atomic_write_text(card_path(out), json.dumps(card, indent=2))
-    return ExportResult(out, card_path(out), index, checks)
+    atomic_write_text(export_card_path(out), json.dumps(card, indent=2))
+    return ExportResult(out, export_card_path(out), index, checks, log if log.is_file() else None)
+
+
+@dataclass
+class _Job:
+    """One export: write the artefact in its format, then check it against the PyTorch student."""
+
+    fmt: str
+    out: Path
+    checkpoint: Path
+    source_card: dict[str, Any]
+    index: int
+    full: bool
+    chosen: nn.Module
+    settings: Any  # [export]
+
+    def write_and_check(self) -> list[dict[str, Any]]:
+        from safetensors.torch import save_file
+
+        out, full, opts = self.out, self.full, self.settings
+        graph = InferenceGraph(self.chosen, full=full).eval()
+        names = [o["name"] for o in OUTPUTS + (FULL_OUTPUTS if full else [])]
+        sizes = [tuple(s) for s in opts.check_sizes]
+        trace_size = int(self.source_card["settings"]["data"]["crop_size"])
+        if self.fmt == "safetensors":
+            state = inference_state(self.chosen, full)
+            atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT}))
+            # Round trip: a Student rebuilt from the file and its card must reproduce the original.
+            draft = _card(self.source_card, self.fmt, self.index, full, self.checkpoint, [], opts)
+            atomic_write_text(export_card_path(out), json.dumps(draft))
+            rebuilt = InferenceGraph(load_exported_student(out)[0], full=full).eval()
+            return verify(rebuilt, graph, sizes, opts.atol, "safetensors")
+        if self.fmt == "onnx":
+            _export_onnx(graph, out, trace_size, opts.opset, names)
+            return verify(_run_onnx(out, names), graph, sizes, opts.atol, "ONNX")
+        _export_torchscript(graph, out, trace_size)
+        return verify(_run_torchscript(out), graph, sizes, opts.atol, "TorchScript")
 
 
 def _card(

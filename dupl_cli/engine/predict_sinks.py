@@ -53,17 +53,17 @@ class MaskSink(Sink):
 
 
 class OverlaySink(Sink):
-    """``<out>/<name>_overlay.jpg``: the image blended with its mask."""
+    """``<out>/<name>_overlay.jpg``: the image blended with its mask, and a legend of the classes in it
+    (named with ``classes``, background first, else "class k")."""
 
-    def __init__(self, out: Path, palette) -> None:
-        self.out, self.palette = Path(out), palette
+    def __init__(self, out: Path, palette, classes: list[str] | None = None) -> None:
+        self.out, self.palette, self.classes = Path(out), palette, classes
 
     def label(self, item: Item, head: int, label) -> None:
-        from PIL import Image
+        from dupl_cli.engine.visualize import overlay, with_legend
 
-        from dupl_cli.engine.visualize import overlay
-
-        blended = Image.fromarray(overlay(item.image, label_array(label), self.palette))
+        mask = label_array(label)
+        blended = with_legend(overlay(item.image, mask, self.palette), mask, self.palette, self.classes)
         path = self.out / f"{item.name}_overlay.jpg"
         atomic_write(path, lambda tmp: blended.save(tmp, format="JPEG", quality=90))
 
@@ -96,25 +96,68 @@ def save_probs(path: Path, logits: torch.Tensor, classes: list[str]) -> None:
     atomic_write(path, write)
 
 
-class ReportSamples(Sink):
-    """The first ``limit`` items (id, image, labels, ground truth) with the first head's label and,
-    with ``keep_cams``, its CAM (C×H×W on the host): the rows of an HTML report."""
+def image_iou(label: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
+    """Mean IoU of one image over the classes in its ground truth or prediction (255 ignored)."""
+    valid = gt != 255
+    pred = np.where(label[valid] == 255, num_classes, label[valid]).astype(np.int64)  # uncertain: wrong
+    truth = gt[valid].astype(np.int64)
+    n = num_classes + 1
+    cm = np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)[:num_classes]
+    inter = np.diag(cm[:, :num_classes])
+    union = cm.sum(1) + cm[:, :num_classes].sum(0) - inter
+    seen = union > 0
+    return float((inter[seen] / union[seen]).mean()) if seen.any() else float("nan")
 
-    def __init__(self, limit: int, keep_cams: bool = False) -> None:
-        self.limit, self.keep_cams = limit, keep_cams
-        self.rows: dict[Any, dict[str, Any]] = {}
+
+class ReportSamples(Sink):
+    """The rows of an HTML report (id, image, labels, ground truth, the first head's label and, with
+    ``keep_cams``, its CAM): with ground truth the ``limit`` images of lowest per-image IoU, worst
+    first (``row["iou"]``); without, the first ``limit``."""
+
+    def __init__(self, limit: int, keep_cams: bool = False, num_classes: int | None = None) -> None:
+        self.limit, self.keep_cams, self.num_classes = limit, keep_cams, num_classes
+        self._kept: dict[Any, dict[str, Any]] = {}
+        self._pending: dict[Any, dict[str, Any]] = {}
+
+    @property
+    def ranked(self) -> bool:
+        return self.num_classes is not None
+
+    @property
+    def rows(self) -> dict[Any, dict[str, Any]]:
+        """Kept rows, worst IoU first when ranked."""
+        if not self.ranked:
+            return self._kept
+        order = sorted(self._kept, key=lambda k: np.nan_to_num(self._kept[k].get("iou", np.nan), nan=2.0))
+        return {k: self._kept[k] for k in order}
 
     def begin(self, item: Item) -> None:
-        if len(self.rows) < self.limit:
-            self.rows[item.key] = {"id": item.id, "image": item.image, "labels": item.labels, "gt": item.mask}
+        row = {"id": item.id, "image": item.image, "labels": item.labels, "gt": item.mask}
+        if self.ranked and item.mask is not None:
+            self._pending[item.key] = row  # kept or dropped once its IoU is known
+        elif len(self._kept) < self.limit:
+            self._kept[item.key] = row
 
     def output(self, item: Item, head: int, output: torch.Tensor) -> None:
-        if self.keep_cams and head == 0 and item.key in self.rows:
-            self.rows[item.key]["cam"] = output.cpu().numpy()
+        row = self._pending.get(item.key) or self._kept.get(item.key)
+        if self.keep_cams and head == 0 and row is not None:
+            row["cam"] = output.cpu().numpy()
 
     def label(self, item: Item, head: int, label) -> None:
-        if head == 0 and item.key in self.rows:
-            self.rows[item.key]["label"] = label_array(label)
+        if head != 0:
+            return
+        if item.key in self._kept:
+            self._kept[item.key]["label"] = label_array(label)
+            return
+        row = self._pending.pop(item.key, None)
+        if row is None:
+            return
+        row["label"] = label_array(label)
+        row["iou"] = image_iou(row["label"], row["gt"], self.num_classes)
+        self._kept[item.key] = row
+        if len(self._kept) > self.limit:  # drop the best one: the report shows the worst
+            best = max(self._kept, key=lambda k: np.nan_to_num(self._kept[k]["iou"], nan=2.0))
+            del self._kept[best]
 
 
 def write_metrics(out: Path, metrics: SegMetrics, payload: dict) -> None:

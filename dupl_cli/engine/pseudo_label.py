@@ -106,7 +106,8 @@ def run_pseudo_label(
         log(f"resuming: {skipped} of {len(targets)} pseudo-labels already complete in {out}")
     confusion = ConfusionSink(len(loaded.classes), runtime.device)
     want_report = req.report is not None and runtime.is_main
-    samples = ReportSamples(req.report_samples, keep_cams=req.source == "cam")
+    ranked = len(loaded.classes) if adapter.has_masks else None  # worst first when there is ground truth
+    samples = ReportSamples(req.report_samples, keep_cams=req.source == "cam", num_classes=ranked)
     sinks = [MaskSink(out, loaded.palette), *([confusion] if scoring else [])]
     sinks += [samples] if want_report else []
     head = _head(loaded, pick.indices, settings, req)
@@ -157,11 +158,14 @@ def _protocol(loaded, settings, runtime, req, student_text, written, skipped, av
 def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples) -> None:
     from dupl_cli.engine.visualize import HtmlReport, confusion_png, sample_panels
 
-    report = HtmlReport(f"dupl pseudo-label: {req.split}", loaded.classes, loaded.palette)
+    what = "CAM pseudo-labels" if req.source == "cam" else "segmentation-head pseudo-labels"
+    report = HtmlReport(f"dupl pseudo-label: {what} on {req.split}", loaded.classes, loaded.palette)
     report.add_protocol(result.protocol)
     if result.metrics is not None:
         m = result.metrics
         report.add_metrics(m, confusion_png(np.asarray(m.matrix), m.class_names))
+    report.add_curves(loaded.path.parent / "curves")
+    report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
     for row in samples.rows.values():
         present = np.flatnonzero(row["labels"] > 0)
         cams = row["cam"][present] if "cam" in row else None
@@ -174,5 +178,6 @@ def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples
             pseudo=row.get("label"),
             ground_truth=row["gt"],
         )
-        report.add_sample(row["id"], panels)
+        iou = row.get("iou")
+        report.add_sample(row["id"], panels, note=None if iou is None else f"image IoU {100 * iou:.1f}")
     report.write(req.report)

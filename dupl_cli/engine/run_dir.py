@@ -30,6 +30,20 @@ def new_run_dir(runs_root: Path, run_name: str | None, preset: str | None) -> Pa
     return Path(runs_root) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
+_PATH_SETTINGS = {"data": ("root", "train_list", "val_list", "labels_file"), "train": ("runs_root",), "eval": ("checkpoint",)}
+
+
+def absolute_paths(settings):
+    """``settings`` with every path setting absolute and resolved, so a run's config and cards mean the
+    same files from any working directory."""
+    update = {}
+    for section, keys in _PATH_SETTINGS.items():
+        values = getattr(settings, section)
+        fixed = {k: Path(v).expanduser().resolve() for k in keys if (v := getattr(values, k)) is not None}
+        update[section] = values.model_copy(update=fixed)
+    return settings.model_copy(update=update)
+
+
 def write_config(run_dir: Path, settings_json: dict[str, Any], sources: dict[str, str]) -> None:
     from dupl_cli.config.toml_writer import dumps
 

@@ -17,11 +17,13 @@ from torch import nn
 
 from dupl_cli.config.schema import DuplSettings
 from dupl_cli.engine import run_dir as runs
+from dupl_cli.engine import run_index
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
+from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
-from dupl_cli.errors import UserError
+from dupl_cli.errors import UserError, one_line
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
 
@@ -60,12 +62,14 @@ def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generat
 
 def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]:
     """Training split checked before the first step (all problems listed at once), and the val split."""
-    from dupl_cli.data.base import SubsetAdapter
+    from dupl_cli.data.base import SubsetAdapter, left_out_note
     from dupl_cli.data.verify import check_split
     from dupl_cli.plugins import DATASETS, load
 
     factory = load(DATASETS, settings.data.adapter)
     train_set = factory(settings.data, settings.data.train_split)
+    if note := left_out_note(train_set):
+        report(f"warning: {note}")
     good, problems = check_split(train_set, on_error=settings.data.on_error)
     if problems:
         report(f"warning: skipping {len(problems)} bad training sample(s) (data.on_error = skip):")
@@ -124,7 +128,7 @@ def _card(settings: DuplSettings, classes, palette, step: int, student: int, met
 
 class Trainer:
     def __init__(self, settings: DuplSettings, options: TrainOptions) -> None:
-        self.settings = settings
+        self.settings = runs.absolute_paths(settings)  # cards must name the same data from any folder
         self.options = options
         self.model: nn.Module | None = None
         self.config: StepConfig | None = None  # built in run() once the class count is known
@@ -161,6 +165,7 @@ class Trainer:
             for line in changed:
                 progress.message(f"warning: setting changed since the checkpoint: {line}")
             runs.write_config(run_dir, s.model_dump(mode="json"), self.options.sources)
+            self._mark_started(run_dir)
         set_seed(t.seed, deterministic=t.deterministic)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -195,12 +200,27 @@ class Trainer:
             acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})
         progress.start = state["step"]
         loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state)
+        self._run_recorded(loop, acc, progress, run_dir if main else None)
+        return run_dir
+
+    def _mark_started(self, run_dir: Path) -> None:
+        run_index.mark_run(run_dir, "running", preset=self.options.preset)
+        run_index.point_latest(self.settings.train.runs_root, run_dir)
+
+    def _run_recorded(self, loop, acc, progress, run_dir: Path | None) -> None:
+        """The loop, with its outcome in run.json (``run_dir`` None: not this process's job)."""
         try:
             loop.run()
+        except BaseException as exc:
+            if run_dir is not None:
+                run_index.mark_run(run_dir, "crashed", error=one_line(exc))
+            raise
         finally:
             progress.close()
             acc.end_training()
-        return run_dir
+        if run_dir is not None:
+            step = loop.state["step"]
+            run_index.mark_run(run_dir, "finished" if step >= self.settings.train.max_iters else "stopped", step=step)
 
     def _report_batch(self, acc, progress) -> None:
         """The effective batch, with a warning when it differs from the preset's reference batch."""
@@ -370,6 +390,7 @@ class _Loop:
             return
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
             out.write(json.dumps({"step": step, "validation": scores, "best_student": student}) + "\n")
+        write_curves(self.run_dir)  # PNG curves beside the numbers, without TensorBoard
         if self.s.train.tracker != "none":
             self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=step)
         self.state["last"] = {"step": step, "scores": scores}

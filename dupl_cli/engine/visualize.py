@@ -63,6 +63,39 @@ def overlay(
     return np.where(keep, image, blend).round().clip(0, 255).astype(np.uint8)
 
 
+def with_legend(picture: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]],
+                class_names: Sequence[str] | None = None) -> Image.Image:
+    """``picture`` with a legend of the classes present in ``mask`` on a light band along its bottom
+    edge (drawn inside, so the overlay keeps the image's size and stays aligned with the mask)."""
+    ids = [int(k) for k in np.unique(mask) if 0 < k < len(palette)]
+    entries = [(class_names[k] if class_names is not None and k < len(class_names) else f"class {k}",
+                tuple(int(c) for c in palette[k])) for k in ids]  # fmt: skip
+    if (mask == IGNORE_INDEX).any():
+        entries.append(("uncertain", IGNORE_COLOUR))
+    img = Image.fromarray(picture).convert("RGB")
+    if not entries:
+        return img
+    w, h = img.size
+    rows, x = [[]], 2
+    for name, colour in entries:  # wrap the entries over as many lines as the width needs
+        width = 18 + 6 * len(name)
+        if rows[-1] and x + width > w:
+            rows.append([])
+            x = 2
+        rows[-1].append((name, colour, x))
+        x += width
+    top = max(0, h - 15 * len(rows) - 2)
+    band = Image.new("RGB", (w, h - top), "white")
+    img.paste(Image.blend(img.crop((0, top, w, h)), band, 0.75), (0, top))
+    draw = ImageDraw.Draw(img)
+    for r, row in enumerate(rows):
+        y = top + 2 + 15 * r
+        for name, colour, x in row:
+            draw.rectangle([x, y, x + 10, y + 10], fill=colour, outline="black")
+            draw.text((x + 14, y), name, fill="black")
+    return img
+
+
 def heatmap(values: np.ndarray) -> np.ndarray:
     """[0, 1] H×W → H×W×3 uint8 with a blue-cyan-yellow-red ramp (no matplotlib needed)."""
     v = np.clip(values, 0, 1)[..., None]
@@ -77,30 +110,54 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return ((1 - alpha) * image.astype(np.float32) + alpha * heatmap(cam).astype(np.float32)).astype(np.uint8)
 
 
-def confusion_png(matrix: np.ndarray, class_names: Sequence[str], cell: int = 18) -> Image.Image:
-    """Row-normalised confusion matrix (rows GT, columns prediction), with class names."""
+def confusion_png(matrix: np.ndarray, class_names: Sequence[str], cell: int | None = None) -> Image.Image:
+    """Row-normalised confusion matrix (rows ground truth, columns prediction) with class names, each
+    cell's share in percent, axis titles and a colour scale; cells shrink to stay legible at 81 classes."""
     m = np.asarray(matrix, dtype=np.float64)
-    k = m.shape[0]
-    names = list(class_names) + (["uncertain"] if m.shape[1] > k else [])
+    k, cols = m.shape
+    names = list(class_names) + (["uncertain"] if cols > k else [])
+    cell = cell or (26 if cols <= 30 else 20)
     rows = m / np.maximum(m.sum(1, keepdims=True), 1)
     label_w = 6 * max(len(n) for n in names) + 8
-    width, height = label_w + cell * m.shape[1] + 4, label_w + cell * k + 4
+    title, top, left = 14, 14 + label_w, 14 + label_w
+    grid_w, grid_h = cell * cols, cell * k
+    width, height = left + grid_w + 70, top + grid_h + 8
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
     shade = (255 * (1 - rows)).astype(np.uint8)
+    percent = np.rint(100 * rows).astype(int)
     for i in range(k):
-        draw.text((2, label_w + i * cell + 3), names[i], fill="black")
-        for j in range(m.shape[1]):
-            x, y = label_w + j * cell, label_w + i * cell
+        draw.text((title + 2, top + i * cell + cell // 2 - 5), names[i], fill="black")
+        for j in range(cols):
+            x, y = left + j * cell, top + i * cell
             g = int(shade[i, j])
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(g, g, 255) if i == j else (255, g, g))
-    # Column names written vertically: draw horizontally on a strip, then rotate.
-    strip = Image.new("RGB", (label_w, cell * m.shape[1]), "white")
+            if percent[i, j]:  # zeros left blank so the eye finds the mass
+                text = str(percent[i, j])
+                draw.text((x + (cell - 6 * len(text)) // 2, y + cell // 2 - 5), text, fill="white" if g < 110 else "black")
+    # Column names and the row title written vertically: drawn horizontally on strips, then rotated.
+    strip = Image.new("RGB", (label_w, grid_w), "white")
     sd = ImageDraw.Draw(strip)
     for j, name in enumerate(names):
-        sd.text((2, j * cell + 3), name, fill="black")
-    img.paste(strip.rotate(90, expand=True), (label_w, 0))
+        sd.text((2, j * cell + cell // 2 - 5), name, fill="black")
+    img.paste(strip.rotate(90, expand=True), (left, title))
+    draw.text((left, 1), "prediction (columns); cells: % of the row's ground-truth pixels", fill="black")
+    side = Image.new("RGB", (grid_h, 12), "white")
+    ImageDraw.Draw(side).text((2, 0), "ground truth (rows)", fill="black")
+    img.paste(side.rotate(90, expand=True), (0, top))
+    _colour_scale(draw, left + grid_w + 10, top, min(grid_h, 200))
     return img
+
+
+def _colour_scale(draw, x: int, y: int, h: int) -> None:
+    """A vertical 0-100 % ramp: off-diagonal red (confusions), the diagonal's blue alike."""
+    for t in range(h):
+        g = int(255 * t / max(h - 1, 1))  # top = 100 %
+        draw.line([x, y + t, x + 9, y + t], fill=(255, g, g))
+        draw.line([x + 10, y + t, x + 19, y + t], fill=(g, g, 255))
+    draw.rectangle([x, y, x + 19, y + h - 1], outline="black")
+    draw.text((x + 23, y - 2), "100%", fill="black")
+    draw.text((x + 23, y + h - 10), "0%", fill="black")
 
 
 def png_data_uri(array_or_image) -> str:
@@ -119,8 +176,11 @@ def thumbnail(array: np.ndarray, side: int = 160, nearest: bool = False) -> Imag
 _CSS = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f2f2f2}td.l,th.l{text-align:left}
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:4px;vertical-align:middle}
-figure{display:inline-block;margin:2px 4px;text-align:center;font-size:11px}figure img{display:block}
+figure{display:inline-block;margin:2px 4px;text-align:center;font-size:11px}
+figure img,img.zoom{display:block;width:256px;image-rendering:pixelated;cursor:zoom-in}
+img.zoom{width:auto;max-width:100%}img.big{width:auto!important;max-width:none;cursor:zoom-out}
 .row{border-top:1px solid #ddd;padding:6px 0}"""
+_ZOOM = "onclick=\"this.classList.toggle('big')\""  # click an image to see it at full size
 
 
 def _fmt(x) -> str:
@@ -161,18 +221,36 @@ class HtmlReport:
             + "</table>"
         )
         cm = (
-            f"<h3>Confusion matrix (row-normalised)</h3><img alt='confusion matrix' src='{png_data_uri(confusion)}'>"
+            f"<h3>Confusion matrix (row-normalised)</h3>"
+            f"<img class=zoom {_ZOOM} alt='confusion matrix' src='{png_data_uri(confusion)}'>"
             if confusion
             else ""
         )
         self.sections.append(f"<h2>Metrics</h2>{summary}{table}{cm}")
 
-    def add_sample(self, sample_id: str, panels: list[tuple[str, np.ndarray | Image.Image]]) -> None:
+    def add_curves(self, folder: Path) -> None:
+        """The run's training curves (``<run>/curves/*.png``), when it has any."""
+        files = sorted(Path(folder).glob("*.png"))
+        if not files:
+            return
         figs = "".join(
-            f"<figure><img alt='{html.escape(cap)}' src='{png_data_uri(img)}'><figcaption>{html.escape(cap)}</figcaption></figure>"
+            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' src='{png_data_uri(Image.open(p))}'>"
+            f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
+            for p in files
+        )
+        self.sections.append(f"<h2>Training curves</h2><p>from {html.escape(str(folder))}</p>{figs}")
+
+    def add_heading(self, text: str) -> None:
+        self.sections.append(f"<h2>{html.escape(text)}</h2>")
+
+    def add_sample(self, sample_id: str, panels: list[tuple[str, np.ndarray | Image.Image]], note: str | None = None) -> None:
+        figs = "".join(
+            f"<figure><img {_ZOOM} alt='{html.escape(cap)}' src='{png_data_uri(img)}'>"
+            f"<figcaption>{html.escape(cap)}</figcaption></figure>"
             for cap, img in panels
         )
-        self.sections.append(f"<div class=row><b>{html.escape(sample_id)}</b><br>{figs}</div>")
+        extra = f" · {html.escape(note)}" if note else ""
+        self.sections.append(f"<div class=row><b>{html.escape(sample_id)}</b>{extra}<br>{figs}</div>")
 
     def legend(self) -> str:
         items = "".join(
@@ -206,7 +284,7 @@ def sample_panels(
     pseudo: np.ndarray | None = None,
     prediction: np.ndarray | None = None,
     ground_truth: np.ndarray | None = None,
-    side: int = 160,
+    side: int = 512,
 ) -> list[tuple[str, Image.Image]]:
     """The report row: image, CAM per present class, pseudo-label, prediction, ground truth."""
     panels = [("image", thumbnail(image, side))]

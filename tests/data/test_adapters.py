@@ -159,8 +159,9 @@ def test_demo_deterministic_by_seed(tmp_path):
     assert not list(tmp_path.glob(".*tmp-*"))  # atomic: no leftovers
 
 
-def test_demo_adapter_generates_on_first_use(tmp_path):
-    s = settings_for(tmp_path / "demo", "demo", "data.options.size=48", "data.options.n_train=5", "data.options.n_val=3")
+def test_demo_adapter_generates_when_asked(tmp_path):
+    s = settings_for(tmp_path / "demo", "demo", "data.options.size=48", "data.options.n_train=5", "data.options.n_val=3",
+                     "data.options.generate=true")
     tr = demo.build(s.data, s.data.train_split)
     va = demo.build(s.data, s.data.val_split)
     assert len(tr) == 5 and len(va) == 3 and tr.classes == [c[0] for c in demo.CLASSES]

@@ -56,6 +56,7 @@ def test_card_is_a_source_below_env_and_set(tiny_run):
 def test_cards_written_with_flat_keys_still_load(tiny_run):
     run_dir, _, trained = tiny_run
     flat = keys.flatten(trained.model_dump(mode="json"))
+    flat.pop("data.options.generate")  # newer than the flat keys: no flat card has it
     old = {}
     back = {new: old_key for old_key, new in keys.renamed().items()}
     for key, value in flat.items():

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from dupl_cli.cli.app import app
 from dupl_cli.config.sources import load_settings
 from dupl_cli.engine.checkpoint import save_model
-from dupl_cli.engine.export import load_exported_student
+from dupl_cli.engine.export import export_card_path, load_exported_student
 from dupl_cli.engine.tta import padded_forward
 from dupl_cli.models.dual import build_dual_student
 
@@ -74,7 +74,7 @@ def test_safetensors_keeps_the_inference_path_and_round_trips(checkpoint, tmp_pa
     assert keys and all(k.startswith(("backbone.", "head.")) for k in keys)
     assert {k for k in model.students[0].state_dict() if k.startswith(("backbone.", "head."))} == keys
 
-    card = json.loads(out.with_suffix(".json").read_text())
+    card = json.loads(export_card_path(out).read_text())
     assert card["format"] == "dupl-export/1" and card["student"] == 1 and card["classes"] == CLASSES
     assert [c["size"] for c in card["export"]["check"]["results"]] == [[2, 64, 96], [1, 80, 48]]
 
@@ -112,7 +112,7 @@ def test_onnx_runs_in_onnxruntime_at_new_sizes(checkpoint, tmp_path):
     dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
     assert dims == ["batch", 3, "height", "width"]
 
-    card = json.loads(out.with_suffix(".json").read_text())
+    card = json.loads(export_card_path(out).read_text())
     assert card["student"] == 2
     assert [i["name"] for i in card["export"]["inputs"]] == ["image"]
     assert [o["name"] for o in card["export"]["outputs"]] == ["logits", "mask"]
@@ -138,7 +138,7 @@ def test_torchscript_traced_and_checked(checkpoint, tmp_path):
     out = tmp_path / "model.pt"
     result = invoke(run, "--format", "torchscript", "--student", "1", "--full", "--out", out, *SMALL_CHECKS)
     assert result.exit_code == 0, result.output
-    card = json.loads(out.with_suffix(".json").read_text())
+    card = json.loads(export_card_path(out).read_text())
     assert [o["name"] for o in card["export"]["outputs"]] == [
         "logits",
         "mask",
@@ -169,7 +169,7 @@ def test_a_failed_check_fails_the_command_and_leaves_nothing(checkpoint, tmp_pat
     result = invoke(run, "-f", "onnx", "-o", out, "--set", "export.atol=1e-30", *SMALL_CHECKS)
     assert result.exit_code == 2
     assert "ONNX check failed" in result.output and "export.atol" in result.output
-    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert not out.exists() and not export_card_path(out).exists()
 
 
 def test_missing_onnx_extra_is_one_clear_line(checkpoint, tmp_path, monkeypatch):
@@ -201,3 +201,28 @@ def test_mit_exports_to_onnx_at_sizes_not_divisible_by_the_stride(tmp_path):
     x = torch.randn(1, 3, 90, 50)
     logits = session.run(["logits"], {"image": x.numpy()})[0]
     assert np.abs(logits - reference(model.students[0], x)[0].numpy()).max() <= 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_each_export_has_its_own_card_and_the_onnx_log_goes_to_a_file(checkpoint, tmp_path):
+    import shutil
+    import subprocess
+
+    run, _ = checkpoint
+    local = tmp_path / "run"
+    shutil.copytree(run, local)
+    # A subprocess: the console logging is the installed CLI's, not pytest's capture.
+    onnx = subprocess.run(
+        [sys.executable, "-m", "dupl_cli", "export", str(local), "-f", "onnx", "--student", "1", *SMALL_CHECKS],
+        capture_output=True, text=True, timeout=500,
+    )  # fmt: skip
+    assert onnx.returncode == 0, onnx.stderr
+    lines = (onnx.stdout + onnx.stderr).strip().splitlines()
+    assert len(lines) <= 5, lines
+    log = local / "best.student1.onnx.log"
+    assert f"exporter log: {log}" in onnx.stdout and "unused" in log.read_text()
+    assert invoke(local, "-f", "torchscript", "--student", "1", *SMALL_CHECKS).exit_code == 0
+    cards = {ext: json.loads((local / f"best.student1.{ext}.json").read_text()) for ext in ("onnx", "pt")}
+    assert cards["onnx"]["export"]["format"] == "onnx" and "opset" in cards["onnx"]["export"]
+    assert cards["pt"]["export"]["format"] == "torchscript"

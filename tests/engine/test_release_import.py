@@ -276,7 +276,7 @@ def test_one_student_run_evaluates_infers_and_exports(toco_run, tmp_path, monkey
     out = tmp_path / "student.safetensors"
     result = runner.invoke(app, ["export", str(run), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert json.loads(out.with_suffix(".json").read_text())["student"] == 1
+    assert json.loads((tmp_path / "student.safetensors.json").read_text())["student"] == 1
     result = runner.invoke(
         app, ["export", str(run), "--student", "2", "--out", str(tmp_path / "s2.safetensors")]
     )

@@ -62,7 +62,7 @@ BUILTIN_EXAMPLES = {
     "voc": voc_example,
     "coco": coco_example,
     "folder": folder_example,
-    "demo": lambda root: {},
+    "demo": lambda root: {"options": {"generate": True}},
 }
 
 
@@ -75,7 +75,11 @@ def example_for(name: str):
 
 def settings_for(name: str, root: Path, overrides: dict):
     sets = [f'data.adapter="{name}"', f"data.root={json.dumps(str(root))}"]
-    sets += [f"data.{key}={json.dumps(value)}" for key, value in overrides.items()]
+    for key, value in overrides.items():
+        if isinstance(value, dict):  # a table: one assignment per key
+            sets += [f"data.{key}.{k}={json.dumps(v)}" for k, v in value.items()]
+        else:
+            sets.append(f"data.{key}={json.dumps(value)}")
     return load_settings("tiny-cpu", assignments=sets, environ={}).settings
 
 

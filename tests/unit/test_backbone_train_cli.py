@@ -30,7 +30,7 @@ def demo_data(tmp_path_factory):
     from dupl_cli.plugins import DATASETS, load
 
     root = tmp_path_factory.mktemp("families") / "data"
-    settings = load_settings("tiny-cpu", assignments=[f"data.root={root}"], environ={}).settings
+    settings = load_settings("tiny-cpu", assignments=[f"data.root={root}", "data.options.generate=true"], environ={}).settings
     load(DATASETS, "demo")(settings.data, settings.data.train_split)
     return root
 

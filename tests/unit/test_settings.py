@@ -47,7 +47,7 @@ def test_all_sources_and_a_card_in_priority_order(tmp_path):
     t, m = r.settings.train, r.settings.method
     assert (t.lr, t.batch_size, t.seed, t.max_iters, t.warmup_iters, t.eps) == (4.0, 6, 9, 11, 13, 1e-8)
     assert (m.par.iters, m.anf.gamma, m.anf.eta, r.settings.crf.cam.tau_low) == (3, 0.8, 2.0, 0.2)
-    assert r.settings.data.options == {"seed": 0, "size": 48, "n_train": 300, "n_val": 7}
+    assert r.settings.data.options == {"seed": 0, "size": 48, "n_train": 300, "n_val": 7, "generate": False}
     assert m.tau_high_end == VOC_TAU_END_PER_CLASS
     expected = {
         "train.lr": "--set",
@@ -232,13 +232,13 @@ def test_unreadable_config_files_are_one_line_naming_the_file(tmp_path):
 
 def test_adapter_options_are_validated_by_the_adapter():
     r = load_settings("tiny-cpu", assignments=["data.options.seed=3"], environ={"DUPL_DATA__OPTIONS__N_VAL": "5"})
-    assert r.settings.data.options == {"seed": 3, "size": 64, "n_train": 8, "n_val": 5}  # typed, defaults filled
+    assert r.settings.data.options == {"seed": 3, "size": 64, "n_train": 8, "n_val": 5, "generate": False}  # typed, defaults filled
     assert r.sources["data.options.n_val"] == "env DUPL_DATA__OPTIONS__N_VAL"
     defaults = load_settings(assignments=["data.adapter=demo"], environ={}).settings.data.options
-    assert defaults == {"seed": 0, "size": 128, "n_train": 300, "n_val": 60}
+    assert defaults == {"seed": 0, "size": 128, "n_train": 300, "n_val": 60, "generate": False}
     cases = [
         ("tiny-cpu", "data.options.sizee=3", "unknown setting data.options.sizee = 3 (from --set): dataset adapter "
-         "'demo' has no option 'sizee' (options: seed, size, n_train, n_val); did you mean data.options.size?"),
+         "'demo' has no option 'sizee' (options: seed, size, n_train, n_val, generate); did you mean data.options.size?"),
         ("tiny-cpu", "data.options.size=16", "invalid value for data.options.size = 16 (from --set): dataset adapter "
          "'demo': Input should be greater than or equal to 32"),
         (None, "data.options.size=64", "unknown setting data.options.size = 64 (from --set): dataset adapter 'voc' "
