@@ -86,6 +86,8 @@ def main() -> None:
             for r in range(args.rounds):
                 for name in (["base", "this"] if r % 2 == 0 else ["this", "base"]):
                     runs[name].append(_run(trees[name], args.steps))
+                    print(f"round {r + 1} {name}: " + " ".join(f"{k} {v:.3f}" for k, v in runs[name][-1].items()),
+                          flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
     import platform
