@@ -30,3 +30,9 @@ def compile_students(model, *, mode: str = "default", backend: str = "inductor")
         backbone.compile(**options)
         if hasattr(backbone, "forward_aux"):
             backbone.forward_aux = torch.compile(backbone.forward_aux, **options)
+
+
+def compile_from_settings(model, train_settings) -> None:
+    """``train.compile`` / ``compile_mode`` / ``compile_backend`` applied to ``model``."""
+    if train_settings.compile:
+        compile_students(model, mode=train_settings.compile_mode, backend=train_settings.compile_backend)

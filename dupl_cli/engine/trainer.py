@@ -20,7 +20,7 @@ from dupl_cli.engine import run_dir as runs
 from dupl_cli.engine import run_index
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
-from dupl_cli.engine.compile import compile_students
+from dupl_cli.engine.compile import compile_from_settings
 from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
@@ -192,8 +192,7 @@ class Trainer:
         if self.options.dry_run:
             return self._dry_run(acc, model, train_set, progress)
 
-        if t.compile:
-            compile_students(model, mode=t.compile_mode, backend=t.compile_backend)
+        compile_from_settings(model, t)
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t)
         loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed)
