@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 PLUGIN  := plugins/dupl-example-backbone
 DEMO_RUN ?= runs/demo
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-fast: install
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# Issue 13's GPU figures (one GPU, <= 5 minutes); `python benchmarks/gpu_check.py --dry` checks it on a CPU.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
 
 lint: install
 	$(VENV)/bin/ruff check dupl_cli tests $(PLUGIN)

@@ -112,9 +112,13 @@ class TrainSettings(Section):
     val_max_images: int = Field(0, ge=0, description="Cap on validation images (0 = whole split)")
     ckpt_every: int = Field(1000, ge=1, description="Steps between rotating checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="Rotating checkpoints kept")
-    max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps before stopping")
+    max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, validation and checkpoint steps")
     tracker: Literal["none", "tensorboard"] = Field("none", description="Experiment tracker (tensorboard needs the tb extra)")
-    compile: bool = Field(False, description="torch.compile the students")
+    compile: bool = Field(False, description="torch.compile the students' backbones (once per input shape)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode (inductor backend)"
+    )
+    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager: trace only, for debugging)")
     select: Literal["final", "best-val"] = Field(
         "final",
         description="Inference checkpoint: 'final' (last iteration, student 1: no pixel label chooses it) or "

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
 from dupl_cli.data.transforms import WeakView, normalize, to_tensor
@@ -70,6 +70,14 @@ class WeakViewDataset(Dataset):
         return {"image": image, "labels": torch.from_numpy(sample.labels), "img_box": box, "id": sample.id}
 
 
+def collate_train(items: list[dict]) -> dict:
+    """Stack, and count the batch's largest number of present classes on the host ("max_present"):
+    the step packs its PAR channels by it without reading the labels back from the device."""
+    batch = default_collate(items)
+    batch["max_present"] = int((batch["labels"] > 0).sum(1).max()) if len(items) else 0
+    return batch
+
+
 def _worker_init(worker_id: int) -> None:
     # numpy/random in user plugins: tie them to the loader's per-worker torch seed too
     seed = torch.initial_seed() % 2**32
@@ -81,7 +89,7 @@ def _worker_init(worker_id: int) -> None:
 
 def train_loader(adapter, data_settings, batch_size: int, *, seed: int, num_workers: int | None = None,
                  drop_last: bool = True, sampler: Sampler | None = None, indices: Sequence[int] | None = None) -> DataLoader:
-    """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id}. Iterate it once per epoch.
+    """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id, max_present}. Iterate it once per epoch.
 
     ``indices``: the adapter indices to use (e.g. the good ones from ``verify.check_split``).
     """
@@ -95,7 +103,7 @@ def train_loader(adapter, data_settings, batch_size: int, *, seed: int, num_work
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed), collate_fn=collate_train,
         prefetch_factor=4 if workers > 0 else None,
     )
 

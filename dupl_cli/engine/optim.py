@@ -35,7 +35,12 @@ def build_optimizer(model, train_settings) -> torch.optim.AdamW:
         {"params": [p for p in heads if p.requires_grad], "lr": s.lr * s.head_lr_mult, "name": "heads"},
     ]
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+    kwargs = dict(lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+    try:
+        # Fused: one kernel per step, and it can skip a non-finite step on the device (engine.step_guard).
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except RuntimeError:  # parameters on a device without the fused kernel
+        return torch.optim.AdamW(groups, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_settings) -> torch.optim.lr_scheduler.LambdaLR:

@@ -20,9 +20,11 @@ from dupl_cli.engine import run_dir as runs
 from dupl_cli.engine import run_index
 from dupl_cli.engine.accel import make_accelerator
 from dupl_cli.engine.checkpoint import save_model
+from dupl_cli.engine.compile import compile_from_settings
 from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
+from dupl_cli.engine.step_guard import NonFiniteGuard
 from dupl_cli.errors import UserError, one_line
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
@@ -53,9 +55,13 @@ class TrainingModule(nn.Module):
         return method_step.training_step(self.dual, batch, step, self.config, generator=generator)
 
 
-def _step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
-    """The strong view's randomness is a function of (seed, step): identical after a resume."""
-    gen = torch.Generator(device=device)
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    """The strong view's randomness is a function of (seed, step): identical after a resume.
+
+    A CPU generator on every device: the step draws its few op indices on the host (a device
+    generator would not fit ``torch.randint`` on the host, and a device draw would need a read).
+    """
+    gen = torch.Generator()
     gen.manual_seed((seed * 1_000_003 + step) % (2**63))
     return gen
 
@@ -186,6 +192,7 @@ class Trainer:
         if self.options.dry_run:
             return self._dry_run(acc, model, train_set, progress)
 
+        compile_from_settings(model, t)
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t)
         loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed)
@@ -248,7 +255,7 @@ class Trainer:
             print(f"parameters {key}: {value:,}")
         schedule = self.config.schedule
         for step in sorted({0, schedule.t_seg, schedule.t_anf}):
-            result = module(batch, step, _step_generator(s.train.seed, step, acc.device))
+            result = module(batch, step, _step_generator(s.train.seed, step))
             acc.backward(result.loss)
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
@@ -268,7 +275,8 @@ class _Loop:
         self.classes, self.palette = classes, palette
         self.run_dir, self.progress, self.state = run_dir, progress, state
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.count: torch.Tensor | int = 0  # good steps in the log interval, on the device
+        self.guard = NonFiniteGuard(optimizer, acc.device, in_row=state.get("bad_in_row", 0))
 
     @property
     def model(self):
@@ -289,25 +297,20 @@ class _Loop:
             batches = self.acc.skip_first_batches(self.loader, offset) if offset else self.loader
             for batch in batches:
                 with self.acc.accumulate(self.module):
-                    result = self.module(batch, step, _step_generator(t.seed, step, self.acc.device))
-                    finite = torch.isfinite(result.loss.detach())
-                    bad_micro = bad_micro + (~finite).float()
+                    result = self.module(batch, step, _step_generator(t.seed, step))
+                    bad_micro = bad_micro + (~torch.isfinite(result.loss.detach())).float()
                     self.acc.backward(result.loss)
                     if self.acc.sync_gradients:
-                        # One host sync per iteration: every process must agree to skip a bad step.
-                        bad = bool(self.acc.reduce(bad_micro, "sum") > 0)
+                        # Every process must agree to skip a bad step: the verdict is reduced on the device.
+                        bad = self.acc.reduce(bad_micro, "sum") > 0
                         bad_micro = torch.zeros((), device=self.acc.device)
-                        if bad:
-                            self._bad_step(step, result)
-                        else:
-                            self.state["bad_in_row"] = 0
-                            self.optimizer.step()
+                        if self.guard.step(bad, result.terms, step):  # a verdict only without a device skip
+                            self._check_guard(step)
                         self.scheduler.step()
                         self.optimizer.zero_grad(set_to_none=True)
                 if not self.acc.sync_gradients:
                     continue
-                if not bad:
-                    self._accumulate(result)
+                self._accumulate(result, bad)
                 step += 1
                 self.state["step"] = step
                 self._after_step(step, stop, result)
@@ -316,30 +319,42 @@ class _Loop:
             epoch, offset = epoch + 1, 0
         self._finish(step)
 
-    def _bad_step(self, step: int, result) -> None:
-        names = [k for k, v in result.terms.items() if not torch.isfinite(v).all()] or ["total"]
-        self.state["bad_in_row"] += 1
-        self.progress.message(f"warning: step {step}: non-finite loss ({', '.join(names)}); step skipped")
-        if self.state["bad_in_row"] >= self.s.train.max_bad_steps:
-            last = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
+    def _check_guard(self, step: int, values: list[float] | None = None) -> None:
+        """Report skipped non-finite steps (read with ``values`` or here) and stop after too many in a row."""
+        in_row, skipped, last, names = self.guard.read(values if values is not None else self.guard.state().tolist())
+        self.state["bad_in_row"] = in_row
+        if skipped == 1:
+            self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
+        elif skipped > 1:
+            self.progress.message(
+                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); steps skipped"
+            )
+        if in_row >= self.s.train.max_bad_steps:
+            ckpt = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
             raise UserError(
-                f"{self.state['bad_in_row']} non-finite steps in a row (last: {', '.join(names)}); stopped. "
-                f"Last good checkpoint: {last or 'none'}. Lower train.lr or use train.precision=no",
+                f"{in_row} non-finite steps in a row (last: {', '.join(names)}); stopped. "
+                f"Last good checkpoint: {ckpt or 'none'}. Lower train.lr or use train.precision=no",
                 exit_code=1,
             )
 
-    def _accumulate(self, result) -> None:
+    def _accumulate(self, result, bad: torch.Tensor) -> None:
+        """Device-side sums of the logged values over good steps (a skipped step adds nothing)."""
+        good = ~bad
         values = {f"loss/{k}": v.detach().float() for k, v in result.terms.items()}
         values["loss/total"] = result.loss.detach().float()
         values.update({k: v.detach().float().mean() for k, v in result.stats.items()})
         for key, value in values.items():
+            value = torch.where(good, value, torch.zeros_like(value))
             self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value
-        self.count += 1
+        self.count = self.count + good.float()
 
     def _after_step(self, step: int, stop: int, result) -> None:
         t = self.s.train
-        if step % t.log_every == 0 or step == stop:
-            self._log(step)
+        log = step % t.log_every == 0 or step == stop
+        if log:
+            self._log(step)  # reads the guard too
+        elif step % t.val_every == 0 or step % t.ckpt_every == 0:
+            self._check_guard(step)  # before a checkpoint records bad_in_row
         if self.s.train.tracker != "none" and step % t.image_every == 0 and self.acc.is_main_process:
             self._log_images(step, result)
         if self.val_set is not None and (step % t.val_every == 0 or step == stop):
@@ -348,17 +363,24 @@ class _Loop:
             runs.save_checkpoint(self.acc, self.run_dir, step, dict(self.state), t.keep_checkpoints)
 
     def _log(self, step: int) -> None:
-        if not self.sums:
-            return
         keys = sorted(self.sums)
-        stacked = torch.stack([self.sums[k] for k in keys]) / max(self.count, 1)
-        means = self.acc.reduce(stacked, "mean").tolist()  # the only sync for logging, every N steps
-        record = dict(zip(keys, means, strict=True))
+        device = self.acc.device
+        count = torch.as_tensor(self.count, device=device).float().reshape(1)
+        stacked = torch.zeros(0, device=device)
+        if keys:
+            stacked = self.acc.reduce(torch.stack([self.sums[k] for k in keys]) / count.clamp_min(1), "mean")
+        # The only host read of the log interval: means, count and the bad-step guard together.
+        values = torch.cat([stacked, count, self.guard.state()]).tolist()
+        count, guard = values[len(keys)], values[len(keys) + 1 :]
+        self.sums, self.count = {}, 0
+        self._check_guard(step, guard)
+        if not keys or count == 0:
+            return
+        record = dict(zip(keys, values[: len(keys)], strict=True))
         record.setdefault("tau_h", float("nan"))
         record.setdefault("noise_share", 0.0)
         record["lr"] = self.scheduler.get_last_lr()[0]
         record["phase"] = phase_name(step, self.config.schedule)
-        self.sums, self.count = {}, 0
         images = self.s.train.batch_size * self.s.train.grad_accum * self.acc.num_processes
         self.progress.update(step, record, images)
         if self.s.train.tracker != "none":

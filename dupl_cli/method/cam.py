@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dupl_cli.models.geometry import pad_to_multiple, padded_size, resample_view
 
@@ -48,44 +49,88 @@ def backbone_stride(student) -> int:
     return int(getattr(student.backbone, "stride", 1) or 1)
 
 
-def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool):
+def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool, *, final: bool = True, forward=None):
     """For each scale, ``student.cams`` of the resized batch (with its hflip appended when ``flip``),
-    zero-padded at the bottom/right to a multiple of the backbone stride."""
+    zero-padded at the bottom/right to a multiple of the backbone stride.
+
+    ``forward``: the student's output on ``images`` itself (a training forward); the un-flipped view
+    at the input size is then read from its feature maps instead of being run again.
+    ``final=False``: the aux CAM only (the final one is None).
+    """
+    h, w = images.shape[-2:]
+    stride = backbone_stride(student)
     out = []
-    for view in view_sizes(images.shape[-2:], scales):
+    for view in view_sizes((h, w), scales):
+        if forward is not None and view == (h, w):
+            fmap = forward.features.detach() if final else None
+            cam, cam_aux = student.raw_cams(fmap, forward.aux_features.detach())
+            if flip:
+                cam_f, cam_aux_f = student.cams(pad_to_multiple(images.flip(-1), stride), final=final)
+                cam = None if cam is None else torch.cat([cam, cam_f])
+                cam_aux = torch.cat([cam_aux, cam_aux_f])
+            out.append((cam, cam_aux))
+            continue
         x = _resize(images, view)
         if flip:
             x = torch.cat([x, x.flip(-1)], dim=0)
-        out.append(student.cams(pad_to_multiple(x, backbone_stride(student))))
+        out.append(student.cams(pad_to_multiple(x, stride), final=final))
     return out
 
 
+def forward_is_reusable(student, output) -> bool:
+    """Whether a training forward gives the maps a no-grad pass of the same input would: nothing
+    random (dropout, drop-path) and nothing batch-dependent (batch-norm statistics) runs in training mode."""
+    if output is None or getattr(output, "aux_features", None) is None:
+        return False
+    for module in student.modules():
+        if not module.training:
+            continue
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            return False
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            return False
+        if float(getattr(module, "drop_prob", 0.0) or 0.0) > 0:  # timm DropPath
+            return False
+    return True
+
+
 @torch.no_grad()
-def multiscale_cam(student, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool):
-    """(cam, cam_aux), both B×C×H×W in [0, 1]: ReLU-summed over scales, normalised per image and class."""
+def multiscale_cam(
+    student, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool, final: bool = True, forward=None
+):
+    """(cam, cam_aux), both B×C×H×W in [0, 1]: ReLU-summed over scales, normalised per image and class.
+
+    ``final=False`` skips the final-map CAM (returned as None); ``forward`` as in
+    :func:`raw_cams_at_scales`, used only when :func:`forward_is_reusable`.
+    """
     b, _, h, w = images.shape
+    forward = forward if forward_is_reusable(student, forward) else None
     cam = cam_aux = None
     stride = backbone_stride(student)
-    raws = raw_cams_at_scales(student, images, scales, flip)
+    raws = raw_cams_at_scales(student, images, scales, flip, final=final, forward=forward)
     for view, (raw, raw_aux) in zip(view_sizes((h, w), scales), raws, strict=True):
-        c = merge_flip(raw, (h, w), b, flip, view=view, stride=stride)
         a = merge_flip(raw_aux, (h, w), b, flip, view=view, stride=stride)
-        cam = c if cam is None else cam + c
         cam_aux = a if cam_aux is None else cam_aux + a
-    return normalise_cam(cam), normalise_cam(cam_aux)
+        if final:
+            c = merge_flip(raw, (h, w), b, flip, view=view, stride=stride)
+            cam = c if cam is None else cam + c
+    return (normalise_cam(cam) if final else None), normalise_cam(cam_aux)
 
 
 @torch.no_grad()
-def dual_multiscale_cam(model, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool):
+def dual_multiscale_cam(
+    model, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool, final: bool = True, forwards=None
+):
     """Multi-scale CAMs of every student of ``model``: lists ``[cam_k]``, ``[cam_aux_k]``.
 
     Each student sees all flips of a scale in one batch; the students have separate weights, so
-    they run one after the other (a shared batch would need functional vmapping for no gain on
-    the small per-scale batches).
+    they run one after the other. ``final``/``forwards`` (per student, its training forward on
+    ``images``): see :func:`multiscale_cam`.
     """
     cams, cams_aux = [], []
-    for student in model.students:
-        cam, cam_aux = multiscale_cam(student, images, scales=scales, flip=flip)
+    forwards = forwards or [None] * len(model.students)
+    for student, forward in zip(model.students, forwards, strict=True):
+        cam, cam_aux = multiscale_cam(student, images, scales=scales, flip=flip, final=final, forward=forward)
         cams.append(cam)
         cams_aux.append(cam_aux)
     return cams, cams_aux

@@ -13,7 +13,7 @@ import torch
 
 from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
-from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam
+from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam, merge_flip, normalise_cam
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.params import PhaseSchedule, StepConfig, ThresholdConfig
 from dupl_cli.method.schedule import Phase, dta_window, phase_at
@@ -38,7 +38,7 @@ class StepResult(NamedTuple):
 
 class PseudoLabels(NamedTuple):
     tau_image: torch.Tensor  # B, per-image tau_h of this iteration
-    token: list[torch.Tensor]  # per student, B×h×w PTC token labels
+    token: list[torch.Tensor] | None  # per student, B×h×w PTC token labels (None when PTC is off)
     refined: list[torch.Tensor] | None  # per student, B×H×W PAR labels (before ANF)
     filtered: list[torch.Tensor] | None  # per student, after ANF (the label its partner learns)
     noise: torch.Tensor | None  # (students·B)×H×W noise mask (student 1 images first)
@@ -58,23 +58,27 @@ def class_thresholds(t: int, thresholds: ThresholdConfig, schedule: PhaseSchedul
 
 
 def make_pseudo_labels(
-    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, config: StepConfig, grid
+    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, config: StepConfig, grid, *, slots=None
 ) -> PseudoLabels:
-    """Token labels, PAR-refined labels and their noise-filtered version for both students."""
+    """Token labels (when PTC is on), PAR-refined labels and their noise-filtered version for both
+    students. ``slots``: the batch's largest present-class count, known on the host
+    (:func:`~dupl_cli.method.thresholds.refine_labels`)."""
     th = config.thresholds
     tau_image = image_thresholds(class_thresholds(t, th, config.schedule), labels)
-    token = [
-        token_labels(
-            a,
-            labels,
-            grid=grid,
-            tau_high=tau_image,
-            tau_low=th.tau_low,
-            img_box=img_box,
-            pixel_box=config.ptc_pixel_box,
-        )
-        for a in cams_aux
-    ]
+    token = None
+    if phase.w_ptc > 0:
+        token = [
+            token_labels(
+                a,
+                labels,
+                grid=grid,
+                tau_high=tau_image,
+                tau_low=th.tau_low,
+                img_box=img_box,
+                pixel_box=config.ptc_pixel_box,
+            )
+            for a in cams_aux
+        ]
     if not phase.seg_labels:
         return PseudoLabels(tau_image, token, None, None, None)
     sources, tau_seg = (cams_aux, th.aux_tau) if phase.aux_labels else (cams, tau_image)
@@ -88,6 +92,7 @@ def make_pseudo_labels(
         tau_low=th.tau_low,
         img_box=torch.cat([img_box] * n),
         par=config.par,
+        slots=slots,
     )
     noise = None
     filtered = refined
@@ -115,11 +120,14 @@ def training_step(
     images_u8 = denormalize_u8(images, config.mean, config.std)
     images01 = images_u8.float() / 255.0  # as the release: PAR sees the uint8-rounded image
 
-    cams, cams_aux = dual_multiscale_cam(model, images, scales=config.cam.scales, flip=config.cam.flip)
     outs = [s(images) for s in students]
     seg_weak = [o.seg for o in outs]
     grid = tuple(outs[0].features.shape[-2:])
-    pseudo = make_pseudo_labels(images01, cams, cams_aux, seg_weak, labels, img_box, t, phase, config, grid)
+    cams, cams_aux = _step_cams(model, images, outs, phase, config)
+    slots = batch.get("max_present")
+    pseudo = make_pseudo_labels(
+        images01, cams, cams_aux, seg_weak, labels, img_box, t, phase, config, grid, slots=slots
+    )
 
     zero = images.new_zeros((), dtype=torch.float32)
     terms: dict[str, torch.Tensor] = {}
@@ -160,6 +168,28 @@ def training_step(
 def _per_student(name: str, values: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """The term summed over students, and each student's share as name_k."""
     return {name: sum(values), **{f"{name}_{k}": v for k, v in enumerate(values, 1)}}
+
+
+def _step_cams(model, images, outs, phase: Phase, config: StepConfig):
+    """The multi-scale CAMs this phase's labels use, per student: the final-map CAM for the refined
+    labels (unless the aux stage feeds them) and the aux CAM for token labels; the other is None. The
+    un-flipped scale-1.0 view is the training forward itself. A phase that needs no final CAM gets the
+    training forward's single-view one, for the visuals only."""
+    need_final = phase.seg_labels and not phase.aux_labels
+    need_aux = phase.w_ptc > 0 or (phase.seg_labels and phase.aux_labels)
+    cams, cams_aux = [None] * len(outs), [None] * len(outs)
+    if need_final or need_aux:
+        cams, cams_aux = dual_multiscale_cam(
+            model, images, scales=config.cam.scales, flip=config.cam.flip, final=need_final, forwards=outs
+        )
+    if not need_final:
+        size = tuple(images.shape[-2:])
+        with torch.no_grad():
+            cams = [
+                normalise_cam(merge_flip(s.raw_cams(o.features.detach(), None)[0], size, 1, False))
+                for s, o in zip(model.students, outs, strict=True)
+            ]
+    return cams, cams_aux
 
 
 def consistency_terms(

@@ -95,17 +95,18 @@ def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=Non
     return cam_to_label(tok, labels, tau_high=tau_high, tau_low=tau_low, img_box=img_box, ignore=ignore, box_stride=stride, pixel_box=pixel_box)
 
 
-def _present_slots(labels: torch.Tensor, pack: bool | None = None):
+def _present_slots(labels: torch.Tensor, slots: int | None = None):
     """Compact channel layout: slot 0 background, slots 1.. the present classes in order.
 
-    Returns (class index per slot B×(K-1), slot used B×(K-1) bool, label id per slot B×K).
+    ``slots``: class slots per image, at least the batch's largest present-class count, known on the
+    host (the train loader counts it): reading it off an accelerator would sync. None: counted here
+    on CPU (free), all C elsewhere. Returns (class index per slot B×(K-1), slot used B×(K-1) bool,
+    label id per slot B×K).
     """
     present = labels > 0
-    # On the host the batch's largest class count is free to read and keeps PAR small; on an
-    # accelerator reading it would sync, so by default all C channels stay (absent ones masked).
-    if pack is None:
-        pack = labels.device.type == "cpu"
-    k = max(int(present.sum(1).max()), 1) if pack else labels.shape[1]
+    if slots is None:
+        slots = int(present.sum(1).max()) if labels.device.type == "cpu" else labels.shape[1]
+    k = min(max(int(slots), 1), labels.shape[1])
     order = torch.argsort((~present).to(torch.int8), dim=1, stable=True)[:, :k]
     used = present.gather(1, order)
     ids = torch.cat([torch.zeros_like(order[:, :1]), order + 1], 1)
@@ -122,7 +123,7 @@ def refine_labels(
     img_box=None,
     par: ParConfig = ParConfig(),
     ignore: int = IGNORE_INDEX,
-    pack: bool | None = None,
+    slots: int | None = None,
 ) -> torch.Tensor:
     """PAR-refined labels (docs/method.md §4.5), B×H×W: foreground from the tau_h pass, background where
     both the tau_h and tau_l passes say background, ignore elsewhere and outside ``img_box``.
@@ -130,11 +131,12 @@ def refine_labels(
     ``images01`` B×3×H×W in [0, 1] (the de-normalised weak view), ``cam`` normalised B×C×H×W.
     One affinity per image is shared by both passes; the present classes are packed into a
     fixed number of channels (absent slots masked out of the softmax) so the batch runs at once:
-    the batch's largest class count when ``pack`` (default on CPU), else all C (no host sync).
+    ``slots`` of them (the batch's largest class count, known on the host; see ``_present_slots``).
+    Absent classes get probability 0 either way, so the labels do not depend on ``slots``.
     """
     b, _, h, w = cam.shape
     small = (h // par.downscale, w // par.downscale)
-    order, used, ids = _present_slots(labels, pack)
+    order, used, ids = _present_slots(labels, slots)
     cam = cam.float() * labels.float()[:, :, None, None]
     packed = cam.gather(1, order[:, :, None, None].expand(-1, -1, h, w))
     packed = F.interpolate(packed, size=small, mode="bilinear", align_corners=False)

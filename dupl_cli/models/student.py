@@ -16,6 +16,7 @@ class StudentOutput(NamedTuple):
     aux_logits: torch.Tensor  # B×C, auxiliary classifier on the pooled intermediate map
     seg: torch.Tensor  # B×(C+1)×h×w at token resolution
     features: torch.Tensor  # B×D×h×w final feature map
+    aux_features: torch.Tensor | None = None  # B×D'×h'×w' intermediate map (the aux CAM's input)
 
 
 class Student(nn.Module):
@@ -39,16 +40,29 @@ class Student(nn.Module):
             aux_logits=self._pooled_logits(self.aux_classifier, aux),
             seg=self.head(final),
             features=final,
+            aux_features=aux,
         )
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """Inference path: segmentation logits at token resolution (backbone + head only)."""
         return self.head(self.backbone(x).final)
 
-    def cams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw CAMs (classifier weights as 1x1 convs, no ReLU): final-map CAM and auxiliary CAM."""
-        final, aux = self.backbone(x)
-        return F.conv2d(final, self.classifier.weight), F.conv2d(aux, self.aux_classifier.weight)
+    def cams(self, x: torch.Tensor, *, final: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Raw CAMs (classifier weights as 1x1 convs, no ReLU): final-map CAM and auxiliary CAM.
+
+        ``final=False`` returns (None, aux CAM) and stops a backbone with ``forward_aux`` at the
+        auxiliary layer (the blocks after it would be computed for nothing).
+        """
+        if not final and hasattr(self.backbone, "forward_aux"):
+            return self.raw_cams(None, self.backbone.forward_aux(x))
+        fmap, aux = self.backbone(x)
+        return self.raw_cams(fmap if final else None, aux)
+
+    def raw_cams(self, fmap: torch.Tensor | None, aux: torch.Tensor | None):
+        """The raw CAMs (final, aux) of given feature maps, e.g. a training forward's ``features`` and
+        ``aux_features``; None for a map not given."""
+        cam = None if fmap is None else F.conv2d(fmap, self.classifier.weight)
+        return cam, (None if aux is None else F.conv2d(aux, self.aux_classifier.weight))
 
     def param_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """(backbone parameters, classifier + head parameters); frozen ones left out."""

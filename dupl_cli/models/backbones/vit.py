@@ -110,6 +110,13 @@ class ViTBackbone(nn.Module):
         return vit.norm_pre(tokens), grid
 
     def forward(self, x: torch.Tensor) -> BackboneFeatures:
+        return self._run(x, aux_only=False)
+
+    def forward_aux(self, x: torch.Tensor) -> torch.Tensor:
+        """The aux map alone: the blocks after ``aux_layer`` and the final norm are not run."""
+        return self._run(x, aux_only=True).aux
+
+    def _run(self, x: torch.Tensor, aux_only: bool) -> BackboneFeatures:
         tokens, grid = self._embed(pad_to_multiple(x, self.stride))
         rope = self.vit.rope.get_embed(shape=list(grid)) if self.has_rope else None
         mixed = getattr(self.vit, "rope_mixed", False)  # depth-dependent RoPE: one embedding per block
@@ -121,6 +128,8 @@ class ViTBackbone(nn.Module):
                 tokens = block(tokens, rope=rope[index] if mixed else rope)
             if index == self.aux_index:
                 aux = tokens
+                if aux_only:
+                    return BackboneFeatures(None, self._to_map(aux, grid))
         tokens = getattr(self.vit, self.norm_name)(tokens)
         return BackboneFeatures(self._to_map(tokens, grid), self._to_map(aux, grid))
 

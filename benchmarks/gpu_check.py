@@ -1,0 +1,147 @@
+"""The GPU figures of issue 13 in one run (`make gpu-check`, <= 5 minutes on one GPU).
+
+For ViT-B/16 (deit_base, random init) at 448 px, batch 4, bf16, without and with ``train.compile``:
+seconds per training step per phase (forward, losses, backward, AdamW), peak GPU memory, images/s of a
+200-iteration real ``dupl train`` run with data loading (demo data at 448), evaluation images/s
+single-scale and multi-scale + flip, and the projected VOC schedule (20k iterations). ``--dry`` runs
+every part at toy size on the CPU (test_vit, 64 px, a few iterations, the trace-only compile
+backend) so the script cannot rot; its figures mean nothing.
+
+Usage: python benchmarks/gpu_check.py [--dry] [--iters 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dupl_cli.config.schema import DuplSettings, ModelSettings
+from dupl_cli.engine.compile import compile_students
+from dupl_cli.engine.method_config import step_config
+from dupl_cli.engine.optim import build_optimizer
+from dupl_cli.method.params import PhaseSchedule
+from dupl_cli.method.step import training_step
+from dupl_cli.models.dual import build_dual_student
+
+VOC = PhaseSchedule()  # t_seg 2000, t_anf 8000, 20000 iterations
+PHASES = {"A": 0, "B": VOC.t_seg, "C": VOC.t_anf + 1}
+
+
+def _batch(b: int, size: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(b, 20)
+    labels[torch.arange(b), torch.randint(0, 20, (b,), generator=g)] = 1
+    low = torch.randn(b, 3, size // 32, size // 32, generator=g)  # smooth: CAMs, PAR and ANF see structure
+    image = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
+    box = torch.tensor([[0, size, 0, size]] * b)
+    return {"image": image.to(device), "labels": labels.to(device), "img_box": box.to(device),
+            "max_present": int((labels > 0).sum(1).max())}
+
+
+def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str | None, steps: int) -> dict:
+    """Median seconds per step per phase and the peak GPU memory (GiB; nan on CPU)."""
+    settings = DuplSettings(model=ModelSettings(arch=arch, pretrained="none"))
+    torch.manual_seed(0)
+    model = build_dual_student(settings.model, 20, img_size=size).to(device).train()
+    if compile_backend:
+        compile_students(model, backend=compile_backend)
+    opt = build_optimizer(model, settings.train)
+    config = step_config(settings)
+    data = _batch(batch, size, device)
+    gen = torch.Generator().manual_seed(0)
+    cuda = device.type == "cuda"
+    out = {}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    for phase, t in PHASES.items():
+        times = []
+        for i in range(steps + 2):  # two warm-ups: compilation of every shape of the phase
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                result = training_step(model, data, t, config, generator=gen)
+            result.loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        out[phase] = statistics.median(times)
+    out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    return out
+
+
+def _dupl(*args: str) -> float:
+    """Wall seconds of one ``dupl`` command (fails loudly)."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "dupl_cli", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"dupl {' '.join(args)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def trainer_and_eval(tmp: Path, *, arch: str, size: int, batch: int, iters: int, n_val: int, dry: bool) -> dict:
+    data = tmp / "data"
+    n_train = max(batch * 4, 16)
+    _dupl("data", "demo", "--out", str(data), "--size", str(size), "--n-train", str(n_train), "--n-val", str(n_val))
+    opts = ["--set", f"data.options.size={size}", "--set", f"data.options.n_train={n_train}",
+            "--set", f"data.options.n_val={n_val}"]
+    common = ["--preset", "demo", "--set", f"data.root={data}", "--set", f"data.crop_size={size}", *opts,
+              "--set", f"model.arch={arch}", "--set", "model.head_channels=512"]
+    train = [*common, "--set", f"train.max_iters={iters}", "--set", f"train.batch_size={batch}",
+             "--set", f"train.reference_batch={batch}", "--set", f"train.val_every={iters * 10}",
+             "--set", f"train.ckpt_every={iters * 10}", "--set", "method.t_seg=1", "--set", "method.t_anf=2",
+             "--set", f"train.precision={'no' if dry else 'bf16'}", "--set", f"data.num_workers={min(8, os.cpu_count())}"]
+    run = tmp / "run"
+    seconds = _dupl("train", *train, "--run-dir", str(run))
+    out = {"train_images_s": iters * batch / seconds}
+    for name, ms in (("single", "false"), ("ms_flip", "true")):
+        flag = ["--multiscale"] if ms == "true" else []
+        seconds = _dupl("evaluate", str(run), *common, *flag, "--out", str(tmp / f"eval-{name}"))
+        out[f"eval_{name}_images_s"] = n_val / seconds
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry", action="store_true", help="toy sizes on the CPU (checks the script, not the GPU)")
+    p.add_argument("--iters", type=int, default=200)
+    p.add_argument("--steps", type=int, default=5)
+    args = p.parse_args()
+    cuda = torch.cuda.is_available() and not args.dry
+    if not cuda and not args.dry:
+        raise SystemExit("gpu_check: no CUDA device (use --dry to check the script on the CPU)")
+    device = torch.device("cuda" if cuda else "cpu")
+    arch, size, batch = ("deit_base_patch16_224", 448, 4) if cuda else ("test_vit", 64, 2)
+    iters, steps = (args.iters, args.steps) if cuda else (3, 1)
+    name = torch.cuda.get_device_name() if cuda else "CPU (dry run: figures mean nothing)"
+    print(f"gpu-check: {name}; {arch} at {size} px, batch {batch}, {'bf16' if cuda else 'fp32'}")
+    rows = {}
+    for label, backend in (("eager", None), ("compiled", "inductor" if cuda else "aot_eager")):
+        rows[label] = step_times(arch, size, batch, device, compile_backend=backend, steps=steps)
+        r = rows[label]
+        mean = statistics.mean(r[k] for k in PHASES)
+        voc = VOC.t_seg * r["A"] + (VOC.t_anf - VOC.t_seg) * r["B"] + (VOC.max_iters - VOC.t_anf) * r["C"]
+        print(f"{label:>9}: s/step A {r['A']:.4f}  B {r['B']:.4f}  C {r['C']:.4f}  (mean {mean:.4f}); "
+              f"peak {r['peak_gib']:.2f} GiB; VOC 20k-iteration schedule {voc / 60:.1f} min (steps only)")
+    with tempfile.TemporaryDirectory() as tmp:
+        f = trainer_and_eval(Path(tmp), arch=arch, size=size, batch=batch, iters=iters,
+                             n_val=100 if cuda else 4, dry=args.dry)
+    print(f"trainer: {f['train_images_s']:.1f} images/s over a {iters}-iteration `dupl train` run "
+          f"(data loading, start-up and the final validation included)")
+    print(f"evaluate: {f['eval_single_images_s']:.1f} images/s single-scale, "
+          f"{f['eval_ms_flip_images_s']:.1f} images/s multi-scale + flip (start-up included)")
+
+
+if __name__ == "__main__":
+    main()
