@@ -247,8 +247,9 @@ class Trainer:
         module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
         state = {"step": 0, "best": None, "bad_in_row": 0}
         if resume_ckpt is not None:
-            acc.load_state(str(resume_ckpt))
-            state = runs.read_state(resume_ckpt)
+            from dupl_cli.engine.resume import load_resume
+
+            state, resume_ckpt = load_resume(acc, run_dir, resume_ckpt, progress.message)
             progress.message(f"resumed from {resume_ckpt} at step {state['step']}")
         if t.tracker != "none" and run_dir is not None:
             acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})
