@@ -43,11 +43,12 @@ def infer(
 
     Masks never overwrite an input; index.csv in --out says which input became which mask.
     """
-    from dupl_cli.engine.infer import check_checkpoint_arg
+    from dupl_cli.engine.infer import check_checkpoint_arg, check_out_dir
 
     checkpoint = check_checkpoint_arg(checkpoint)
+    check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.infer import check_out_dir, describe_checkpoint, run_infer
+    from dupl_cli.engine.infer import describe_checkpoint, run_infer
     from dupl_cli.engine.tta import TTAConfig
 
     out_console = console(ctx)

@@ -29,7 +29,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except Exception as exc:
+            from dupl_cli.engine.writable import write_failure
+
+            failure = write_failure(path, exc)
+            if failure is not None:
+                raise failure from None
+            raise
         # mkstemp creates 0600; give the file the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)

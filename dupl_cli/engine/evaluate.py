@@ -117,6 +117,12 @@ def run_evaluate(
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     adapter, remap_note = _check(loaded, adapter, settings, req)
+    if runtime.is_main:  # before the split is processed, not after
+        from dupl_cli.engine.writable import check_writable
+
+        check_writable(req.out, "evaluation folder")
+        if req.report is not None:
+            check_writable(Path(req.report).parent, "report folder")
     limit = req.max_images or settings.eval.max_images
     _keep_full_evaluation(req.out, limit)
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, limit)

@@ -238,7 +238,7 @@ def run_infer(
 
 
 def check_out_dir(out: Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder")
-    return out
+    """The --out folder, created and known to be writable before any model is loaded."""
+    from dupl_cli.engine.writable import check_writable
+
+    return check_writable(Path(out), "--out folder")

@@ -24,6 +24,7 @@ from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
 from dupl_cli.engine.run_lock import RunLock, clean_leftovers
+from dupl_cli.engine.writable import check_writable
 from dupl_cli.errors import UserError, one_line
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
@@ -173,7 +174,7 @@ class Trainer:
     def _claim_run_dir(self, run_dir: Path, resume_ckpt: Path | None) -> tuple[RunLock, list[Path]]:
         """Lock the run directory (before looking at it: two starts at once cannot both pass), then
         remove an interrupted run's leftovers. Main process only."""
-        run_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(run_dir, "run directory")
         lock = RunLock.acquire(run_dir)
         try:
             if resume_ckpt is None and runs.latest_checkpoint(run_dir) is not None:
