@@ -133,6 +133,10 @@ def find_with_ext(folder: Path, sample_id: str, exts=IMAGE_EXTS) -> Path | None:
         p = folder / f"{sample_id}{ext.upper()}"
         if p.is_file():
             return p
+    for ext in (*exts, *(e.upper() for e in exts)):  # a folder or dangling link by that name: say so
+        p = folder / f"{sample_id}{ext}"
+        if p.is_dir() or p.is_symlink():
+            return p
     return None
 
 

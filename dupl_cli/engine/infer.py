@@ -11,6 +11,7 @@ import csv
 import glob
 import io
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ def _run_dir_above(path: Path) -> Path | None:
 
 def check_checkpoint_arg(arg: Path) -> Path:
     """The first argument must be a checkpoint or run directory, not an image or an image folder."""
+    from dupl_cli.config.presets import _refuse_url
+
+    _refuse_url(str(arg))
     arg = Path(arg).expanduser()
     if arg.is_dir():
         if (arg / "best.safetensors").is_file() or (arg / "final.safetensors").is_file():
@@ -98,6 +102,8 @@ def expand_inputs(paths: Iterable[str], out: Path | None = None) -> tuple[list[P
             if not found:
                 problems.append(f"{raw}: pattern matches no file")
             files += found
+        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", raw):
+            problems.append(f"{raw}: URLs are not supported; download the image and give its path")
         elif p.is_symlink():
             problems.append(f"{p}: dangling symbolic link (its target {os.readlink(p)} does not exist)")
         else:
