@@ -163,12 +163,39 @@ class InferResult:
     total_failed: int
 
 
-def _file_items(files: list[Path], stems: list[str], failed: dict[str, str], bar, log) -> Iterator[Item]:
-    """Decoded images; an unreadable file is reported, counted and skipped."""
+def _size(path: Path) -> tuple[int, int]:
+    """(width, height) from the file header (nothing decoded); (0, 0) when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # read_image names the problem
+        return 0, 0
+
+
+def too_large(path: Path, max_pixels: int) -> str | None:
+    """The size policy: images above ``eval.max_pixels`` are refused before they are decoded."""
+    width, height = _size(path)
+    if width * height <= max_pixels:
+        return None
+    return (
+        f"{path}: {width}x{height} = {width * height:,} pixels is above eval.max_pixels = {max_pixels:,} "
+        "(time and memory grow with the image); downscale it or raise eval.max_pixels"
+    )
+
+
+def _file_items(
+    files: list[Path], stems: list[str], failed: dict[str, str], bar, log, max_pixels: int
+) -> Iterator[Item]:
+    """Decoded images; an unreadable or too large file is reported, counted and skipped."""
     from dupl_cli.data.images import read_image
 
     for path, stem in zip(files, stems, strict=True):
         try:
+            problem = too_large(path, max_pixels)
+            if problem:
+                raise DataError(problem)
             image = read_image(path)
         except DataError as exc:
             failed[stem] = str(exc)
@@ -233,7 +260,7 @@ def run_infer(
     options = PredictOptions.from_settings(settings, use_crf)
     failed: dict[str, str] = {}
     with ProgressBar("infer", len(files[share]), show_progress and runtime.is_main) as bar:
-        items = _file_items(files[share], stems[share], failed, bar, log)
+        items = _file_items(files[share], stems[share], failed, bar, log, settings.eval.max_pixels)
         predict(items, [head], sinks, runtime, options, bar)
     every_failure = _all_failed(runtime, failed)
     if runtime.is_main:

@@ -88,3 +88,18 @@ def test_infer_takes_the_checkpoint_first_and_names_it(cli, tmp_path):
     assert "p.png: not a checkpoint (.safetensors) or run directory" in _one_error_line(r)
     r = cli("infer", src, src / "p.png", "--out", tmp_path / "o3")
     assert r.exit_code == 2 and "in: not a run directory" in _one_error_line(r)
+
+
+def test_images_above_the_size_policy_are_refused_and_named(cli, tmp_path):
+    """17.12: a huge image is reported and skipped before it is decoded; the others are segmented."""
+    src = tmp_path / "in"
+    _photo(src / "small.png", size=(20, 30))
+    _photo(src / "huge.png", size=(50, 60))
+    out = tmp_path / "out"
+    r = cli("infer", cli.run_dir, src, "--out", out, "--set", "eval.max_pixels=1000")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    text = " ".join(r.output.split())
+    assert "huge.png: 60x50 = 3,000 pixels is above eval.max_pixels = 1,000" in text and "raise eval.max_pixels" in text
+    assert sorted(p.name for p in out.glob("*.png")) == ["small.png"]
+    rows = {row["mask"] or row["input"]: row["status"] for row in csv.DictReader((out / "index.csv").open())}
+    assert rows["small.png"] == "ok" and "above eval.max_pixels" in rows[str(src / "huge.png")]
