@@ -43,9 +43,10 @@ def infer(
 
     Masks never overwrite an input; index.csv in --out says which input became which mask.
     """
-    from dupl_cli.engine.infer import check_checkpoint_arg, check_out_dir
+    from dupl_cli.engine.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
 
     checkpoint = check_checkpoint_arg(checkpoint)
+    refuse_run_dirs(paths)  # before --out is created
     check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
     from dupl_cli.engine.infer import describe_checkpoint, run_infer

@@ -112,7 +112,7 @@ def card_problem(card: dict[str, Any]) -> str | None:
     student = card.get("student", 1)
     if type(student) is not int or not 1 <= student <= students:
         return f"'student' must be 1{' or 2' if students == 2 else ''}, not {student!r}"
-    if "step" in card and (type(card["step"]) is not int or card["step"] < 0):
+    if card.get("step") is not None and (type(card["step"]) is not int or card["step"] < 0):
         return f"'step' must be a whole number >= 0, not {card['step']!r}"
     if not isinstance(card.get("settings"), dict):
         return "checkpoint card has no settings table"

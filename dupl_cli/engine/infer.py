@@ -72,23 +72,28 @@ def describe_checkpoint(loaded: LoadedModel, limit: int = 12) -> str:
     return f"{loaded.path} (step {step}, {len(names)} classes: {shown}; {loaded.how})"
 
 
+def refuse_run_dirs(paths: Iterable[str]) -> None:
+    """A run directory (or a folder inside one) is not a folder of images: its PNGs are reports."""
+    for raw in paths:
+        p = Path(raw).expanduser()
+        run = _run_dir_above(p.resolve()) if p.is_dir() else None
+        if run is not None:
+            inside = "" if run == p.resolve() else f" (inside {run})"
+            raise UserError(f"{p}: is a training run directory{inside}, not a folder of images; give the run first: {USAGE}")
+
+
 def expand_inputs(paths: Iterable[str], out: Path | None = None) -> tuple[list[Path], list[str]]:
     """Files, folders (their images, sorted, recursive) and globs → (files, problems).
 
     A run directory (or a folder inside one) is refused: its images are reports, not inputs. Files
     under ``out`` are left out of folders and globs, so a rerun does not segment its own masks.
     """
+    refuse_run_dirs(paths := list(paths))
     out_abs = Path(out).resolve() if out is not None else None
     files, problems = [], []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            run = _run_dir_above(p.resolve())
-            if run is not None:
-                raise UserError(
-                    f"{p}: is a training run directory{'' if run == p.resolve() else f' (inside {run})'}, "
-                    f"not a folder of images; give the run first: {USAGE}"
-                )
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
             found = [f for f in found if not _under(f, out_abs)]
             if not found:

@@ -13,15 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dupl_cli.engine import run_dir as runs
-from dupl_cli.errors import UserError, one_line
-
-
-def reason(exc: BaseException) -> str:
-    """Why a checkpoint file did not load, in one line; never torch's advice to unpickle anyway."""
-    text = str(exc)
-    if "weights_only" in text or "Weights only load failed" in text or "Unsupported global" in text:
-        return "holds pickled objects that are not plain tensors (refused: dupl never unpickles code)"
-    return one_line(exc)
+from dupl_cli.errors import UserError, load_reason
 
 
 class _RngSkipped(logging.Handler):
@@ -59,7 +51,7 @@ def load_resume(acc, run_dir: Path, newest: Path, report: Callable[[str], None])
         try:
             state = _load_one(acc, ckpt, report)
         except Exception as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
-            failures.append(f"{ckpt}: {reason(exc)}")
+            failures.append(f"{ckpt}: {load_reason(exc)}")
             report(f"warning: cannot resume from {failures[-1]}")
             continue
         for bad in failures:  # set aside, so rotation never deletes a good checkpoint to keep them

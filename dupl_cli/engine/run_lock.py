@@ -20,8 +20,9 @@ LOCK_FILE = ".lock"
 class RunLock:
     """Held from ``acquire`` until ``release`` or the end of the process."""
 
-    def __init__(self, run_dir: Path, fd: int) -> None:
+    def __init__(self, run_dir: Path, fd: int, unsupported: str | None = None) -> None:
         self.run_dir, self._fd = Path(run_dir), fd
+        self.unsupported = unsupported  # why the file system gave no lock (the run goes on unlocked)
 
     @classmethod
     def acquire(cls, run_dir: Path) -> RunLock:
@@ -38,6 +39,9 @@ class RunLock:
                 f"{run_dir}: another dupl train (pid {pid}) is training in this run directory; "
                 "wait for it to finish or choose another --run-dir"
             ) from None
+        except OSError as exc:  # some network file systems have no flock
+            os.close(fd)
+            return cls(run_dir, -1, exc.strerror or str(exc))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(run_dir, fd)

@@ -159,6 +159,7 @@ class Trainer:
         self.options = options
         self.model: nn.Module | None = None
         self.config: StepConfig | None = None  # built in run() once the class count is known
+        self._lock: RunLock | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
@@ -191,6 +192,7 @@ class Trainer:
         acc = make_accelerator(t.precision, t.grad_accum, run_dir, t.tracker if run_dir else "none")
         owned = run_dir is not None and acc.is_main_process
         lock, leftovers = self._claim_run_dir(run_dir, resume_ckpt) if owned else (None, [])
+        self._lock = lock
         try:
             return self._run(acc, run_dir, resume_ckpt, leftovers)
         except BaseException as exc:
@@ -212,6 +214,8 @@ class Trainer:
         s, t = self.settings, self.settings.train
         main = acc.is_main_process
         progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet)
+        if self._lock is not None and self._lock.unsupported:
+            progress.message(f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time")
         if leftovers:
             names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
             progress.message(f"note: removed what an interrupted run left behind: {names}")

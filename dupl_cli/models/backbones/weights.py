@@ -51,9 +51,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file formats raise many types
-        from dupl_cli.engine.resume import reason
+        from dupl_cli.errors import load_reason
 
-        raise UserError(f"{path}: cannot read weights ({reason(exc)})") from None
+        raise UserError(f"{path}: cannot read weights ({load_reason(exc)})") from None
     for nest in ("state_dict", "model", "module"):
         if isinstance(state, Mapping) and nest in state and isinstance(state[nest], Mapping):
             state = state[nest]
