@@ -185,6 +185,13 @@ class Trainer:
             lock.release()
             raise
 
+    def _announce_claim(self, progress, run_dir: Path | None, leftovers: list[Path]) -> None:
+        if self._lock is not None and self._lock.unsupported:
+            progress.message(f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time")
+        if leftovers:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
+            progress.message(f"note: removed what an interrupted run left behind: {names}")
+
     def run(self) -> Path | None:
         """Train; the run directory is locked throughout and a fatal error is also written to train.log."""
         run_dir, resume_ckpt = self._prepare_run_dir()
@@ -214,11 +221,7 @@ class Trainer:
         s, t = self.settings, self.settings.train
         main = acc.is_main_process
         progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet)
-        if self._lock is not None and self._lock.unsupported:
-            progress.message(f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time")
-        if leftovers:
-            names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
-            progress.message(f"note: removed what an interrupted run left behind: {names}")
+        self._announce_claim(progress, run_dir, leftovers)
         if run_dir is not None and main:
             changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
             for line in changed:
