@@ -18,6 +18,14 @@ class DataError(UserError):
         super().__init__(message, exit_code=1)
 
 
+def load_reason(exc: BaseException) -> str:
+    """Why a weights or state file did not load, in one line; never torch's advice to unpickle anyway."""
+    text = str(exc)
+    if "weights_only" in text or "Weights only load failed" in text or "Unsupported global" in text:
+        return "holds pickled objects that are not plain tensors (refused: dupl never unpickles code)"
+    return one_line(exc)
+
+
 def one_line(exc: BaseException) -> str:
     """An exception as one line for the user: its type and the first line of its message."""
     if isinstance(exc, SystemExit):

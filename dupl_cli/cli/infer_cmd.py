@@ -13,12 +13,16 @@ from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, prepare
 
 def infer(
     ctx: typer.Context,
-    paths: Annotated[
-        list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.")
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint .safetensors or run directory (as evaluate and export take it).")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Output folder for <name>.png masks.")] = Path(
-        "predictions"
-    ),
+    paths: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) or glob patterns; not a run directory."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for <name>.png masks and index.csv (input -> mask).")
+    ] = Path("predictions"),
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also write <name>_overlay.jpg (image blended with the mask).")
     ] = False,
@@ -28,14 +32,6 @@ def infer(
             "--probs", help="Also write <name>_probs.npz: float16 softmax at 1/4 size + class names."
         ),
     ] = False,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint",
-            "-k",
-            help="Checkpoint or run directory (default: eval.checkpoint, else the newest run).",
-        ),
-    ] = None,
     multiscale: MultiscaleOpt = False,
     crf: CrfOpt = False,
     student: StudentOpt = None,
@@ -43,15 +39,23 @@ def infer(
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Segment images of any size and mode; unreadable files are reported and skipped (exit 1)."""
+    """Segment images of any size and mode; unreadable files are reported and skipped (exit 1).
+
+    Masks never overwrite an input; index.csv in --out says which input became which mask.
+    """
+    from dupl_cli.engine.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
+
+    checkpoint = check_checkpoint_arg(checkpoint)
+    refuse_run_dirs(paths)  # before --out is created
+    check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.infer import check_out_dir, run_infer
+    from dupl_cli.engine.infer import describe_checkpoint, run_infer
     from dupl_cli.engine.tta import TTAConfig
 
     out_console = console(ctx)
     err_console = console(None, stderr=True)
     if runtime.is_main:
-        out_console.print(f"checkpoint: {loaded.path} ({loaded.how})")
+        out_console.print(f"checkpoint: {describe_checkpoint(loaded)}", markup=False, soft_wrap=True)
     result = run_infer(
         loaded,
         paths,
@@ -67,7 +71,7 @@ def infer(
         log=lambda msg: err_console.print(msg, markup=False),
     )
     if runtime.is_main:
-        out_console.print(f"wrote {result.total_written} masks to {out}")
+        out_console.print(f"wrote {result.total_written} masks to {out} (index.csv: input -> mask)", markup=False)
         if result.total_failed:
             err_console.print(f"{result.total_failed} input(s) failed", markup=False)
     if result.total_failed:

@@ -30,7 +30,8 @@ def _read_toml(text: str, origin: str) -> dict[str, Any]:
 def _refuse_url(name: str) -> None:
     # A Path argument collapses "https://" to "https:/"; catch both (not a drive letter: two+ letters).
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", name):
-        raise UserError(f"{name}: URLs are not supported; download the file and give its path")
+        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)", r"\1://", name)  # undo the Path collapse
+        raise UserError(f"{url}: URLs are not supported; download the file and give its path")
 
 
 def read_text_file(path: Path, what: str) -> str:

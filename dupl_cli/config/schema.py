@@ -198,7 +198,7 @@ class MethodSettings(Section):
 
 
 class EvalSettings(Section):
-    checkpoint: Path | None = Field(None, description="Checkpoint (.safetensors) or run directory used by evaluate/infer/pseudo-label")
+    checkpoint: Path | None = Field(None, description="Checkpoint (.safetensors) or run directory used by evaluate/pseudo-label when none is given")
     split: str = Field("val", description="Split evaluated")
     scales: tuple[float, ...] = Field((1.0, 1.25, 1.5), description="Multi-scale TTA scales")
     flip: bool = Field(True, description="Horizontal-flip TTA")
@@ -209,6 +209,10 @@ class EvalSettings(Section):
     cam_threshold: float = Field(0.5, ge=0, le=1, description="Background threshold of CAM pseudo-label evaluation")
     batch_size: int = Field(1, ge=1, description="Images per forward at inference")
     max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
+    max_pixels: int = Field(
+        50_000_000, ge=1,
+        description="infer refuses (reports and skips) images with more pixels than this: time and memory grow with the image",
+    )  # fmt: skip
 
 
 class CamCrfSettings(Section):

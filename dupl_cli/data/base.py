@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -14,6 +15,7 @@ import numpy as np
 
 from dupl_cli.data.images import IMAGE_EXTS, labels_from_mask, read_image, read_mask
 from dupl_cli.errors import DataError, UserError
+from dupl_cli.textfile import read_text
 
 
 @dataclass
@@ -50,10 +52,7 @@ def read_id_list(path: Path) -> list[str]:
     """Ids of a split list, one per line (first whitespace-separated field; VOC lists may carry a second)."""
     if not path.is_file():
         raise DataError(f"{path}: split list not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read split list ({exc})") from None
+    text = read_text(path, "split list", DataError)
     ids = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     if not ids:
         raise DataError(f"{path}: split list is empty")
@@ -63,7 +62,7 @@ def read_id_list(path: Path) -> list[str]:
 def read_classes_file(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: class list not found")
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path, "class list", DataError).splitlines() if line.strip()]
     names = [n for n in names if not n.startswith("#")]
     if names and names[0].lower() in ("background", "__background__", "_background_"):
         names = names[1:]  # background is implicit (id 0)
@@ -96,22 +95,22 @@ def read_labels_table(path: Path, classes: list[str]) -> dict[str, np.ndarray | 
     out: dict[str, np.ndarray | DataError] = {}
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = json.loads(read_text(path, "labels file", DataError))
+        except ValueError as exc:
             raise DataError(f"{path}: cannot parse labels JSON ({exc})") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: labels JSON must be an object {{id: [class names]}}")
         rows = [(str(k), v if isinstance(v, list) else str(v).split(), f"{path} id {k!r}") for k, v in data.items()]
     else:
         rows = []
-        with path.open(newline="", encoding="utf-8") as fh:
-            for lineno, row in enumerate(csv.reader(fh), 1):
-                if not row or not row[0].strip() or row[0].startswith("#"):
-                    continue
-                if lineno == 1 and row[0].strip().lower() in ("id", "image", "image_id"):
-                    continue  # header
-                names = " ".join(row[1:]).replace(";", " ").split()
-                rows.append((row[0].strip(), names, f"{path}:{lineno}"))
+        text = read_text(path, "labels file", DataError)
+        for lineno, row in enumerate(csv.reader(io.StringIO(text, newline="")), 1):
+            if not row or not row[0].strip() or row[0].startswith("#"):
+                continue
+            if lineno == 1 and row[0].strip().lower() in ("id", "image", "image_id"):
+                continue  # header
+            names = " ".join(row[1:]).replace(";", " ").split()
+            rows.append((row[0].strip(), names, f"{path}:{lineno}"))
     for sample_id, names, where in rows:
         if sample_id in out:
             out[sample_id] = DataError(f"{where}: duplicate labels entry for id {sample_id!r}")
@@ -133,6 +132,10 @@ def find_with_ext(folder: Path, sample_id: str, exts=IMAGE_EXTS) -> Path | None:
     for ext in exts:  # upper-case extensions as cameras write them
         p = folder / f"{sample_id}{ext.upper()}"
         if p.is_file():
+            return p
+    for ext in (*exts, *(e.upper() for e in exts)):  # a folder or dangling link by that name: say so
+        p = folder / f"{sample_id}{ext}"
+        if p.is_dir() or p.is_symlink():
             return p
     return None
 

@@ -61,6 +61,8 @@ class FolderAdapter(ListAdapter):
     def __init__(self, root: Path, split: str, *, roles: dict[str, str] | None = None, list_file: Path | None = None,
                  labels_file: Path | None = None, split_seed: int = 0, val_fraction: float = 0.2):
         self.root = Path(root).expanduser()
+        if self.root.is_dir() and (self.root / "images").is_dir() and not (self.root / "classes.txt").is_file():
+            raise DataError(f"{self.root / 'classes.txt'}: class list not found (one foreground class name per line)")
         if not (self.root / "classes.txt").is_file() or not (self.root / "images").is_dir():
             raise missing_root(self.root, "folder", LAYOUT)
         self.split = split

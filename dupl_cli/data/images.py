@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,10 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 def _open(path: Path, what: str) -> Image.Image:
     if not path.is_file():
+        if path.is_dir():
+            raise DataError(f"{path}: is a directory, not an {what} file")
+        if path.is_symlink():
+            raise DataError(f"{path}: dangling symbolic link (its target {os.readlink(path)} does not exist)")
         raise DataError(f"{path}: missing {what} (file not found)")
     try:
         img = Image.open(path)

@@ -29,7 +29,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(Path(tmp))
+        try:
+            write(Path(tmp))
+        except Exception as exc:
+            from dupl_cli.engine.writable import write_failure
+
+            failure = write_failure(path, exc)
+            if failure is not None:
+                raise failure from None
+            raise
         # mkstemp creates 0600; give the file the permissions a plain open() would.
         umask = os.umask(0)
         os.umask(umask)
@@ -72,15 +80,43 @@ def read_card(path: Path) -> dict[str, Any]:
     card_file = card_path(path)
     if not card_file.is_file():
         raise UserError(f"{card_file}: checkpoint card is missing (it must sit beside {Path(path).name})")
+    from dupl_cli.textfile import read_text
+
     try:
-        card = json.loads(card_file.read_text(encoding="utf-8"))
+        card = json.loads(read_text(card_file, "checkpoint card"))
     except json.JSONDecodeError as exc:
         raise UserError(f"{card_file}: checkpoint card is not valid JSON ({exc})") from None
-    if card.get("format") != CARD_FORMAT:
-        raise UserError(f"{card_file}: not a dupl checkpoint card (format {card.get('format')!r})")
-    if card.get("students", 2) not in (1, 2):
-        raise UserError(f"{card_file}: 'students' must be 1 or 2, not {card['students']!r}")
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        found = card.get("format") if isinstance(card, dict) else type(card).__name__
+        raise UserError(f"{card_file}: not a dupl checkpoint card (format {found!r})")
+    problem = card_problem(card)
+    if problem:
+        raise UserError(f"{card_file}: {problem}")
     return card
+
+
+def card_problem(card: dict[str, Any]) -> str | None:
+    """What is wrong inside a card that parses (the fields every command relies on), or None."""
+    students = card.get("students", 2)
+    if students not in (1, 2):
+        return f"'students' must be 1 or 2, not {students!r}"
+    classes = card.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)):
+        return f"'classes' must be a non-empty list of class names, not {classes!r:.80}"
+    if len(set(classes)) != len(classes):
+        return f"'classes' repeats a name: {sorted({c for c in classes if classes.count(c) > 1})}"
+    palette = card.get("palette")
+    rgb = lambda c: isinstance(c, list) and len(c) == 3 and all(type(v) is int and 0 <= v <= 255 for v in c)  # noqa: E731
+    if not (isinstance(palette, list) and len(palette) == len(classes) + 1 and all(map(rgb, palette))):
+        return f"'palette' must list {len(classes) + 1} [r, g, b] colours (background and each class)"
+    student = card.get("student", 1)
+    if type(student) is not int or not 1 <= student <= students:
+        return f"'student' must be 1{' or 2' if students == 2 else ''}, not {student!r}"
+    if card.get("step") is not None and (type(card["step"]) is not int or card["step"] < 0):
+        return f"'step' must be a whole number >= 0, not {card['step']!r}"
+    if not isinstance(card.get("settings"), dict):
+        return "checkpoint card has no settings table"
+    return None
 
 
 def card_students(card: dict[str, Any]) -> int:
@@ -115,7 +151,14 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
         state = load_file(str(path))  # to CPU; the model moves as a whole below
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes differ: the card's classes or model settings are not the weights'
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise UserError(
+            f"{path}: weights do not match its card {card_path(path)} ({len(card['classes'])} classes, "
+            f"model {settings.model.arch}): {detail[:300]}"
+        ) from None
     if missing or unexpected:
         raise UserError(
             f"{path}: weights do not match the card's model "
@@ -125,7 +168,12 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
 
 
 def newest_run(runs_root: Path) -> Path | None:
-    runs = [p for p in Path(runs_root).glob("*/") if (p / "best.safetensors").is_file() or (p / "final.safetensors").is_file()]
+    runs = [
+        p
+        for p in Path(runs_root).glob("*/")
+        if not p.is_symlink()  # runs/latest points at a run listed anyway
+        and ((p / "best.safetensors").is_file() or (p / "final.safetensors").is_file())
+    ]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 

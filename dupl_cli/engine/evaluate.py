@@ -75,15 +75,14 @@ def _head(loaded: LoadedModel, indices: list[int], settings, req: EvalRequest, t
     return SegHead(seg_fn(loaded.model, indices), tta, stride_of(loaded.model), params)
 
 
-def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest) -> None:
+def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest):
+    """The adapter in the checkpoint's class order (classes compared by name) and a note if remapped."""
     if not adapter.has_masks:
         data = settings.data.adapter
         raise UserError(f"split {req.split!r} of {data} data has no ground-truth masks to evaluate against")
-    if len(adapter.classes) != len(loaded.classes) - 1:
-        raise UserError(
-            f"checkpoint {loaded.path} has {len(loaded.classes) - 1} classes, "
-            f"the dataset {len(adapter.classes)}"
-        )
+    from dupl_cli.engine.class_match import aligned
+
+    return aligned(adapter, loaded, f"the {settings.data.adapter} dataset at {settings.data.root}")
 
 
 def capped_tag(limit: int) -> str:
@@ -117,7 +116,13 @@ def run_evaluate(
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> EvalResult:
-    _check(loaded, adapter, settings, req)
+    adapter, remap_note = _check(loaded, adapter, settings, req)
+    if runtime.is_main:  # before the split is processed, not after
+        from dupl_cli.engine.writable import check_writable
+
+        check_writable(req.out, "evaluation folder")
+        if req.report is not None:
+            check_writable(Path(req.report).parent, "report folder")
     limit = req.max_images or settings.eval.max_images
     _keep_full_evaluation(req.out, limit)
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, limit)
@@ -138,6 +143,8 @@ def run_evaluate(
         student_text += f": student {best + 1}"
     total = min(limit, len(adapter)) if limit else len(adapter)
     protocol = _protocol(loaded, settings, runtime, req, tta, student_text, total, limit)
+    if remap_note:
+        protocol["classes"] = remap_note
     payload = {
         "protocol": protocol, "selection": loaded.selection_record(req.split), "images": total, "max_images": limit,
         **results[best].to_json(),

@@ -313,6 +313,9 @@ def export_checkpoint(
     out = Path(out) if out is not None else default_out(Path(checkpoint), fmt, index)
     if out.suffix == ".json":
         raise UserError(f"{out}: the export path must not end in .json (the card is written there)")
+    from dupl_cli.engine.writable import check_writable
+
+    check_writable(out.parent, "export folder")
     job = _Job(fmt, out, Path(checkpoint), source_card, index, full, chosen, export_settings)
     log = out.with_name(out.name + ".log")
     log.unlink(missing_ok=True)  # a log of an earlier export would describe another file

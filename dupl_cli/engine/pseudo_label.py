@@ -90,8 +90,10 @@ def run_pseudo_label(
     log: Callable[[str], None] = print,
 ) -> PseudoLabelResult:
 
+    from dupl_cli.engine.class_match import aligned
     from dupl_cli.engine.visualize import load_mask
 
+    adapter, remap_note = aligned(adapter, loaded, f"the {settings.data.adapter} dataset at {settings.data.root}")
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, req.max_images)
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,6 +122,8 @@ def run_pseudo_label(
         predict(dataset_items(shard, todo), [head], sinks, runtime, options, bar)
 
     protocol = _protocol(loaded, settings, runtime, req, pick.text, len(todo), skipped, len(adapter))
+    if remap_note:
+        protocol["classes"] = remap_note
     metrics = metrics_from_confusion(confusion.meters[0].reduced(), loaded.classes) if scoring else None
     if metrics is not None and runtime.is_main:
         payload = {"protocol": protocol, "selection": loaded.selection_record(req.split), **metrics.to_json()}

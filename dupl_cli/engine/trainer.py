@@ -24,7 +24,9 @@ from dupl_cli.engine.compile import compile_from_settings
 from dupl_cli.engine.curves import write_curves
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.progress import TrainingProgress
+from dupl_cli.engine.run_lock import RunLock, clean_leftovers
 from dupl_cli.engine.step_guard import NonFiniteGuard
+from dupl_cli.engine.writable import check_writable
 from dupl_cli.errors import UserError, one_line
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
@@ -66,30 +68,55 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return gen
 
 
-def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]:
-    """Training split checked before the first step (all problems listed at once), and the val split."""
-    from dupl_cli.data.base import SubsetAdapter, left_out_note
+def _checked(adapter, on_error: str, kind: str, report):
+    """A split checked before the first step (all problems listed at once); bad samples left out
+    with ``data.on_error = skip``, so no validation fails hours into a run."""
+    from dupl_cli.data.base import SubsetAdapter
     from dupl_cli.data.verify import check_split
+
+    good, problems = check_split(adapter, on_error=on_error)
+    if problems:
+        report(f"warning: skipping {len(problems)} bad {kind} sample(s) (data.on_error = skip):")
+        for problem in problems:
+            report(f"  {problem.message}")
+    return SubsetAdapter(adapter, good) if len(good) != len(adapter) else adapter
+
+
+def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]:
+    """The training split and the val split (when it has masks), both checked before the first step."""
+    from dupl_cli.data.base import left_out_note
     from dupl_cli.plugins import DATASETS, load
 
     factory = load(DATASETS, settings.data.adapter)
     train_set = factory(settings.data, settings.data.train_split)
     if note := left_out_note(train_set):
         report(f"warning: {note}")
-    good, problems = check_split(train_set, on_error=settings.data.on_error)
-    if problems:
-        report(f"warning: skipping {len(problems)} bad training sample(s) (data.on_error = skip):")
-        for problem in problems:
-            report(f"  {problem.message}")
-    if len(good) != len(train_set):
-        train_set = SubsetAdapter(train_set, good)
+    train_set = _checked(train_set, settings.data.on_error, "training", report)
     val_set = None
     if with_val:
         val_set = factory(settings.data, settings.data.val_split)
         if not val_set.has_masks:
             report(f"note: split {settings.data.val_split!r} has no masks; validation is off")
-            val_set = None
+            return train_set, None
+        val_set = _checked(val_set, settings.data.on_error, "validation", report)
     return train_set, val_set
+
+
+def log_fatal(run_dir: Path, exc: BaseException) -> None:
+    """The error that ends a run, appended to its train.log (with the traceback when it is a bug)."""
+    import traceback
+
+    if isinstance(exc, UserError):
+        text = f"fatal: {exc}"
+    elif isinstance(exc, KeyboardInterrupt):
+        text = "fatal: interrupted (KeyboardInterrupt)"
+    else:
+        text = f"fatal: {one_line(exc)}\n" + "".join(traceback.format_exception(exc)).rstrip()
+    try:
+        with open(Path(run_dir) / "train.log", "a", encoding="utf-8") as log:
+            log.write(text + "\n")
+    except OSError:
+        pass  # the run directory itself is the problem (gone, read-only, disk full): the terminal has it
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -138,6 +165,7 @@ class Trainer:
         self.options = options
         self.model: nn.Module | None = None
         self.config: StepConfig | None = None  # built in run() once the class count is known
+        self._lock: RunLock | None = None
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
@@ -148,11 +176,47 @@ class Trainer:
             run_dir, ckpt = runs.find_resume(opts.resume, opts.run_dir, t.runs_root)
             return run_dir, ckpt
         run_dir = opts.run_dir or runs.new_run_dir(t.runs_root, t.run_name, opts.preset)
-        if runs.latest_checkpoint(run_dir) is not None:
-            raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --run-dir")
         return run_dir, None
 
+    def _claim_run_dir(self, run_dir: Path, resume_ckpt: Path | None) -> tuple[RunLock, list[Path]]:
+        """Lock the run directory (before looking at it: two starts at once cannot both pass), then
+        remove an interrupted run's leftovers. Main process only."""
+        check_writable(run_dir, "run directory")
+        lock = RunLock.acquire(run_dir)
+        try:
+            if resume_ckpt is None and runs.latest_checkpoint(run_dir) is not None:
+                raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --run-dir")
+            return lock, clean_leftovers(run_dir)
+        except BaseException:
+            lock.release()
+            raise
+
+    def _announce_claim(self, progress, run_dir: Path | None, leftovers: list[Path]) -> None:
+        if self._lock is not None and self._lock.unsupported:
+            progress.message(f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time")
+        if leftovers:
+            names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
+            progress.message(f"note: removed what an interrupted run left behind: {names}")
+
     def run(self) -> Path | None:
+        """Train; the run directory is locked throughout and a fatal error is also written to train.log."""
+        run_dir, resume_ckpt = self._prepare_run_dir()
+        t = self.settings.train
+        acc = make_accelerator(t.precision, t.grad_accum, run_dir, t.tracker if run_dir else "none")
+        owned = run_dir is not None and acc.is_main_process
+        lock, leftovers = self._claim_run_dir(run_dir, resume_ckpt) if owned else (None, [])
+        self._lock = lock
+        try:
+            return self._run(acc, run_dir, resume_ckpt, leftovers)
+        except BaseException as exc:
+            if owned:
+                log_fatal(run_dir, exc)
+            raise
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, acc, run_dir: Path | None, resume_ckpt: Path | None, leftovers: list[Path]) -> Path | None:
         from accelerate.utils import set_seed
 
         from dupl_cli.data.loader import train_loader
@@ -161,12 +225,10 @@ class Trainer:
         from dupl_cli.models.dual import build_dual_student
 
         s, t = self.settings, self.settings.train
-        run_dir, resume_ckpt = self._prepare_run_dir()
-        acc = make_accelerator(t.precision, t.grad_accum, run_dir, t.tracker if run_dir else "none")
         main = acc.is_main_process
         progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet)
+        self._announce_claim(progress, run_dir, leftovers)
         if run_dir is not None and main:
-            run_dir.mkdir(parents=True, exist_ok=True)
             changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
             for line in changed:
                 progress.message(f"warning: setting changed since the checkpoint: {line}")
@@ -200,8 +262,9 @@ class Trainer:
         module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
         state = {"step": 0, "best": None, "bad_in_row": 0}
         if resume_ckpt is not None:
-            acc.load_state(str(resume_ckpt))
-            state = runs.read_state(resume_ckpt)
+            from dupl_cli.engine.resume import load_resume
+
+            state, resume_ckpt = load_resume(acc, run_dir, resume_ckpt, progress.message)
             progress.message(f"resumed from {resume_ckpt} at step {state['step']}")
         if t.tracker != "none" and run_dir is not None:
             acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})

@@ -85,8 +85,8 @@ def test_infer_odd_sizes_modes_and_bad_files(cli, tmp_path):
     rotated.save(src / "exif.jpg", exif=exif)
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "out"
-    r = cli("infer", str(src), str(tmp_path / "nothing*.png"), "--out", str(out), "--overlay", "--probs",
-            "--checkpoint", str(cli.run_dir))  # fmt: skip
+    r = cli("infer", str(cli.run_dir), str(src), str(tmp_path / "nothing*.png"), "--out", str(out), "--overlay",
+            "--probs")  # fmt: skip
     assert r.exit_code == 1, r.output
     assert "broken.jpg" in r.output and "nothing*.png" in r.output
     sizes = {p.stem: Image.open(p).size for p in out.glob("*.png")}
@@ -99,7 +99,7 @@ def test_infer_odd_sizes_modes_and_bad_files(cli, tmp_path):
         assert probs["probs"].shape[0] == 6 and np.allclose(
             probs["probs"].astype(np.float32).sum(0), 1, atol=1e-2
         )
-    r = cli("infer", str(src / "grey.png"), "--out", str(tmp_path / "ok"), "--checkpoint", str(cli.run_dir))
+    r = cli("infer", str(cli.run_dir), str(src / "grey.png"), "--out", str(tmp_path / "ok"))
     assert r.exit_code == 0, r.output
 
 

@@ -268,7 +268,7 @@ def test_one_student_run_evaluates_infers_and_exports(toco_run, tmp_path, monkey
         assert bad.exit_code == 2 and f"holds one student; --student {choice} needs two" in bad.output
     images = voc / "JPEGImages"
     result = runner.invoke(
-        app, ["infer", str(images), "--checkpoint", str(run), "--out", str(tmp_path / "masks")]
+        app, ["infer", str(run), str(images), "--out", str(tmp_path / "masks")]
     )
     assert result.exit_code == 0, result.output
     mask = load_mask(tmp_path / "masks" / "2008_000000.png")

@@ -51,7 +51,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file formats raise many types
-        raise UserError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        from dupl_cli.errors import load_reason
+
+        raise UserError(f"{path}: cannot read weights ({load_reason(exc)})") from None
     for nest in ("state_dict", "model", "module"):
         if isinstance(state, Mapping) and nest in state and isinstance(state[nest], Mapping):
             state = state[nest]
