@@ -168,10 +168,12 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
 
 
 def newest_run(runs_root: Path) -> Path | None:
+    from dupl_cli.engine.run_index import LATEST
+
     runs = [
         p
         for p in Path(runs_root).glob("*/")
-        if not p.is_symlink()  # runs/latest points at a run listed anyway
+        if p.name != LATEST  # the link to the newest run, which is listed anyway
         and ((p / "best.safetensors").is_file() or (p / "final.safetensors").is_file())
     ]
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None

@@ -165,7 +165,8 @@ def test_real_tiny_training_compares(tmp_path):
     from dupl_cli.plugins import DATASETS, load
 
     tiny_data = tmp_path / "data"
-    settings = load_settings("tiny-cpu", assignments=[f"data.root={tiny_data}"], environ={}).settings
+    generate = [f"data.root={tiny_data}", "data.options.generate=true"]
+    settings = load_settings("tiny-cpu", assignments=generate, environ={}).settings
     load(DATASETS, "demo")(settings.data, settings.data.train_split)  # generates the demo set
     run = tmp_path / "real"
     result = runner.invoke(
