@@ -101,11 +101,16 @@ def main() -> None:
                 pool.submit_segmentation(i, im, logits_of(im, ms).cpu().numpy(), params)
             list(pool.drain())
 
-        fns = {"single-scale": lambda: tta_pass(single), "multi-scale (1, 1.25, 1.5) + flip": lambda: tta_pass(ms)}
+        fns = {
+            "single-scale": lambda: tta_pass(single),
+            "multi-scale (1, 1.25, 1.5) + flip": lambda: tta_pass(ms),
+        }
         for w, pool in pools.items():
             fns[f"multi-scale + flip + CRF, {w} worker(s)"] = lambda pool=pool: with_crf(pool)
         for w, pool in pools.items():
-            fns[f"CRF alone, {w} worker(s)"] = lambda pool=pool: pool.map_segmentation(zip(images, logits, strict=True), params)
+            fns[f"CRF alone, {w} worker(s)"] = lambda pool=pool: pool.map_segmentation(
+                zip(images, logits, strict=True), params
+            )
         medians = median_runs(fns, args.repeats)
     finally:
         for pool in pools.values():

@@ -20,7 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-PHASES = {"A": ["method.t_seg=100000", "method.t_anf=100000"], "B": ["method.t_seg=0", "method.t_anf=100000"], "C": ["method.t_seg=0", "method.t_anf=0"]}
+PHASES = {
+    "A": ["method.t_seg=100000", "method.t_anf=100000"],
+    "B": ["method.t_seg=0", "method.t_anf=100000"],
+    "C": ["method.t_seg=0", "method.t_anf=0"],
+}
 
 
 def one(preset: str, phase: str, iters: int, out: Path) -> None:
@@ -73,7 +77,9 @@ def main() -> None:
                     sys.exit(f"{preset} phase {phase} failed:\n{proc.stderr[-2000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 extra = f"  peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
-                print(f"{preset:10} {phase:5} {r['images_per_s']:9.1f} {r['peak_rss_mib']:13.0f}  ({r['device']}, {r['threads']} threads){extra}")
+                print(
+                    f"{preset:10} {phase:5} {r['images_per_s']:9.1f} {r['peak_rss_mib']:13.0f}  ({r['device']}, {r['threads']} threads){extra}"
+                )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ def train(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>-<time>).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>-<time>).")
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
@@ -25,10 +27,17 @@ def train(
         ),
     ] = None,
     max_iters: Annotated[
-        int | None, typer.Option("--max-iters", min=1, help="Stop after this iteration; the schedule is unchanged (resume later).")
+        int | None,
+        typer.Option(
+            "--max-iters", min=1, help="Stop after this iteration; the schedule is unchanged (resume later)."
+        ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Build everything, one forward/backward per phase on two samples, write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Build everything, one forward/backward per phase on two samples, write nothing.",
+        ),
     ] = False,
 ) -> None:
     """Train DuPL. Multi-GPU: accelerate launch -m dupl_cli train ... (CPU data parallel: torchrun)."""

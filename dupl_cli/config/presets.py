@@ -43,7 +43,9 @@ def read_text_file(path: Path, what: str) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+        raise UserError(
+            f"{path}: {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
@@ -73,7 +75,9 @@ def description(name: str) -> str:
     return ""
 
 
-def load_layers(name: str, _seen: tuple[str, ...] = (), what: str = "preset file") -> list[tuple[str, dict[str, Any]]]:
+def load_layers(
+    name: str, _seen: tuple[str, ...] = (), what: str = "preset file"
+) -> list[tuple[str, dict[str, Any]]]:
     """Layers of a preset, base first: [(origin, table), ...]. ``base`` chains are followed."""
     if name in _seen:
         raise UserError(f"preset {name!r}: circular base chain {' -> '.join((*_seen, name))}")

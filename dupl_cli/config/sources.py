@@ -144,7 +144,11 @@ class EnvSource(_Layers, EnvSettingsSource):
     def _read(self) -> dict[str, Any]:
         for lower, name in self.names.items():
             head = lower[len(ENV_PREFIX) :].split("__", 1)[0]
-            if lower.startswith(ENV_PREFIX.lower()) and "__" in lower and head not in self.settings_cls.model_fields:
+            if (
+                lower.startswith(ENV_PREFIX.lower())
+                and "__" in lower
+                and head not in self.settings_cls.model_fields
+            ):
                 keys.check_table({head: {}}, f"env {name}")
         try:
             data = super().__call__()
@@ -298,7 +302,9 @@ def _value_error(exc: ValidationError, values: dict[str, Any], sources: dict[str
     for n in range(len(loc), 0, -1):
         dotted = ".".join(loc[:n])
         if dotted in values:
-            return UserError(f"invalid value for {dotted} = {values[dotted]!r} (from {sources[dotted]}): {msg}")
+            return UserError(
+                f"invalid value for {dotted} = {values[dotted]!r} (from {sources[dotted]}): {msg}"
+            )
     if loc:  # a default, or a rule across keys of one section
         return UserError(f"invalid value for {'.'.join(loc)}: {msg}")
     return UserError(f"invalid settings: {msg}")

@@ -76,7 +76,9 @@ class RemappedAdapter:
 
 def aligned(adapter, loaded, data_where: str):
     """``adapter`` in the checkpoint's class order, and a note when it had to be remapped."""
-    classmap = match_classes(list(loaded.card["classes"]), list(adapter.classes), str(loaded.path), data_where)
+    classmap = match_classes(
+        list(loaded.card["classes"]), list(adapter.classes), str(loaded.path), data_where
+    )
     if classmap is None:
         return adapter, None
     palette = [tuple(c) for c in loaded.card["palette"]]

@@ -85,7 +85,9 @@ def write_curves(run_dir: Path) -> list[Path]:
     """Redraw every curve with data into ``<run>/curves/<name>.png``; returns the files written."""
     train, val = _records(run_dir)
     out = Path(run_dir) / "curves"
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))})
+    loss_keys = sorted(
+        {k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))}
+    )
     val_keys = sorted({k for r in val for k in r["validation"]})
     written = []
     for stem, (title, keys, scale) in CURVES.items():

@@ -43,14 +43,18 @@ def _load_one(acc, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
     return state
 
 
-def load_resume(acc, run_dir: Path, newest: Path, report: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+def load_resume(
+    acc, run_dir: Path, newest: Path, report: Callable[[str], None]
+) -> tuple[dict[str, Any], Path]:
     """(trainer state, checkpoint used): ``newest`` first, then each older complete checkpoint."""
     older = [path for _, path in reversed(runs.checkpoint_dirs(run_dir)) if path != newest]
     failures = []
     for ckpt in [newest, *older]:
         try:
             state = _load_one(acc, ckpt, report)
-        except Exception as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
+        except (
+            Exception
+        ) as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
             failures.append(f"{ckpt}: {load_reason(exc)}")
             report(f"warning: cannot resume from {failures[-1]}")
             continue

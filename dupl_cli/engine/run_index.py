@@ -92,7 +92,11 @@ def _card(run_dir: Path, name: str) -> dict[str, Any]:
 
 
 def run_step(run_dir: Path) -> int | None:
-    steps = [int(m.group(1)) for p in (Path(run_dir) / "checkpoints").glob("step_*") if (m := _STEP_DIR.match(p.name))]
+    steps = [
+        int(m.group(1))
+        for p in (Path(run_dir) / "checkpoints").glob("step_*")
+        if (m := _STEP_DIR.match(p.name))
+    ]
     final = _card(run_dir, "final").get("step")
     found = [*steps, *([final] if isinstance(final, int) else [])]
     return max(found) if found else None

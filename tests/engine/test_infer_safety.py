@@ -99,7 +99,10 @@ def test_images_above_the_size_policy_are_refused_and_named(cli, tmp_path):
     r = cli("infer", cli.run_dir, src, "--out", out, "--set", "eval.max_pixels=1000")
     assert r.exit_code == 1 and "Traceback" not in r.output
     text = " ".join(r.output.split())
-    assert "huge.png: 60x50 = 3,000 pixels is above eval.max_pixels = 1,000" in text and "raise eval.max_pixels" in text
+    assert (
+        "huge.png: 60x50 = 3,000 pixels is above eval.max_pixels = 1,000" in text
+        and "raise eval.max_pixels" in text
+    )
     assert sorted(p.name for p in out.glob("*.png")) == ["small.png"]
     rows = {row["mask"] or row["input"]: row["status"] for row in csv.DictReader((out / "index.csv").open())}
     assert rows["small.png"] == "ok" and "above eval.max_pixels" in rows[str(src / "huge.png")]
