@@ -70,9 +70,11 @@ def main() -> None:
     all_workers = default_workers(args.workers)
     params = CrfParams.for_segmentation(settings.crf)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"device {device}{gpu}, CPU cores available: {len(os.sched_getaffinity(0))}, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, {args.images} images "
-          f"{args.size}x{args.size}, model test_vit, median of {args.repeats} interleaved rounds")  # fmt: skip
+    print(
+        f"device {device}{gpu}, CPU cores available: {len(os.sched_getaffinity(0))}, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, {args.images} images "
+        f"{args.size}x{args.size}, model test_vit, median of {args.repeats} interleaved rounds"
+    )
 
     def sync() -> None:
         if device.type == "cuda":

@@ -80,9 +80,9 @@ def fit_agreement(losses, labels) -> str:
             rel[key] = max(rel[key], float(np.max(np.abs(mine - value) / np.abs(value))))
         same_iters += int(ours.n_iter[i]) == g.n_iter_
     return (
-        f"  fits vs scikit-learn over {len(fitted)} fitted maps: max relative error means {rel['means']:.1e}, "
-        f"variances {rel['variances']:.1e}, weights {rel['weights']:.1e}; EM iterations equal on "
-        f"{same_iters} of {len(fitted)}"
+        f"  fits vs scikit-learn over {len(fitted)} fitted maps: max relative error means "
+        f"{rel['means']:.1e}, variances {rel['variances']:.1e}, weights {rel['weights']:.1e}; EM iterations "
+        f"equal on {same_iters} of {len(fitted)}"
     )
 
 
@@ -114,7 +114,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     print(
-        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg {load}, crop {args.size}"
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg "
+        f"{load}, crop {args.size}"
     )
 
     losses, labels = realistic_losses(8, args.size)
@@ -159,11 +160,14 @@ def main() -> None:
     )
     print(
         f"PAR, batch 4 at {half}x{half}, 2 stacks x 3 channels, median of {args.repeats} interleaved runs:\n"
-        f"  straightforward per-image loop (affinity per stack, neighbour stacks materialised) {t_loop * 1e3:8.1f} ms\n"
-        f"  dupl's kernel called per image and stack                                         {t_own * 1e3:8.1f} ms\n"
-        f"  batched, affinity shared by both stacks                                          {t_batch * 1e3:8.1f} ms\n"
-        f"  speed-up {t_loop / t_batch:.1f}x vs the loop (target >= 2x), {t_own / t_batch:.1f}x vs per-image calls; "
-        f"max diff {diff:.1e}"
+        "  straightforward per-image loop (affinity per stack, neighbour stacks materialised) "
+        f"{t_loop * 1e3:8.1f} ms\n"
+        "  dupl's kernel called per image and stack                                         "
+        f"{t_own * 1e3:8.1f} ms\n"
+        "  batched, affinity shared by both stacks                                          "
+        f"{t_batch * 1e3:8.1f} ms\n"
+        f"  speed-up {t_loop / t_batch:.1f}x vs the loop (target >= 2x), {t_own / t_batch:.1f}x vs per-image "
+        f"calls; max diff {diff:.1e}"
     )
 
 

@@ -109,7 +109,8 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Global options apply to every command and may also follow it; a command's own --preset/--config/--set win."""
+    """Global options apply to every command and may also follow it; a command's own --preset/--config/--set
+    win."""
     verbosity = -1 if quiet else (1 if verbose else 0)
     ctx.obj = GlobalOptions(
         preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity

@@ -101,7 +101,8 @@ def _print_reports(con, settings, reports) -> None:
         if r.sizes:
             h, w = r.sizes["height"], r.sizes["width"]
             con.print(
-                f"  size (h×w) min {h['min']}×{w['min']}, median {h['median']:g}×{w['median']:g}, max {h['max']}×{w['max']}"
+                f"  size (h×w) min {h['min']}×{w['min']}, median {h['median']:g}×{w['median']:g}, "
+                f"max {h['max']}×{w['max']}"
             )
         if r.class_counts:
             table = Table("class", "images", title=f"images per class ({r.split})", title_justify="left")
@@ -191,7 +192,8 @@ def coco_masks(
         typer.Option("--list", help="Also write the ids with objects here, e.g. <root>/ImageSets/train.txt."),
     ] = None,
 ) -> None:
-    """Build VOC-style PNG masks (0 bg, 1..80, 255 crowd) from COCO instance annotations (needs the `coco` extra)."""
+    """Build VOC-style PNG masks (0 bg, 1..80, 255 crowd) from COCO instance annotations (needs the `coco`
+    extra)."""
     from dupl_cli.data.coco_masks import build_masks
 
     written, empty = build_masks(instances, out, list_file=list_out)

@@ -36,7 +36,8 @@ def list_cmd(
     sets: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
-    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU, size."""
+    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU,
+    size."""
     from rich.table import Column, Table
 
     from dupl_cli.engine.run_index import list_runs, summary
@@ -101,7 +102,8 @@ def show_cmd(
     step = "–" if row["step"] is None else f"{row['step']}/{row['max_iters'] or '?'}"
     con.print(
         f"[bold]{escape(row['name'])}[/bold] ({escape(str(run))}): {row['status']}, step {step}, "
-        f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, {_size(row['size_bytes'])}"
+        f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, "
+        f"{_size(row['size_bytes'])}"
     )
     con.print(f"best validation seg mIoU: {_best(row)}")
     changed = settings_changed_from_preset(run)

@@ -22,7 +22,8 @@ def train(
         str | None,
         typer.Option(
             "--resume",
-            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH (a run dir or checkpoint).",
+            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH "
+            "(a run dir or checkpoint).",
             metavar="[PATH]",
         ),
     ] = None,
@@ -45,9 +46,10 @@ def train(
     scheduled = resolved.settings.train.max_iters
     if max_iters is not None and max_iters > scheduled:
         typer.echo(
-            f"warning: --max-iters {max_iters} is past the end of the schedule (train.max_iters = {scheduled}): "
-            f"training stops at {scheduled}. --max-iters only stops early; to train longer lengthen the schedule "
-            f"with --set train.max_iters={max_iters} (and method.t_seg, method.t_anf, train.warmup_iters to match)",
+            f"warning: --max-iters {max_iters} is past the end of the schedule (train.max_iters = "
+            f"{scheduled}): training stops at {scheduled}. --max-iters only stops early; to train longer "
+            f"lengthen the schedule with --set train.max_iters={max_iters} (and method.t_seg, method.t_anf, "
+            "train.warmup_iters to match)",
             err=True,
         )
     from dupl_cli.engine.trainer import Trainer, TrainOptions

@@ -76,7 +76,8 @@ def field_at(dotted: str) -> FieldInfo | None:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted leaf keys of nested tables: ``{"method": {"anf": {"gamma": 1}}}`` -> ``{"method.anf.gamma": 1}``."""
+    """Dotted leaf keys of nested tables: ``{"method": {"anf": {"gamma": 1}}}`` ->
+    ``{"method.anf.gamma": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping) and value:

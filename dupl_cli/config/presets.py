@@ -51,7 +51,8 @@ def read_text_file(path: Path, what: str) -> str:
 
 
 def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
-    """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config file)."""
+    """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config
+    file)."""
     _refuse_url(name)
     path = Path(name)
     if what == "config file" or path.suffix == ".toml" or "/" in name or path.exists():

@@ -29,19 +29,23 @@ class Section(BaseModel):
 class ModelSettings(Section):
     backbone: str = Field(
         "vit",
-        description="Backbone family: a `dupl.backbones` entry point (vit, timm, resnet, mit, ...); 'family:arch' also sets arch",
+        description="Backbone family: a `dupl.backbones` entry point (vit, timm, resnet, mit, ...); "
+        "'family:arch' also sets arch",
     )
     arch: str = Field(
         "deit_base_patch16_224",
-        description="Architecture inside the family: a timm name, optionally with its weights tag, for vit (any timm ViT) and timm (any timm CNN); mit_b0..mit_b5",
+        description="Architecture inside the family: a timm name, optionally with its weights tag, for vit "
+        "(any timm ViT) and timm (any timm CNN); mit_b0..mit_b5",
     )
     pretrained: str = Field(
         "timm",
-        description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), 'hf-hub:org/name' or a local .safetensors/.pth file",
+        description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), "
+        "'hf-hub:org/name' or a local .safetensors/.pth file",
     )
     aux_layer: int = Field(
         -3,
-        description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; CNNs use the level before the last)",
+        description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; "
+        "CNNs use the level before the last)",
     )
     head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
     head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
@@ -159,7 +163,8 @@ class TrainSettings(Section):
     max_bad_steps: int = Field(
         10,
         ge=1,
-        description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, validation and checkpoint steps",
+        description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, "
+        "validation and checkpoint steps",
     )
     tracker: Literal["none", "tensorboard"] = Field(
         "none", description="Experiment tracker (tensorboard needs the tb extra)"
@@ -235,7 +240,8 @@ class MethodSettings(Section):
     aux_seg_until: int = Field(
         0,
         ge=0,
-        description="COCO release stage: train the head from aux-CAM labels with fixed tau until this iteration (0 = off)",
+        description="COCO release stage: train the head from aux-CAM labels with fixed tau until this "
+        "iteration (0 = off)",
     )
     aux_seg_tau: float = Field(0.65, ge=0, le=1, description="Fixed tau_h of the aux-CAM stage")
     dta_start: int | None = Field(
@@ -250,12 +256,14 @@ class MethodSettings(Section):
     seg_start: int | None = Field(
         None,
         ge=0,
-        description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, +1 with compat.delayed_weights)",
+        description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, "
+        "+1 with compat.delayed_weights)",
     )
     reg_start: int | None = Field(
         None,
         ge=0,
-        description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, +1 with compat.delayed_weights)",
+        description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, "
+        "+1 with compat.delayed_weights)",
     )
     w_ptc: float = Field(0.2, ge=0, description="Weight of the patch token contrast loss")
     w_dis: float = Field(0.1, ge=0, description="Weight of the discrepancy loss")
@@ -268,7 +276,8 @@ class MethodSettings(Section):
         2,
         ge=1,
         le=2,
-        description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from its own PAR-refined CAM labels (half the work per step)",
+        description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from "
+        "its own PAR-refined CAM labels (half the work per step)",
     )
     use_dis: bool = Field(
         True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)"
@@ -297,7 +306,8 @@ class MethodSettings(Section):
 class EvalSettings(Section):
     checkpoint: Path | None = Field(
         None,
-        description="Checkpoint (.safetensors) or run directory used by evaluate/pseudo-label when none is given",
+        description="Checkpoint (.safetensors) or run directory used by evaluate/pseudo-label when none is "
+        "given",
     )
     split: str = Field("val", description="Split evaluated")
     scales: tuple[float, ...] = Field((1.0, 1.25, 1.5), description="Multi-scale TTA scales")
@@ -316,9 +326,11 @@ class EvalSettings(Section):
     batch_size: int = Field(1, ge=1, description="Images per forward at inference")
     max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
     max_pixels: int = Field(
-        50_000_000, ge=1,
-        description="infer refuses (reports and skips) images with more pixels than this: time and memory grow with the image",
-    )  # fmt: skip
+        50_000_000,
+        ge=1,
+        description="infer refuses (reports and skips) images with more pixels than this: "
+        "time and memory grow with the image",
+    )
 
 
 class CamCrfSettings(Section):

@@ -60,7 +60,8 @@ class _Layers:
 
 
 class _TableSource(_Layers, PydanticBaseSettingsSource):
-    """TOML-shaped tables (a preset chain, a --config chain, a card, --set); pydantic-settings gets their merge."""
+    """TOML-shaped tables (a preset chain, a --config chain, a card, --set); pydantic-settings gets their
+    merge."""
 
     def __init__(self, settings_cls: type[DuplSettings], layers: Sequence[tuple[str, Mapping[str, Any]]]):
         super().__init__(settings_cls)
@@ -171,12 +172,16 @@ class EnvSource(_Layers, EnvSettingsSource):
                 json.loads(value or "")
             except ValueError:
                 name = self.names[lower]
-                return f"invalid value for {dotted} = {value!r} (from env {name}): lists and tables are written as JSON"
+                return (
+                    f"invalid value for {dotted} = {value!r} (from env {name}): "
+                    "lists and tables are written as JSON"
+                )
         return f"cannot read the {ENV_PREFIX} environment variables: {exc} ({exc.__cause__})"
 
 
 def parse_literal(text: str) -> Any:
-    """A --set value as a TOML literal (number, bool, array, inline table, quoted string); else the raw string."""
+    """A --set value as a TOML literal (number, bool, array, inline table, quoted string); else the raw
+    string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

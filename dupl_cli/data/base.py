@@ -49,7 +49,8 @@ def check_id(sample_id: str, source: Path | str) -> str:
         or ".." in sample_id
     ):
         raise DataError(
-            f"{source}: invalid id {sample_id!r} (ids must be plain file names without path separators or '..')"
+            f"{source}: invalid id {sample_id!r} (ids must be plain file names without path separators or "
+            "'..')"
         )
     if sample_id.strip() != sample_id or "\x00" in sample_id:
         raise DataError(f"{source}: invalid id {sample_id!r} (leading/trailing whitespace or NUL)")
@@ -90,7 +91,8 @@ def _names_to_vector(names: list[str], classes: list[str], where: str) -> np.nda
     for name in names:
         if name not in index:
             raise DataError(
-                f"{where}: unknown class name {name!r} (known: {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})"
+                f"{where}: unknown class name {name!r} (known: "
+                f"{', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})"
             )
         vec[index[name]] = 1.0
     return vec
@@ -164,8 +166,8 @@ def left_out_note(adapter, shown: int = 10) -> str | None:
         f", ... ({len(left) - shown} more; all in --json)" if len(left) > shown else ""
     )
     return (
-        f"{len(left)} image(s) under {adapter.root} not listed in {adapter.source}, so in no split "
-        f"and not used: {names}"
+        f"{len(left)} image(s) under {adapter.root} not listed in {adapter.source}, "
+        f"so in no split and not used: {names}"
     )
 
 
@@ -240,15 +242,16 @@ class ListAdapter(ABC):
         labels = self.labels_of(sample_id, mask)
         if not labels.any():
             raise DataError(
-                f"{self.image_path(sample_id)}: image has no class label (every training image needs at least one)"
+                f"{self.image_path(sample_id)}: image has no class label "
+                "(every training image needs at least one)"
             )
         return Sample(image=image, labels=labels, mask=mask, id=sample_id)
 
 
 def missing_root(root: Path, adapter: str, layout: str) -> UserError:
     return DataError(
-        f"{root}: data root for the '{adapter}' adapter does not exist or lacks its layout; expected {layout}. "
-        f"Set it with --set data.root=PATH or the environment variable DUPL_DATA__ROOT=PATH"
+        f"{root}: data root for the '{adapter}' adapter does not exist or lacks its layout; expected "
+        f"{layout}. Set it with --set data.root=PATH or the environment variable DUPL_DATA__ROOT=PATH"
     )
 
 

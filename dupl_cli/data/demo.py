@@ -234,7 +234,9 @@ class DemoOptions(BaseModel):
     n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
     generate: bool = Field(
         False,
-        description="Generate the demo data at data.root when it is missing (else a missing root is an error)",
+        description=(
+            "Generate the demo data at data.root when it is missing (else a missing root is an error)"
+        ),
     )
 
 
@@ -247,8 +249,8 @@ def ensure_demo(data_settings) -> Path:
     if not (root / "classes.txt").is_file():
         if not generate:
             raise UserError(
-                f"{root}: no demo data there (no classes.txt); generate it with `dupl data demo --out {root}` "
-                "or --set data.options.generate=true, or fix data.root"
+                f"{root}: no demo data there (no classes.txt); generate it with `dupl data demo --out "
+                f"{root}` or --set data.options.generate=true, or fix data.root"
             )
         try:
             write_demo(root, **wanted)

@@ -187,7 +187,8 @@ def eval_loader(
     num_workers: int | None = None,
     require_masks: bool = True,
 ) -> DataLoader:
-    """Batches {image B×3×size×size (native when size is None: batch 1), mask B×H×W, labels, id, orig_size}."""
+    """Batches {image B×3×size×size (native when size is None: batch 1), mask B×H×W, labels, id,
+    orig_size}."""
     if size is None and batch_size != 1:
         raise DataError("eval_loader: native-size images need batch_size 1")
     workers = data_settings.num_workers if num_workers is None else num_workers

@@ -89,12 +89,14 @@ def _check_sample_contract(sample, num_classes: int, where: str, sample_id: str 
     bad = values[(values > num_classes) & (values != IGNORE_INDEX)]
     if bad.size:
         raise DataError(
-            f"{where}: mask values {bad.tolist()[:5]} out of range (valid: 0..{num_classes} and {IGNORE_INDEX} ignore)"
+            f"{where}: mask values {bad.tolist()[:5]} out of range (valid: "
+            f"0..{num_classes} and {IGNORE_INDEX} ignore)"
         )
 
 
 def _check_one(adapter, i: int, full: bool):
-    """Decode one sample (images at reduced JPEG scale unless ``full``); returns (hw, labels) or raises DataError."""
+    """Decode one sample (images at reduced JPEG scale unless ``full``); returns (hw, labels) or raises
+    DataError."""
     sample_id = adapter.sample_id(i) if hasattr(adapter, "sample_id") else adapter.ids[i]
     if not full and hasattr(adapter, "image_path"):
         hw = probe_image(adapter.image_path(sample_id))
@@ -107,7 +109,8 @@ def _check_one(adapter, i: int, full: bool):
         labels = adapter.labels_of(sample_id, mask)
         if not labels.any():
             raise DataError(
-                f"{adapter.image_path(sample_id)}: image has no class label (every training image needs at least one)"
+                f"{adapter.image_path(sample_id)}: image has no class label "
+                "(every training image needs at least one)"
             )
     else:
         sample = adapter[i]

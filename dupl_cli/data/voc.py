@@ -101,7 +101,8 @@ class VOCAdapter(ListAdapter):
             if c.is_file():
                 return c
         raise DataError(
-            f"{candidates[0]}: split list for split {split!r} not found (or set data.train_list / data.val_list)"
+            f"{candidates[0]}: split list for split {split!r} not found "
+            "(or set data.train_list / data.val_list)"
         )
 
     def image_path(self, sample_id: str) -> Path:

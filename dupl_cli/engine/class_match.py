@@ -39,7 +39,10 @@ def match_classes(model: list[str], data: list[str], model_where: str, data_wher
     if sorted(model_keys) != sorted(data_keys) or len(set(data_keys)) != len(data_keys):
         only_model = [n for n in model if _key(n) not in data_keys]
         only_data = [n for n in data if _key(n) not in model_keys]
-        detail = f"only in the checkpoint: {', '.join(only_model) or '-'}; only in the dataset: {', '.join(only_data) or '-'}"
+        detail = (
+            f"only in the checkpoint: {', '.join(only_model) or '-'}; only in the dataset: "
+            f"{', '.join(only_data) or '-'}"
+        )
         if not only_model and not only_data:
             detail = "a class name is repeated"
         raise UserError(

@@ -38,8 +38,11 @@ def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def _series(records: list[dict], keys: list[str], scale: float, field: str | None = None) -> dict:
     out = {}
     for key in keys:
-        points = [(r["step"], scale * float(v)) for r in records
-                  if isinstance(v := (r[field] if field else r).get(key), int | float) and math.isfinite(v)]  # fmt: skip
+        points = [
+            (r["step"], scale * float(v))
+            for r in records
+            if isinstance(v := (r[field] if field else r).get(key), int | float) and math.isfinite(v)
+        ]
         if points:
             out[key] = points
     return out

@@ -146,9 +146,12 @@ def run_evaluate(
     if remap_note:
         protocol["classes"] = remap_note
     payload = {
-        "protocol": protocol, "selection": loaded.selection_record(req.split), "images": total, "max_images": limit,
+        "protocol": protocol,
+        "selection": loaded.selection_record(req.split),
+        "images": total,
+        "max_images": limit,
         **results[best].to_json(),
-    }  # fmt: skip
+    }
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:

@@ -54,14 +54,15 @@ def check_checkpoint_arg(arg: Path) -> Path:
         if (arg / "best.safetensors").is_file() or (arg / "final.safetensors").is_file():
             return arg
         raise UserError(
-            f"{arg}: not a run directory (no best.safetensors or final.safetensors); the first argument is "
-            f"the checkpoint: {USAGE}"
+            f"{arg}: not a run directory (no best.safetensors or final.safetensors); "
+            f"the first argument is the checkpoint: {USAGE}"
         )
     if not arg.exists():
         raise UserError(f"{arg}: checkpoint or run directory does not exist ({USAGE})")
     if arg.suffix != ".safetensors":
         raise UserError(
-            f"{arg}: not a checkpoint (.safetensors) or run directory; the first argument is the checkpoint: {USAGE}"
+            f"{arg}: not a checkpoint (.safetensors) or run directory; the first argument is the checkpoint: "
+            f"{USAGE}"
         )
     return arg
 
@@ -82,7 +83,8 @@ def refuse_run_dirs(paths: Iterable[str]) -> None:
         if run is not None:
             inside = "" if run == p.resolve() else f" (inside {run})"
             raise UserError(
-                f"{p}: is a training run directory{inside}, not a folder of images; give the run first: {USAGE}"
+                f"{p}: is a training run directory{inside}, not a folder of images; give the run first: "
+                f"{USAGE}"
             )
 
 

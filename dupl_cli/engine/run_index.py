@@ -46,7 +46,8 @@ def mark_run(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def point_latest(runs_root: Path, run_dir: Path) -> None:
-    """Make ``<runs_root>/latest`` a symlink to ``run_dir`` (replaced atomically), when the run lives there."""
+    """Make ``<runs_root>/latest`` a symlink to ``run_dir`` (replaced atomically), when the run lives
+    there."""
     runs_root, run_dir = Path(runs_root).resolve(), Path(run_dir).resolve()
     if run_dir.parent != runs_root:
         return

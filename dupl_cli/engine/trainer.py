@@ -198,7 +198,8 @@ class Trainer:
     def _announce_claim(self, progress, run_dir: Path | None, leftovers: list[Path]) -> None:
         if self._lock is not None and self._lock.unsupported:
             progress.message(
-                f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time"
+                f"warning: {run_dir}: not locked ({self._lock.unsupported}); "
+                "start one training here at a time"
             )
         if leftovers:
             names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
@@ -323,12 +324,14 @@ class Trainer:
         t = self.settings.train
         effective = acc.num_processes * t.batch_size * t.grad_accum
         progress.message(
-            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x {t.grad_accum} accumulation"
+            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x "
+            f"{t.grad_accum} accumulation"
             f" | precision {acc.mixed_precision} | device {acc.device}"
         )
         if effective != t.reference_batch:
             progress.message(
-                f"warning: effective batch {effective} differs from this preset's reference batch {t.reference_batch}; results depend on it"
+                f"warning: effective batch {effective} differs from this preset's reference batch "
+                f"{t.reference_batch}; results depend on it"
             )
 
     def _dry_run(self, acc, model, train_set, progress) -> None:
@@ -349,7 +352,8 @@ class Trainer:
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
             print(
-                f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} ({terms})"
+                f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} "
+                f"({terms})"
             )
         return None
 
@@ -394,7 +398,8 @@ class _Loop:
         per_epoch = len(self.loader)
         if per_epoch == 0:
             raise UserError(
-                f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} processes)"
+                f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} "
+                "processes)"
             )
         micro = step * t.grad_accum
         epoch, offset = divmod(micro, per_epoch)
@@ -436,7 +441,8 @@ class _Loop:
             self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
         elif skipped > 1:
             self.progress.message(
-                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); steps skipped"
+                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); "
+                "steps skipped"
             )
         if in_row >= self.s.train.max_bad_steps:
             ckpt = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
@@ -514,9 +520,14 @@ class _Loop:
         )
         loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
         scores = validate(
-            self.model, loader, num_classes=len(self.classes), class_names=self.classes,
-            cam_scales=self.config.cam.scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
-        )  # fmt: skip
+            self.model,
+            loader,
+            num_classes=len(self.classes),
+            class_names=self.classes,
+            cam_scales=self.config.cam.scales,
+            cam_threshold=self.s.eval.cam_threshold,
+            device=self.acc.device,
+        )
         student = max(range(1, len(self.model.students) + 1), key=lambda k: scores[f"seg_s{k}"])  # ties: 1
         best_score = scores[f"seg_s{student}"]
         text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
@@ -537,7 +548,8 @@ class _Loop:
             )
             save_model(self.run_dir / "best", self.model, card)
             self.progress.message(
-                f"new best: student {student} seg mIoU {best_score:.1f} -> {self.run_dir / 'best.safetensors'}"
+                f"new best: student {student} seg mIoU {best_score:.1f} -> "
+                f"{self.run_dir / 'best.safetensors'}"
             )
 
     def _finish(self, step: int) -> None:

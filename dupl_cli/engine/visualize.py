@@ -220,11 +220,13 @@ class HtmlReport:
                 f"<td>{_fmt(metrics.over_activation[i])}</td></tr>"
             )
         summary = (
-            f"<p><b>mIoU {_fmt(metrics.miou)}</b> (over {sum(metrics.present)} classes present in the ground truth) · "
-            f"pixel accuracy {_fmt(metrics.pixel_accuracy)} · uncertain pixels {_fmt(metrics.uncertain_share)}%</p>"
+            f"<p><b>mIoU {_fmt(metrics.miou)}</b> (over {sum(metrics.present)} classes present in the ground "
+            f"truth) · pixel accuracy {_fmt(metrics.pixel_accuracy)} · uncertain pixels "
+            f"{_fmt(metrics.uncertain_share)}%</p>"
         )
         table = (
-            "<table><tr><th class=l>class</th><th>IoU</th><th>precision</th><th>recall</th><th>over-activation</th></tr>"
+            "<table><tr><th "
+            "class=l>class</th><th>IoU</th><th>precision</th><th>recall</th><th>over-activation</th></tr>"
             + "".join(rows)
             + "</table>"
         )
@@ -242,7 +244,8 @@ class HtmlReport:
         if not files:
             return
         figs = "".join(
-            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' src='{png_data_uri(Image.open(p))}'>"
+            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' "
+            f"src='{png_data_uri(Image.open(p))}'>"
             f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
             for p in files
         )
@@ -264,11 +267,15 @@ class HtmlReport:
 
     def legend(self) -> str:
         items = "".join(
-            f"<span style='margin-right:10px'><span class=sw style='background:rgb({r},{g},{b})'></span>{html.escape(n)}</span>"
+            "<span style='margin-right:10px'><span class=sw "
+            f"style='background:rgb({r},{g},{b})'></span>{html.escape(n)}</span>"
             for n, (r, g, b) in zip(self.class_names, self.palette, strict=False)
         )
         r, g, b = IGNORE_COLOUR
-        return f"<p>{items}<span><span class=sw style='background:rgb({r},{g},{b})'></span>uncertain / ignored</span></p>"
+        return (
+            f"<p>{items}<span><span class=sw style='background:rgb({r},{g},{b})'></span>uncertain / "
+            "ignored</span></p>"
+        )
 
     def render(self) -> str:
         body = "".join(self.sections)

@@ -11,8 +11,16 @@ import pytest
 
 
 def _train(run_cli, tiny_data, runs_root, *extra):
-    sets = [f'data.root="{tiny_data}"', f'train.runs_root="{runs_root}"', "train.max_iters=3", "method.t_seg=1",
-            "method.t_anf=2", "train.val_every=3", "train.ckpt_every=3", *extra]  # fmt: skip
+    sets = [
+        f'data.root="{tiny_data}"',
+        f'train.runs_root="{runs_root}"',
+        "train.max_iters=3",
+        "method.t_seg=1",
+        "method.t_anf=2",
+        "train.val_every=3",
+        "train.ckpt_every=3",
+        *extra,
+    ]
     args = ["train", "--preset", "tiny-cpu", "-q"]
     for s in sets:
         args += ["--set", s]

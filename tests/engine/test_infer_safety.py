@@ -1,4 +1,5 @@
-"""`dupl infer` never loses an input or an output, and says which checkpoint it uses (issues 16.1, 17.1, 17.2)."""
+"""`dupl infer` never loses an input or an output, and says which checkpoint it uses (issues 16.1, 17.1,
+17.2)."""
 
 import csv
 
@@ -62,7 +63,8 @@ def test_clashing_stems_get_unique_names_and_an_index(cli, tmp_path):
 
 
 def test_infer_takes_the_checkpoint_first_and_names_it(cli, tmp_path):
-    """16.1: the run comes first; a run directory as input is refused; the checkpoint line names step and classes."""
+    """16.1: the run comes first; a run directory as input is refused; the checkpoint line names step and
+    classes."""
     src = tmp_path / "in"
     _photo(src / "p.png")
     run = tmp_path / "run"

@@ -36,7 +36,10 @@ class Unit:
     z: float  # our pre-activation
 
     def __str__(self) -> str:
-        return f"student {self.student + 1} head call {self.call} {LAYERS[self.layer]} unit {self.index} (z = {self.z:.1e})"
+        return (
+            f"student {self.student + 1} head call {self.call} {LAYERS[self.layer]} unit {self.index} "
+            f"(z = {self.z:.1e})"
+        )
 
 
 class HeadKinks:

@@ -1,4 +1,5 @@
-"""A third-party dataset adapter declares its ``[data.options]`` with a pydantic model and gets them validated."""
+"""A third-party dataset adapter declares its ``[data.options]`` with a pydantic model and gets them
+validated."""
 
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def test_plugin_options_are_typed_defaulted_and_checked(discs):
     with pytest.raises(UserError) as info:
         load_settings(assignments=["data.adapter=discs", "data.options.radios=1"], environ={})
     assert str(info.value) == (
-        "unknown setting data.options.radios = 1 (from --set): dataset adapter 'discs' has no option 'radios' "
-        "(options: radius, colours); did you mean data.options.radius?"
+        "unknown setting data.options.radios = 1 (from --set): dataset adapter 'discs' has no option "
+        "'radios' (options: radius, colours); did you mean data.options.radius?"
     )
     with pytest.raises(
         UserError, match=r"data.options.radius = -1 \(from --set\): dataset adapter 'discs': "

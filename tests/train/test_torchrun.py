@@ -58,8 +58,14 @@ def test_torchrun_trains_and_evaluates_data_parallel(tiny_data, tmp_path):
     two = _torchrun("evaluate", str(run), *common, "--out", str(out2), cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "dupl_cli", "evaluate", str(run), *common, "--out", str(out1)],
-                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    one = subprocess.run(
+        [sys.executable, "-m", "dupl_cli", "evaluate", str(run), *common, "--out", str(out1)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     # The confusion matrix summed over both shards equals the one-process matrix.
     sharded, single = (out2 / "confusion.csv").read_text(), (out1 / "confusion.csv").read_text()

@@ -142,8 +142,18 @@ def test_resume_reports_changed_settings(tiny_data, tmp_path):
 
 def test_killed_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
     run = tmp_path / "run"
-    args = tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_iters=40", "--set", "train.ckpt_every=2",
-                     "--set", "train.val_every=1000")  # fmt: skip
+    args = tiny_args(
+        tiny_data,
+        tmp_path,
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.max_iters=40",
+        "--set",
+        "train.ckpt_every=2",
+        "--set",
+        "train.val_every=1000",
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dupl_cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE

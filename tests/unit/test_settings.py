@@ -53,7 +53,8 @@ def test_bare_settings_ignore_the_environment(monkeypatch):
 def test_all_sources_and_a_card_in_priority_order(tmp_path):
     preset = tmp_path / "mine.toml"
     preset.write_text(
-        'base = "voc-vitb"\n[data]\nadapter = "demo"\n[train]\nlr = 1.0\nbatch_size = 3\nseed = 7\nmax_iters = 11\n'
+        'base = "voc-vitb"\n[data]\nadapter = "demo"\n[train]\nlr = 1.0\nbatch_size = 3\nseed = 7\nmax_iters '
+        "= 11\n"
     )
     config = tmp_path / "cfg.toml"
     config.write_text(
@@ -66,8 +67,11 @@ def test_all_sources_and_a_card_in_priority_order(tmp_path):
         "UNRELATED": "x",
     }
     card_file = tmp_path / "run" / "best.json"
-    card = {"train": {"lr": 0.5, "batch_size": 2, "seed": 8, "max_iters": 12, "warmup_iters": 13},
-            "method": {"anf": {"gamma": 0.7, "eta": 2.0}}, "data": {"adapter": "demo", "options": {"n_val": 7}}}  # fmt: skip
+    card = {
+        "train": {"lr": 0.5, "batch_size": 2, "seed": 8, "max_iters": 12, "warmup_iters": 13},
+        "method": {"anf": {"gamma": 0.7, "eta": 2.0}},
+        "data": {"adapter": "demo", "options": {"n_val": 7}},
+    }
     r = load_settings(
         str(preset), config, ["train.lr=4.0", "method.par.iters=3"], environ=env, card=(card_file, card)
     )
@@ -137,8 +141,13 @@ def test_set_array_nested_paths_and_family_arch():
 
 
 def test_nested_env_vars_use_pydantic_settings_parsing():
-    env = {"DUPL_METHOD__ANF__GAMMA": "0.9", "dupl_crf__cam__tau_high": "0.6", "DUPL_EVAL__SCALES": "[1.0, 2.0]",
-           "DUPL_METHOD__STRONG": '{"n": 1}', "DUPL_EVAL__STUDENT": "1"}  # fmt: skip
+    env = {
+        "DUPL_METHOD__ANF__GAMMA": "0.9",
+        "dupl_crf__cam__tau_high": "0.6",
+        "DUPL_EVAL__SCALES": "[1.0, 2.0]",
+        "DUPL_METHOD__STRONG": '{"n": 1}',
+        "DUPL_EVAL__STUDENT": "1",
+    }
     r = load_settings(environ=env)
     s = r.settings
     assert (s.method.anf.gamma, s.crf.cam.tau_high, s.eval.scales, s.method.strong.n) == (
@@ -308,13 +317,24 @@ def test_adapter_options_are_validated_by_the_adapter():
     defaults = load_settings(assignments=["data.adapter=demo"], environ={}).settings.data.options
     assert defaults == {"seed": 0, "size": 128, "n_train": 300, "n_val": 60, "generate": False}
     cases = [
-        ("tiny-cpu", "data.options.sizee=3", "unknown setting data.options.sizee = 3 (from --set): dataset adapter "
-         "'demo' has no option 'sizee' (options: seed, size, n_train, n_val, generate); did you mean data.options.size?"),
-        ("tiny-cpu", "data.options.size=16", "invalid value for data.options.size = 16 (from --set): dataset adapter "
-         "'demo': Input should be greater than or equal to 32"),
-        (None, "data.options.size=64", "unknown setting data.options.size = 64 (from --set): dataset adapter 'voc' "
-         "takes no options"),
-    ]  # fmt: skip
+        (
+            "tiny-cpu",
+            "data.options.sizee=3",
+            "unknown setting data.options.sizee = 3 (from --set): dataset adapter 'demo' has no option "
+            "'sizee' (options: seed, size, n_train, n_val, generate); did you mean data.options.size?",
+        ),
+        (
+            "tiny-cpu",
+            "data.options.size=16",
+            "invalid value for data.options.size = 16 (from --set): dataset adapter "
+            "'demo': Input should be greater than or equal to 32",
+        ),
+        (
+            None,
+            "data.options.size=64",
+            "unknown setting data.options.size = 64 (from --set): dataset adapter 'voc' takes no options",
+        ),
+    ]
     for preset, assignment, expected in cases:
         with pytest.raises(UserError) as info:
             load_settings(preset, assignments=[assignment], environ={})
