@@ -233,9 +233,8 @@ class Trainer:
 
         s, t = self.settings, self.settings.train
         main = acc.is_main_process
-        progress = TrainingProgress(
-            t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet
-        )
+        progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main,
+                                    quiet=self.options.quiet)  # fmt: skip
         self._announce_claim(progress, run_dir, leftovers)
         if run_dir is not None and main:
             changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
@@ -250,9 +249,8 @@ class Trainer:
         train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
         classes, palette = train_set.classes, train_set.palette
         self.config = step_config(s, num_classes=len(classes))
-        model = build_dual_student(
-            s.model, num_classes=len(classes), img_size=s.data.crop_size, students=s.method.students
-        )
+        model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size,
+                                   students=s.method.students)  # fmt: skip
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
         backbone = model.students[0].backbone
         stats = normalisation_mismatch(backbone, s.model.arch, s.model.pretrained, s.data.mean, s.data.std)
@@ -281,20 +279,8 @@ class Trainer:
                 config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()},
             )
         progress.start = state["step"]
-        loop = _Loop(
-            self,
-            acc,
-            module,
-            optimizer,
-            scheduler,
-            loader,
-            val_set,
-            classes,
-            palette,
-            run_dir,
-            progress,
-            state,
-        )
+        loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set,
+                     classes, palette, run_dir, progress, state)  # fmt: skip
         self._run_recorded(loop, acc, progress, run_dir if main else None)
         return run_dir
 
