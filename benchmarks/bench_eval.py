@@ -70,9 +70,11 @@ def main() -> None:
     all_workers = default_workers(args.workers)
     params = CrfParams.for_segmentation(settings.crf)
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    print(f"device {device}{gpu}, CPU cores available: {len(os.sched_getaffinity(0))}, torch threads "
-          f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, {args.images} images "
-          f"{args.size}x{args.size}, model test_vit, median of {args.repeats} interleaved rounds")  # fmt: skip
+    print(
+        f"device {device}{gpu}, CPU cores available: {len(os.sched_getaffinity(0))}, torch threads "
+        f"{torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, {args.images} images "
+        f"{args.size}x{args.size}, model test_vit, median of {args.repeats} interleaved rounds"
+    )
 
     def sync() -> None:
         if device.type == "cuda":
@@ -101,11 +103,16 @@ def main() -> None:
                 pool.submit_segmentation(i, im, logits_of(im, ms).cpu().numpy(), params)
             list(pool.drain())
 
-        fns = {"single-scale": lambda: tta_pass(single), "multi-scale (1, 1.25, 1.5) + flip": lambda: tta_pass(ms)}
+        fns = {
+            "single-scale": lambda: tta_pass(single),
+            "multi-scale (1, 1.25, 1.5) + flip": lambda: tta_pass(ms),
+        }
         for w, pool in pools.items():
             fns[f"multi-scale + flip + CRF, {w} worker(s)"] = lambda pool=pool: with_crf(pool)
         for w, pool in pools.items():
-            fns[f"CRF alone, {w} worker(s)"] = lambda pool=pool: pool.map_segmentation(zip(images, logits, strict=True), params)
+            fns[f"CRF alone, {w} worker(s)"] = lambda pool=pool: pool.map_segmentation(
+                zip(images, logits, strict=True), params
+            )
         medians = median_runs(fns, args.repeats)
     finally:
         for pool in pools.values():

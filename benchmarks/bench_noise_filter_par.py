@@ -80,9 +80,9 @@ def fit_agreement(losses, labels) -> str:
             rel[key] = max(rel[key], float(np.max(np.abs(mine - value) / np.abs(value))))
         same_iters += int(ours.n_iter[i]) == g.n_iter_
     return (
-        f"  fits vs scikit-learn over {len(fitted)} fitted maps: max relative error means {rel['means']:.1e}, "
-        f"variances {rel['variances']:.1e}, weights {rel['weights']:.1e}; EM iterations equal on "
-        f"{same_iters} of {len(fitted)}"
+        f"  fits vs scikit-learn over {len(fitted)} fitted maps: max relative error means "
+        f"{rel['means']:.1e}, variances {rel['variances']:.1e}, weights {rel['weights']:.1e}; EM iterations "
+        f"equal on {same_iters} of {len(fitted)}"
     )
 
 
@@ -113,21 +113,27 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg {load}, crop {args.size}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load avg "
+        f"{load}, crop {args.size}"
+    )
 
     losses, labels = realistic_losses(8, args.size)
     release_filter = NoiseFilterConfig(one_sided=False)
     fit_share = ((labels != 0) & (labels != IGNORE_INDEX) & (losses > 0.1)).float().mean().item()
     (t_ref, t_ours), (ref, ours) = interleaved(
-        [lambda: sklearn_per_image(losses, labels), lambda: noisy_pixels(losses, labels, release_filter)], args.repeats
+        [lambda: sklearn_per_image(losses, labels), lambda: noisy_pixels(losses, labels, release_filter)],
+        args.repeats,
     )
     agree = (ours.numpy() == ref).mean()
-    print(f"noise filter, 8 maps {args.size}x{args.size} ({fit_share:.0%} of pixels in the fitting set), "
-          f"median of {args.repeats} interleaved runs:\n"
-          f"  sklearn GaussianMixture per map {t_ref * 1e3:8.1f} ms/call\n"
-          f"  batched noisy_pixels            {t_ours * 1e3:8.1f} ms/call\n"
-          f"  speed-up {t_ref / t_ours:.1f}x (target >= 20x), decisions agree {agree:.5%} "
-          f"({int((ours.numpy() != ref).sum())} of {ref.size} pixels differ)")
+    print(
+        f"noise filter, 8 maps {args.size}x{args.size} ({fit_share:.0%} of pixels in the fitting set), "
+        f"median of {args.repeats} interleaved runs:\n"
+        f"  sklearn GaussianMixture per map {t_ref * 1e3:8.1f} ms/call\n"
+        f"  batched noisy_pixels            {t_ours * 1e3:8.1f} ms/call\n"
+        f"  speed-up {t_ref / t_ours:.1f}x (target >= 20x), decisions agree {agree:.5%} "
+        f"({int((ours.numpy() != ref).sum())} of {ref.size} pixels differ)"
+    )
     print(fit_agreement(losses, labels))
 
     half = args.size // 2
@@ -147,16 +153,27 @@ def main() -> None:
     (t_loop, t_own, t_batch), (loop_out, own_out, batch_out) = interleaved(
         [straightforward_loop, own_kernel_per_image, batched], args.repeats
     )
-    diff = max((batch_out[i : i + 1, 3 * k : 3 * k + 3] - loop_out[2 * i + k]).abs().max().item() for i in range(4) for k in range(2))
-    print(f"PAR, batch 4 at {half}x{half}, 2 stacks x 3 channels, median of {args.repeats} interleaved runs:\n"
-          f"  straightforward per-image loop (affinity per stack, neighbour stacks materialised) {t_loop * 1e3:8.1f} ms\n"
-          f"  dupl's kernel called per image and stack                                         {t_own * 1e3:8.1f} ms\n"
-          f"  batched, affinity shared by both stacks                                          {t_batch * 1e3:8.1f} ms\n"
-          f"  speed-up {t_loop / t_batch:.1f}x vs the loop (target >= 2x), {t_own / t_batch:.1f}x vs per-image calls; "
-          f"max diff {diff:.1e}")
+    diff = max(
+        (batch_out[i : i + 1, 3 * k : 3 * k + 3] - loop_out[2 * i + k]).abs().max().item()
+        for i in range(4)
+        for k in range(2)
+    )
+    print(
+        f"PAR, batch 4 at {half}x{half}, 2 stacks x 3 channels, median of {args.repeats} interleaved runs:\n"
+        "  straightforward per-image loop (affinity per stack, neighbour stacks materialised) "
+        f"{t_loop * 1e3:8.1f} ms\n"
+        "  dupl's kernel called per image and stack                                         "
+        f"{t_own * 1e3:8.1f} ms\n"
+        "  batched, affinity shared by both stacks                                          "
+        f"{t_batch * 1e3:8.1f} ms\n"
+        f"  speed-up {t_loop / t_batch:.1f}x vs the loop (target >= 2x), {t_own / t_batch:.1f}x vs per-image "
+        f"calls; max diff {diff:.1e}"
+    )
 
 
-def straightforward_par(image: torch.Tensor, probs: torch.Tensor, dilations=(1, 2, 4, 8, 12, 24), iters: int = 10):
+def straightforward_par(
+    image: torch.Tensor, probs: torch.Tensor, dilations=(1, 2, 4, 8, 12, 24), iters: int = 10
+):
     """The plain way for one image: gather the 48 neighbours as a stack, for the affinity and again
     in every propagation step (as the release's PAR does), in the order of docs/method.md §5."""
     offsets = [(dy * d, dx * d) for d in dilations for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
@@ -166,7 +183,9 @@ def straightforward_par(image: torch.Tensor, probs: torch.Tensor, dilations=(1, 
     def stack(t):
         padded = torch.nn.functional.pad(t[None], (pad, pad, pad, pad), mode="replicate")[0]
         h, w = t.shape[-2:]
-        return torch.stack([padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets], 1)
+        return torch.stack(
+            [padded[:, pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in offsets], 1
+        )
 
     near = stack(image)  # 3×N×H×W
     sigma = near.std(dim=1, keepdim=True)

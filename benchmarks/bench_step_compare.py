@@ -76,30 +76,41 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.steps)))
         return
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True
+        )
         try:
             trees = {"base": base, "this": ROOT}
             runs: dict[str, list[dict]] = {"base": [], "this": []}
             for r in range(args.rounds):
-                for name in (["base", "this"] if r % 2 == 0 else ["this", "base"]):
+                for name in ["base", "this"] if r % 2 == 0 else ["this", "base"]:
                     runs[name].append(_run(trees[name], args.steps))
-                    print(f"round {r + 1} {name}: " + " ".join(f"{k} {v:.3f}" for k, v in runs[name][-1].items()),
-                          flush=True)
+                    print(
+                        f"round {r + 1} {name}: "
+                        + " ".join(f"{k} {v:.3f}" for k, v in runs[name][-1].items()),
+                        flush=True,
+                    )
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
     import platform
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"base {args.base} vs this tree ({head.stdout.strip()}), {args.rounds} rounds interleaved")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+        f"base {args.base} vs this tree ({head.stdout.strip()}), {args.rounds} rounds interleaved"
+    )
     print(f"{'phase':<6}{'base s/step':>12}{'this s/step':>12}{'speed-up':>10}   (per round: base | this)")
     for phase in runs["base"][0]:
         b = statistics.median(x[phase] for x in runs["base"])
         t = statistics.median(x[phase] for x in runs["this"])
-        rounds = " ".join(f"{x[phase]:.2f}" for x in runs["base"]) + " | " + " ".join(
-            f"{x[phase]:.2f}" for x in runs["this"]
+        rounds = (
+            " ".join(f"{x[phase]:.2f}" for x in runs["base"])
+            + " | "
+            + " ".join(f"{x[phase]:.2f}" for x in runs["this"])
         )
         print(f"{phase:<6}{b:>12.3f}{t:>12.3f}{b / t:>9.2f}x   ({rounds})")
 

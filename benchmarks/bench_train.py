@@ -20,7 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-PHASES = {"A": ["method.t_seg=100000", "method.t_anf=100000"], "B": ["method.t_seg=0", "method.t_anf=100000"], "C": ["method.t_seg=0", "method.t_anf=0"]}
+PHASES = {
+    "A": ["method.t_seg=100000", "method.t_anf=100000"],
+    "B": ["method.t_seg=0", "method.t_anf=100000"],
+    "C": ["method.t_seg=0", "method.t_anf=0"],
+}
 
 
 def one(preset: str, phase: str, iters: int, out: Path) -> None:
@@ -30,9 +34,17 @@ def one(preset: str, phase: str, iters: int, out: Path) -> None:
     from dupl_cli.engine.trainer import Trainer, TrainOptions
 
     data_root = out.parent / f"data-{preset}"
-    sets = [f"data.root={data_root}", "data.options.generate=true",
-            f"train.runs_root={out}", f"train.max_iters={iters}", "train.val_every=1000000",
-            "train.ckpt_every=1000000", f"train.log_every={max(iters // 5, 1)}", "train.warmup_iters=1", *PHASES[phase]]  # fmt: skip
+    sets = [
+        f"data.root={data_root}",
+        "data.options.generate=true",
+        f"train.runs_root={out}",
+        f"train.max_iters={iters}",
+        "train.val_every=1000000",
+        "train.ckpt_every=1000000",
+        f"train.log_every={max(iters // 5, 1)}",
+        "train.warmup_iters=1",
+        *PHASES[phase],
+    ]
     settings = load_settings(preset, assignments=sets, environ={}).settings
     Trainer(settings, TrainOptions(run_dir=out / "run", quiet=True)).run()
     records = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -73,7 +85,10 @@ def main() -> None:
                     sys.exit(f"{preset} phase {phase} failed:\n{proc.stderr[-2000:]}")
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
                 extra = f"  peak GPU {r['peak_gpu_mib']:.0f} MiB" if "peak_gpu_mib" in r else ""
-                print(f"{preset:10} {phase:5} {r['images_per_s']:9.1f} {r['peak_rss_mib']:13.0f}  ({r['device']}, {r['threads']} threads){extra}")
+                print(
+                    f"{preset:10} {phase:5} {r['images_per_s']:9.1f} {r['peak_rss_mib']:13.0f}  "
+                    f"({r['device']}, {r['threads']} threads){extra}"
+                )
 
 
 if __name__ == "__main__":

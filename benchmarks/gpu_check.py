@@ -42,8 +42,12 @@ def _batch(b: int, size: int, device: torch.device) -> dict:
     low = torch.randn(b, 3, size // 32, size // 32, generator=g)  # smooth: CAMs, PAR and ANF see structure
     image = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
     box = torch.tensor([[0, size, 0, size]] * b)
-    return {"image": image.to(device), "labels": labels.to(device), "img_box": box.to(device),
-            "max_present": int((labels > 0).sum(1).max())}
+    return {
+        "image": image.to(device),
+        "labels": labels.to(device),
+        "img_box": box.to(device),
+        "max_present": int((labels > 0).sum(1).max()),
+    }
 
 
 def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str | None, steps: int) -> dict:
@@ -90,18 +94,65 @@ def _dupl(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def trainer_and_eval(tmp: Path, *, arch: str, size: int, batch: int, iters: int, n_val: int, dry: bool) -> dict:
+def trainer_and_eval(
+    tmp: Path, *, arch: str, size: int, batch: int, iters: int, n_val: int, dry: bool
+) -> dict:
     data = tmp / "data"
     n_train = max(batch * 4, 16)
-    _dupl("data", "demo", "--out", str(data), "--size", str(size), "--n-train", str(n_train), "--n-val", str(n_val))
-    opts = ["--set", f"data.options.size={size}", "--set", f"data.options.n_train={n_train}",
-            "--set", f"data.options.n_val={n_val}"]
-    common = ["--preset", "demo", "--set", f"data.root={data}", "--set", f"data.crop_size={size}", *opts,
-              "--set", f"model.arch={arch}", "--set", "model.head_channels=512"]
-    train = [*common, "--set", f"train.max_iters={iters}", "--set", f"train.batch_size={batch}",
-             "--set", f"train.reference_batch={batch}", "--set", f"train.val_every={iters * 10}",
-             "--set", f"train.ckpt_every={iters * 10}", "--set", "method.t_seg=1", "--set", "method.t_anf=2",
-             "--set", f"train.precision={'no' if dry else 'bf16'}", "--set", f"data.num_workers={min(8, os.cpu_count())}"]
+    _dupl(
+        "data",
+        "demo",
+        "--out",
+        str(data),
+        "--size",
+        str(size),
+        "--n-train",
+        str(n_train),
+        "--n-val",
+        str(n_val),
+    )
+    opts = [
+        "--set",
+        f"data.options.size={size}",
+        "--set",
+        f"data.options.n_train={n_train}",
+        "--set",
+        f"data.options.n_val={n_val}",
+    ]
+    common = [
+        "--preset",
+        "demo",
+        "--set",
+        f"data.root={data}",
+        "--set",
+        f"data.crop_size={size}",
+        *opts,
+        "--set",
+        f"model.arch={arch}",
+        "--set",
+        "model.head_channels=512",
+    ]
+    train = [
+        *common,
+        "--set",
+        f"train.max_iters={iters}",
+        "--set",
+        f"train.batch_size={batch}",
+        "--set",
+        f"train.reference_batch={batch}",
+        "--set",
+        f"train.val_every={iters * 10}",
+        "--set",
+        f"train.ckpt_every={iters * 10}",
+        "--set",
+        "method.t_seg=1",
+        "--set",
+        "method.t_anf=2",
+        "--set",
+        f"train.precision={'no' if dry else 'bf16'}",
+        "--set",
+        f"data.num_workers={min(8, os.cpu_count())}",
+    ]
     run = tmp / "run"
     seconds = _dupl("train", *train, "--run-dir", str(run))
     out = {"train_images_s": iters * batch / seconds}
@@ -132,15 +183,22 @@ def main() -> None:
         r = rows[label]
         mean = statistics.mean(r[k] for k in PHASES)
         voc = VOC.t_seg * r["A"] + (VOC.t_anf - VOC.t_seg) * r["B"] + (VOC.max_iters - VOC.t_anf) * r["C"]
-        print(f"{label:>9}: s/step A {r['A']:.4f}  B {r['B']:.4f}  C {r['C']:.4f}  (mean {mean:.4f}); "
-              f"peak {r['peak_gib']:.2f} GiB; VOC 20k-iteration schedule {voc / 60:.1f} min (steps only)")
+        print(
+            f"{label:>9}: s/step A {r['A']:.4f}  B {r['B']:.4f}  C {r['C']:.4f}  (mean {mean:.4f}); "
+            f"peak {r['peak_gib']:.2f} GiB; VOC 20k-iteration schedule {voc / 60:.1f} min (steps only)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        f = trainer_and_eval(Path(tmp), arch=arch, size=size, batch=batch, iters=iters,
-                             n_val=100 if cuda else 4, dry=args.dry)
-    print(f"trainer: {f['train_images_s']:.1f} images/s over a {iters}-iteration `dupl train` run "
-          f"(data loading, start-up and the final validation included)")
-    print(f"evaluate: {f['eval_single_images_s']:.1f} images/s single-scale, "
-          f"{f['eval_ms_flip_images_s']:.1f} images/s multi-scale + flip (start-up included)")
+        f = trainer_and_eval(
+            Path(tmp), arch=arch, size=size, batch=batch, iters=iters, n_val=100 if cuda else 4, dry=args.dry
+        )
+    print(
+        f"trainer: {f['train_images_s']:.1f} images/s over a {iters}-iteration `dupl train` run "
+        f"(data loading, start-up and the final validation included)"
+    )
+    print(
+        f"evaluate: {f['eval_single_images_s']:.1f} images/s single-scale, "
+        f"{f['eval_ms_flip_images_s']:.1f} images/s multi-scale + flip (start-up included)"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ def tiny_data(tmp_path_factory) -> Path:
     from dupl_cli.plugins import DATASETS, load
 
     root = tmp_path_factory.mktemp("tiny") / "data"
-    settings = load_settings("tiny-cpu", assignments=[f"data.root={root}", "data.options.generate=true"], environ={}).settings
+    settings = load_settings(
+        "tiny-cpu", assignments=[f"data.root={root}", "data.options.generate=true"], environ={}
+    ).settings
     load(DATASETS, "demo")(settings.data, settings.data.train_split)
     return root
 

@@ -49,7 +49,9 @@ def fill_optional_values(args: list[str]) -> list[str]:
 def hoist_global_flags(args: list[str]) -> list[str]:
     """Move -q/-v given after the command in front of it (not after ``--``, not as an option's value)."""
     end = args.index("--") if "--" in args else len(args)
-    moved = {i for i, a in enumerate(args[:end]) if a in ANYWHERE and (i == 0 or args[i - 1] not in TAKES_VALUE)}
+    moved = {
+        i for i, a in enumerate(args[:end]) if a in ANYWHERE and (i == 0 or args[i - 1] not in TAKES_VALUE)
+    }
     return [args[i] for i in sorted(moved)] + [a for i, a in enumerate(args) if i not in moved]
 
 
@@ -107,9 +109,12 @@ def main_options(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Global options apply to every command and may also follow it; a command's own --preset/--config/--set win."""
+    """Global options apply to every command and may also follow it; a command's own --preset/--config/--set
+    win."""
     verbosity = -1 if quiet else (1 if verbose else 0)
-    ctx.obj = GlobalOptions(preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity)
+    ctx.obj = GlobalOptions(
+        preset=preset, config=Path(config) if config else None, sets=list(sets or []), verbosity=verbosity
+    )
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s")
     # Accelerate reports every file it saves at INFO; keep that for --verbose.

@@ -9,14 +9,21 @@ from typing import Annotated, Any
 import typer
 
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", "-p", help="Built-in preset name or path to a preset TOML.", show_default=False)
+    str | None,
+    typer.Option("--preset", "-p", help="Built-in preset name or path to a preset TOML.", show_default=False),
 ]
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="TOML config file (same format as a preset).", show_default=False)
+    Path | None,
+    typer.Option("--config", "-c", help="TOML config file (same format as a preset).", show_default=False),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Override one setting: section.key=value (TOML literal). Repeatable.", show_default=False),
+    typer.Option(
+        "--set",
+        "-s",
+        help="Override one setting: section.key=value (TOML literal). Repeatable.",
+        show_default=False,
+    ),
 ]
 
 

@@ -13,7 +13,10 @@ from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_s
 app = typer.Typer(help="Prepare and check datasets.", no_args_is_help=True)
 
 SplitOpt = Annotated[
-    list[str] | None, typer.Option("--split", help="Split(s) to use; default: data.train_split and data.val_split.", show_default=False)
+    list[str] | None,
+    typer.Option(
+        "--split", help="Split(s) to use; default: data.train_split and data.val_split.", show_default=False
+    ),
 ]
 
 
@@ -43,8 +46,10 @@ def demo(
         raise UserError(f"{out}: already exists and is not empty; choose another --out or delete it")
     start = time.perf_counter()
     write_demo(out, seed=seed, size=size, n_train=n_train, n_val=n_val)
-    typer.echo(f"wrote {n_train} train + {n_val} val images ({size}px, seed {seed}) to {out} "
-               f"in {time.perf_counter() - start:.1f}s")
+    typer.echo(
+        f"wrote {n_train} train + {n_val} val images ({size}px, seed {seed}) to {out} "
+        f"in {time.perf_counter() - start:.1f}s"
+    )
 
 
 @app.command("verify")
@@ -61,11 +66,23 @@ def verify_cmd(
     from dupl_cli.data.verify import verify
 
     settings = resolve_settings(ctx, preset, config, sets).settings
-    reports = [verify(adapter, full=full, crop_size=settings.data.crop_size) for _, adapter in _adapters(settings, split)]
+    reports = [
+        verify(adapter, full=full, crop_size=settings.data.crop_size)
+        for _, adapter in _adapters(settings, split)
+    ]
     ok = all(r.ok for r in reports)
     if as_json:
-        typer.echo(json.dumps({"ok": ok, "adapter": settings.data.adapter, "root": str(settings.data.root),
-                               "splits": [r.to_dict() for r in reports]}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "ok": ok,
+                    "adapter": settings.data.adapter,
+                    "root": str(settings.data.root),
+                    "splits": [r.to_dict() for r in reports],
+                },
+                indent=2,
+            )
+        )
     else:
         _print_reports(console(ctx), settings, reports)
     if not ok:
@@ -77,11 +94,16 @@ def _print_reports(con, settings, reports) -> None:
 
     for r in reports:
         status = "[green]ok[/green]" if r.ok else f"[red]{len(r.problems)} problem(s)[/red]"
-        con.print(f"[bold]{settings.data.adapter}[/bold] {settings.data.root} split [bold]{r.split}[/bold]: "
-                  f"{r.count} images, masks: {'yes' if r.has_masks else 'no'} — {status}")
+        con.print(
+            f"[bold]{settings.data.adapter}[/bold] {settings.data.root} split [bold]{r.split}[/bold]: "
+            f"{r.count} images, masks: {'yes' if r.has_masks else 'no'} — {status}"
+        )
         if r.sizes:
             h, w = r.sizes["height"], r.sizes["width"]
-            con.print(f"  size (h×w) min {h['min']}×{w['min']}, median {h['median']:g}×{w['median']:g}, max {h['max']}×{w['max']}")
+            con.print(
+                f"  size (h×w) min {h['min']}×{w['min']}, median {h['median']:g}×{w['median']:g}, "
+                f"max {h['max']}×{w['max']}"
+            )
         if r.class_counts:
             table = Table("class", "images", title=f"images per class ({r.split})", title_justify="left")
             for name, n in r.class_counts.items():
@@ -98,7 +120,9 @@ def _print_reports(con, settings, reports) -> None:
 @app.command("labels")
 def labels_cmd(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write: id,class names separated by spaces.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="CSV file to write: id,class names separated by spaces.")
+    ],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -112,12 +136,17 @@ def labels_cmd(
     from dupl_cli.errors import DataError, UserError
 
     settings = resolve_settings(ctx, preset, config, sets).settings
-    inputs = [settings.data.labels_file, Path(settings.data.root) / "labels.csv", Path(settings.data.root) / "labels.json"]
+    inputs = [
+        settings.data.labels_file,
+        Path(settings.data.root) / "labels.csv",
+        Path(settings.data.root) / "labels.json",
+    ]
     if any(p is not None and Path(p).expanduser().resolve() == out.expanduser().resolve() for p in inputs):
         raise UserError(f"{out}: is a labels file the dataset reads; write the labels elsewhere")
     rows: dict[str, str] = {}
     errors: list[str] = []
     for _, adapter in _adapters(settings, split):
+
         def one(i, adapter=adapter):
             sample_id = adapter.sample_id(i)
             mask = adapter.load_mask(sample_id)
@@ -151,11 +180,20 @@ def labels_cmd(
 
 @app.command("coco-masks")
 def coco_masks(
-    instances: Annotated[Path, typer.Option("--instances", help="COCO instances JSON, e.g. annotations/instances_train2014.json.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Mask folder, e.g. <root>/SegmentationClass/train2014.")],
-    list_out: Annotated[Path | None, typer.Option("--list", help="Also write the ids with objects here, e.g. <root>/ImageSets/train.txt.")] = None,
+    instances: Annotated[
+        Path,
+        typer.Option("--instances", help="COCO instances JSON, e.g. annotations/instances_train2014.json."),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Mask folder, e.g. <root>/SegmentationClass/train2014.")
+    ],
+    list_out: Annotated[
+        Path | None,
+        typer.Option("--list", help="Also write the ids with objects here, e.g. <root>/ImageSets/train.txt."),
+    ] = None,
 ) -> None:
-    """Build VOC-style PNG masks (0 bg, 1..80, 255 crowd) from COCO instance annotations (needs the `coco` extra)."""
+    """Build VOC-style PNG masks (0 bg, 1..80, 255 crowd) from COCO instance annotations (needs the `coco`
+    extra)."""
     from dupl_cli.data.coco_masks import build_masks
 
     written, empty = build_masks(instances, out, list_file=list_out)

@@ -19,7 +19,10 @@ StudentOpt = Annotated[
     ),
 ]
 CrfOpt = Annotated[
-    bool, typer.Option("--crf", help="Dense CRF post-processing (crf.backend: torch, or pydensecrf from the crf extra).")
+    bool,
+    typer.Option(
+        "--crf", help="Dense CRF post-processing (crf.backend: torch, or pydensecrf from the crf extra)."
+    ),
 ]
 MultiscaleOpt = Annotated[
     bool, typer.Option("--multiscale", help="Multi-scale + flip TTA (eval.scales, eval.flip).")
@@ -108,7 +111,9 @@ def evaluate(
     student: StudentOpt = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Output folder (default: <run>/eval/<split>-<source>[-ms][-crf][-first<N>])."),
+        typer.Option(
+            "--out", help="Output folder (default: <run>/eval/<split>-<source>[-ms][-crf][-first<N>])."
+        ),
     ] = None,
     max_images: Annotated[
         int, typer.Option("--max-images", min=0, help="Evaluate only the first N images (0 = all).")

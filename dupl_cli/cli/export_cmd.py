@@ -80,4 +80,6 @@ def export(
         con.print(
             f"  checked at {size}: max abs logit difference {check['max_abs_diff']:.2e} (atol {opts.atol:g})"
         )
-    con.print(f"wrote {result.path} and {result.card}" + (f" (exporter log: {result.log})" if result.log else ""))
+    con.print(
+        f"wrote {result.path} and {result.card}" + (f" (exporter log: {result.log})" if result.log else "")
+    )

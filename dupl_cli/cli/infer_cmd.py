@@ -14,11 +14,14 @@ from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, prepare
 def infer(
     ctx: typer.Context,
     checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint .safetensors or run directory (as evaluate and export take it).")
+        Path,
+        typer.Argument(help="Checkpoint .safetensors or run directory (as evaluate and export take it)."),
     ],
     paths: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders (searched recursively) or glob patterns; not a run directory."),
+        typer.Argument(
+            help="Image files, folders (searched recursively) or glob patterns; not a run directory."
+        ),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Output folder for <name>.png masks and index.csv (input -> mask).")
@@ -71,7 +74,9 @@ def infer(
         log=lambda msg: err_console.print(msg, markup=False),
     )
     if runtime.is_main:
-        out_console.print(f"wrote {result.total_written} masks to {out} (index.csv: input -> mask)", markup=False)
+        out_console.print(
+            f"wrote {result.total_written} masks to {out} (index.csv: input -> mask)", markup=False
+        )
         if result.total_failed:
             err_console.print(f"{result.total_failed} input(s) failed", markup=False)
     if result.total_failed:

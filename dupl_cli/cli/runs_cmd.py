@@ -36,7 +36,8 @@ def list_cmd(
     sets: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
-    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU, size."""
+    """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU,
+    size."""
     from rich.table import Column, Table
 
     from dupl_cli.engine.run_index import list_runs, summary
@@ -50,12 +51,21 @@ def list_cmd(
     if not rows:
         con.print(f"no runs under {root}/")
         return
-    table = Table("preset", "dataset", "step", "status", "best val seg mIoU", "size", title=f"runs in {root}/")
+    table = Table(
+        "preset", "dataset", "step", "status", "best val seg mIoU", "size", title=f"runs in {root}/"
+    )
     table.columns.insert(0, Column("run", no_wrap=True))
     for r in rows:
         step = "–" if r["step"] is None else f"{r['step']}/{r['max_iters'] or '?'}"
-        table.add_row(r["name"], r["preset"] or "–", r["dataset"] or "–", step, r["status"], _best(r),
-                      _size(r["size_bytes"]))
+        table.add_row(
+            r["name"],
+            r["preset"] or "–",
+            r["dataset"] or "–",
+            step,
+            r["status"],
+            _best(r),
+            _size(r["size_bytes"]),
+        )
     con.print(table)
     latest = root / "latest"
     if latest.is_symlink():
@@ -65,7 +75,9 @@ def list_cmd(
 @app.command("show")
 def show_cmd(
     ctx: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run directory (or a name under train.runs_root).", show_default=False)],
+    run: Annotated[
+        Path, typer.Argument(help="Run directory (or a name under train.runs_root).", show_default=False)
+    ],
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -88,11 +100,16 @@ def show_cmd(
     row = summary(run)
     con = console(ctx)
     step = "–" if row["step"] is None else f"{row['step']}/{row['max_iters'] or '?'}"
-    con.print(f"[bold]{escape(row['name'])}[/bold] ({escape(str(run))}): {row['status']}, step {step}, "
-              f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, {_size(row['size_bytes'])}")
+    con.print(
+        f"[bold]{escape(row['name'])}[/bold] ({escape(str(run))}): {row['status']}, step {step}, "
+        f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, "
+        f"{_size(row['size_bytes'])}"
+    )
     con.print(f"best validation seg mIoU: {_best(row)}")
     changed = settings_changed_from_preset(run)
-    table = Table("setting", "preset", "this run", title=f"settings that differ from {row['preset'] or 'the defaults'}")
+    table = Table(
+        "setting", "preset", "this run", title=f"settings that differ from {row['preset'] or 'the defaults'}"
+    )
     for key, before, value in changed:
         table.add_row(key, escape(json.dumps(before)), escape(json.dumps(value)))
     con.print(table if changed else "settings: as the preset")
@@ -104,6 +121,9 @@ def show_cmd(
     metrics = Table("step", *keys, "best student", title="validation mIoU (%) over time")
     for record in history:
         values = record["validation"]
-        metrics.add_row(str(record["step"]), *(f"{values.get(k, float('nan')):.1f}" for k in keys),
-                        str(record.get("best_student", "–")))
+        metrics.add_row(
+            str(record["step"]),
+            *(f"{values.get(k, float('nan')):.1f}" for k in keys),
+            str(record.get("best_student", "–")),
+        )
     con.print(metrics)

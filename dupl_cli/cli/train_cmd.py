@@ -15,20 +15,30 @@ def train(
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
-    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>-<time>).")] = None,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="Run directory (default: runs/<preset>-<time>).")
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(
             "--resume",
-            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH (a run dir or checkpoint).",
+            help="Continue from the latest checkpoint (of --run-dir or the newest run), or from PATH "
+            "(a run dir or checkpoint).",
             metavar="[PATH]",
         ),
     ] = None,
     max_iters: Annotated[
-        int | None, typer.Option("--max-iters", min=1, help="Stop after this iteration; the schedule is unchanged (resume later).")
+        int | None,
+        typer.Option(
+            "--max-iters", min=1, help="Stop after this iteration; the schedule is unchanged (resume later)."
+        ),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Build everything, one forward/backward per phase on two samples, write nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Build everything, one forward/backward per phase on two samples, write nothing.",
+        ),
     ] = False,
 ) -> None:
     """Train DuPL. Multi-GPU: accelerate launch -m dupl_cli train ... (CPU data parallel: torchrun)."""
@@ -36,9 +46,10 @@ def train(
     scheduled = resolved.settings.train.max_iters
     if max_iters is not None and max_iters > scheduled:
         typer.echo(
-            f"warning: --max-iters {max_iters} is past the end of the schedule (train.max_iters = {scheduled}): "
-            f"training stops at {scheduled}. --max-iters only stops early; to train longer lengthen the schedule "
-            f"with --set train.max_iters={max_iters} (and method.t_seg, method.t_anf, train.warmup_iters to match)",
+            f"warning: --max-iters {max_iters} is past the end of the schedule (train.max_iters = "
+            f"{scheduled}): training stops at {scheduled}. --max-iters only stops early; to train longer "
+            f"lengthen the schedule with --set train.max_iters={max_iters} (and method.t_seg, method.t_anf, "
+            "train.warmup_iters to match)",
             err=True,
         )
     from dupl_cli.engine.trainer import Trainer, TrainOptions

@@ -76,7 +76,8 @@ def field_at(dotted: str) -> FieldInfo | None:
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted leaf keys of nested tables: ``{"method": {"anf": {"gamma": 1}}}`` -> ``{"method.anf.gamma": 1}``."""
+    """Dotted leaf keys of nested tables: ``{"method": {"anf": {"gamma": 1}}}`` ->
+    ``{"method.anf.gamma": 1}``."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping) and value:
@@ -112,7 +113,9 @@ def origin_of(origin: Origin, dotted: str) -> str:
     return origin(dotted) if callable(origin) else origin
 
 
-def check_table(table: Mapping[str, Any], origin: Origin, model: type[BaseModel] | None = None, prefix: str = "") -> None:
+def check_table(
+    table: Mapping[str, Any], origin: Origin, model: type[BaseModel] | None = None, prefix: str = ""
+) -> None:
     """Raise a one-line UserError for the first unknown or renamed key, or a table in the wrong place."""
     model = model or _root()
     for key, value in table.items():
@@ -123,7 +126,9 @@ def check_table(table: Mapping[str, Any], origin: Origin, model: type[BaseModel]
             hint = _hint(dotted, where, table=not prefix or isinstance(value, Mapping))
             if not prefix:
                 sections = ", ".join(model.model_fields)
-                raise UserError(f"unknown settings section {key!r} (from {where}; sections: {sections}){hint}")
+                raise UserError(
+                    f"unknown settings section {key!r} (from {where}; sections: {sections}){hint}"
+                )
             if isinstance(value, Mapping):
                 raise UserError(f"unknown settings section {dotted!r} (from {where}){hint}")
             raise UserError(f"unknown setting {dotted} = {value!r} (from {where}){hint}")
@@ -134,4 +139,6 @@ def check_table(table: Mapping[str, Any], origin: Origin, model: type[BaseModel]
             check_table(value, origin, sub, f"{dotted}.")
         elif isinstance(value, Mapping) and not _is_table(field):
             inner = next(iter(flatten(value, f"{dotted}.")), dotted)
-            raise UserError(f"unknown setting {inner} (from {where}): {dotted} is a single value, not a table")
+            raise UserError(
+                f"unknown setting {inner} (from {where}): {dotted} is a single value, not a table"
+            )

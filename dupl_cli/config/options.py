@@ -27,13 +27,17 @@ def options_model(adapter: str) -> tuple[bool, type[BaseModel] | None]:
     factory = plugin.import_factory()  # a plugin that fails to import is one line naming it
     model = getattr(factory, "options_model", None)
     if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise UserError(f"dataset plugin {adapter!r}: options_model must be a pydantic model class, got {model!r}")
+        raise UserError(
+            f"dataset plugin {adapter!r}: options_model must be a pydantic model class, got {model!r}"
+        )
     return True, model
 
 
 def _error(option: str, message: str, unknown: bool = False) -> PydanticCustomError:
     # The message goes through the context: a template would format braces inside user values.
-    return PydanticCustomError(OPTION_ERROR, "{message}", {"message": message, "option": option, "unknown": unknown})
+    return PydanticCustomError(
+        OPTION_ERROR, "{message}", {"message": message, "option": option, "unknown": unknown}
+    )
 
 
 def validate_options(adapter: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +57,8 @@ def validate_options(adapter: str, options: dict[str, Any]) -> dict[str, Any]:
             known = list(model.model_fields)
             close = get_close_matches(option, known, n=1)
             hint = f"; did you mean data.options.{close[0]}?" if close else ""
-            message = f"dataset adapter {adapter!r} has no option {option!r} (options: {', '.join(known)}){hint}"
+            message = (
+                f"dataset adapter {adapter!r} has no option {option!r} (options: {', '.join(known)}){hint}"
+            )
             raise _error(option, message, unknown=True) from None
         raise _error(option, f"dataset adapter {adapter!r}: {err['msg']}") from None

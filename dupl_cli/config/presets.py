@@ -43,13 +43,16 @@ def read_text_file(path: Path, what: str) -> str:
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+        raise UserError(
+            f"{path}: {what} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
 def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
-    """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config file)."""
+    """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config
+    file)."""
     _refuse_url(name)
     path = Path(name)
     if what == "config file" or path.suffix == ".toml" or "/" in name or path.exists():
@@ -73,7 +76,9 @@ def description(name: str) -> str:
     return ""
 
 
-def load_layers(name: str, _seen: tuple[str, ...] = (), what: str = "preset file") -> list[tuple[str, dict[str, Any]]]:
+def load_layers(
+    name: str, _seen: tuple[str, ...] = (), what: str = "preset file"
+) -> list[tuple[str, dict[str, Any]]]:
     """Layers of a preset, base first: [(origin, table), ...]. ``base`` chains are followed."""
     if name in _seen:
         raise UserError(f"preset {name!r}: circular base chain {' -> '.join((*_seen, name))}")

@@ -22,16 +22,31 @@ VOC_TAU_END_PER_CLASS = [
 """The release's per-class DTA targets: 0.70 for aeroplane, bicycle, bird, boat, chair, train."""
 
 
-
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelSettings(Section):
-    backbone: str = Field("vit", description="Backbone family: a `dupl.backbones` entry point (vit, timm, resnet, mit, ...); 'family:arch' also sets arch")
-    arch: str = Field("deit_base_patch16_224", description="Architecture inside the family: a timm name, optionally with its weights tag, for vit (any timm ViT) and timm (any timm CNN); mit_b0..mit_b5")
-    pretrained: str = Field("timm", description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), 'hf-hub:org/name' or a local .safetensors/.pth file")
-    aux_layer: int = Field(-3, description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; CNNs use the level before the last)")
+    backbone: str = Field(
+        "vit",
+        description="Backbone family: a `dupl.backbones` entry point (vit, timm, resnet, mit, ...); "
+        "'family:arch' also sets arch",
+    )
+    arch: str = Field(
+        "deit_base_patch16_224",
+        description="Architecture inside the family: a timm name, optionally with its weights tag, for vit "
+        "(any timm ViT) and timm (any timm CNN); mit_b0..mit_b5",
+    )
+    pretrained: str = Field(
+        "timm",
+        description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), "
+        "'hf-hub:org/name' or a local .safetensors/.pth file",
+    )
+    aux_layer: int = Field(
+        -3,
+        description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; "
+        "CNNs use the level before the last)",
+    )
     head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
     head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
 
@@ -46,26 +61,49 @@ class ModelSettings(Section):
 
 
 class DataSettings(Section):
-    adapter: str = Field("voc", description="Dataset adapter: a `dupl.datasets` entry point (voc, coco, folder, demo)")
-    root: Path = Field(Path("data/VOCdevkit"), description="Dataset root folder (see the adapter's documented layout)")
+    adapter: str = Field(
+        "voc", description="Dataset adapter: a `dupl.datasets` entry point (voc, coco, folder, demo)"
+    )
+    root: Path = Field(
+        Path("data/VOCdevkit"), description="Dataset root folder (see the adapter's documented layout)"
+    )
     train_split: str = Field("train_aug", description="Split used for training")
     val_split: str = Field("val", description="Split used for validation and evaluation")
-    train_list: Path | None = Field(None, description="Optional list file of training ids (overrides the split file)")
-    val_list: Path | None = Field(None, description="Optional list file of validation ids (overrides the split file)")
-    labels_file: Path | None = Field(None, description="Optional CSV of image-level labels (id, class names separated by spaces)")
+    train_list: Path | None = Field(
+        None, description="Optional list file of training ids (overrides the split file)"
+    )
+    val_list: Path | None = Field(
+        None, description="Optional list file of validation ids (overrides the split file)"
+    )
+    labels_file: Path | None = Field(
+        None, description="Optional CSV of image-level labels (id, class names separated by spaces)"
+    )
     crop_size: int = Field(448, ge=16, description="Training crop size in pixels")
-    scale_range: tuple[float, float] = Field((0.5, 2.0), description="Random rescale ratio range of the weak view")
+    scale_range: tuple[float, float] = Field(
+        (0.5, 2.0), description="Random rescale ratio range of the weak view"
+    )
     hflip: bool = Field(True, description="Random horizontal flip (p=0.5) in the weak view")
-    color_jitter: tuple[float, float, float, float] = Field((0.4, 0.4, 0.2, 0.1), description="ColorJitter brightness, contrast, saturation, hue")
+    color_jitter: tuple[float, float, float, float] = Field(
+        (0.4, 0.4, 0.2, 0.1), description="ColorJitter brightness, contrast, saturation, hue"
+    )
     color_jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of applying ColorJitter")
     grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of RandomGrayscale")
     blur_radius: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur radius range (uniform)")
-    mean: tuple[float, float, float] = Field((0.485, 0.456, 0.406), description="Normalisation mean (ImageNet)")
+    mean: tuple[float, float, float] = Field(
+        (0.485, 0.456, 0.406), description="Normalisation mean (ImageNet)"
+    )
     std: tuple[float, float, float] = Field((0.229, 0.224, 0.225), description="Normalisation std (ImageNet)")
     num_workers: int = Field(4, ge=0, description="DataLoader worker processes")
-    on_error: Literal["fail", "skip"] = Field("fail", description="Bad samples: stop listing every problem ('fail') or skip and report them ('skip')")
-    split_seed: int = Field(0, description="Seed of the deterministic split when a folder dataset has no split files")
-    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of images put in val by the deterministic split")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail",
+        description="Bad samples: stop listing every problem ('fail') or skip and report them ('skip')",
+    )
+    split_seed: int = Field(
+        0, description="Seed of the deterministic split when a folder dataset has no split files"
+    )
+    val_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of images put in val by the deterministic split"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         validate_default=True,  # so an adapter's option defaults are filled in (and shown) too
@@ -91,11 +129,17 @@ class DataSettings(Section):
 class TrainSettings(Section):
     max_iters: int = Field(20000, ge=1, description="Total iterations T")
     batch_size: int = Field(4, ge=1, description="Images per device per step")
-    reference_batch: int = Field(4, ge=1, description="Total batch the preset's results were obtained with (VOC 4, COCO 8)")
+    reference_batch: int = Field(
+        4, ge=1, description="Total batch the preset's results were obtained with (VOC 4, COCO 8)"
+    )
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps")
-    precision: Literal["auto", "bf16", "fp16", "no"] = Field("auto", description="Mixed precision: auto = bf16 on CUDA when supported, else fp32")
+    precision: Literal["auto", "bf16", "fp16", "no"] = Field(
+        "auto", description="Mixed precision: auto = bf16 on CUDA when supported, else fp32"
+    )
     lr: float = Field(6e-5, gt=0, description="Backbone learning rate")
-    head_lr_mult: float = Field(10.0, gt=0, description="LR multiplier for classifiers and the segmentation head")
+    head_lr_mult: float = Field(
+        10.0, gt=0, description="LR multiplier for classifiers and the segmentation head"
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (every group)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
@@ -103,22 +147,35 @@ class TrainSettings(Section):
     warmup_ratio: float = Field(1e-6, gt=0, le=1, description="Warm-up starts at warmup_ratio * lr")
     poly_power: float = Field(0.9, gt=0, description="Poly decay power: lr * (1 - t/T)^power")
     seed: int = Field(0, description="Global seed")
-    deterministic: bool = Field(False, description="Deterministic algorithms (slower; for exact resume checks)")
+    deterministic: bool = Field(
+        False, description="Deterministic algorithms (slower; for exact resume checks)"
+    )
     runs_root: Path = Field(Path("runs"), description="Folder holding run directories")
-    run_name: str | None = Field(None, description="Run directory name under runs_root (default: preset + timestamp)")
+    run_name: str | None = Field(
+        None, description="Run directory name under runs_root (default: preset + timestamp)"
+    )
     log_every: int = Field(20, ge=1, description="Steps between metrics.jsonl lines / progress updates")
     image_every: int = Field(500, ge=1, description="Steps between image grids sent to trackers")
     val_every: int = Field(2000, ge=1, description="Steps between validations")
     val_max_images: int = Field(0, ge=0, description="Cap on validation images (0 = whole split)")
     ckpt_every: int = Field(1000, ge=1, description="Steps between rotating checkpoints")
     keep_checkpoints: int = Field(3, ge=1, description="Rotating checkpoints kept")
-    max_bad_steps: int = Field(10, ge=1, description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, validation and checkpoint steps")
-    tracker: Literal["none", "tensorboard"] = Field("none", description="Experiment tracker (tensorboard needs the tb extra)")
+    max_bad_steps: int = Field(
+        10,
+        ge=1,
+        description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, "
+        "validation and checkpoint steps",
+    )
+    tracker: Literal["none", "tensorboard"] = Field(
+        "none", description="Experiment tracker (tensorboard needs the tb extra)"
+    )
     compile: bool = Field(False, description="torch.compile the students' backbones (once per input shape)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode (inductor backend)"
     )
-    compile_backend: str = Field("inductor", description="torch.compile backend (aot_eager: trace only, for debugging)")
+    compile_backend: str = Field(
+        "inductor", description="torch.compile backend (aot_eager: trace only, for debugging)"
+    )
     select: Literal["final", "best-val"] = Field(
         "final",
         description="Inference checkpoint: 'final' (last iteration, student 1: no pixel label chooses it) or "
@@ -167,52 +224,113 @@ class StrongSettings(Section):
 
 
 class MethodSettings(Section):
-    cam_scales: tuple[float, ...] = Field((1.0, 0.5, 1.5), description="Scales of the training-time multi-scale CAM")
+    cam_scales: tuple[float, ...] = Field(
+        (1.0, 0.5, 1.5), description="Scales of the training-time multi-scale CAM"
+    )
     cam_flip: bool = Field(True, description="Add horizontal flips to the multi-scale CAM")
     tau_low: float = Field(0.25, ge=0, le=1, description="Low CAM threshold tau_l (background below)")
-    tau_high_start: float = Field(0.70, ge=0, le=1, description="High CAM threshold tau_0 before and at the start of DTA")
-    tau_high_end: float | list[float] = Field(0.55, description="DTA target tau_end: one value or one per class")
+    tau_high_start: float = Field(
+        0.70, ge=0, le=1, description="High CAM threshold tau_0 before and at the start of DTA"
+    )
+    tau_high_end: float | list[float] = Field(
+        0.55, description="DTA target tau_end: one value or one per class"
+    )
     t_seg: int = Field(2000, ge=0, description="Iteration the segmentation loss (and DTA, PAR labels) starts")
     t_anf: int = Field(8000, ge=0, description="Iteration noise filtering and consistency start")
-    aux_seg_until: int = Field(0, ge=0, description="COCO release stage: train the head from aux-CAM labels with fixed tau until this iteration (0 = off)")
+    aux_seg_until: int = Field(
+        0,
+        ge=0,
+        description="COCO release stage: train the head from aux-CAM labels with fixed tau until this "
+        "iteration (0 = off)",
+    )
     aux_seg_tau: float = Field(0.65, ge=0, le=1, description="Fixed tau_h of the aux-CAM stage")
-    dta_start: int | None = Field(None, ge=0, description="Iteration DTA starts decaying tau_h (unset: t_seg, or aux_seg_until when later)")
+    dta_start: int | None = Field(
+        None,
+        ge=0,
+        description="Iteration DTA starts decaying tau_h (unset: t_seg, or aux_seg_until when later)",
+    )
     ptc_start: int = Field(0, ge=0, description="First iteration the PTC loss is weighted (and computed)")
-    dis_start: int = Field(0, ge=0, description="First iteration the discrepancy loss is weighted (and computed)")
-    seg_start: int | None = Field(None, ge=0, description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, +1 with compat.delayed_weights)")
-    reg_start: int | None = Field(None, ge=0, description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, +1 with compat.delayed_weights)")
+    dis_start: int = Field(
+        0, ge=0, description="First iteration the discrepancy loss is weighted (and computed)"
+    )
+    seg_start: int | None = Field(
+        None,
+        ge=0,
+        description="First iteration the seg loss is weighted, >= t_seg (unset: t_seg, "
+        "+1 with compat.delayed_weights)",
+    )
+    reg_start: int | None = Field(
+        None,
+        ge=0,
+        description="First iteration the consistency loss is weighted, >= t_seg (unset: t_anf, "
+        "+1 with compat.delayed_weights)",
+    )
     w_ptc: float = Field(0.2, ge=0, description="Weight of the patch token contrast loss")
     w_dis: float = Field(0.1, ge=0, description="Weight of the discrepancy loss")
     w_seg: float = Field(0.2, ge=0, description="Weight of the cross segmentation loss")
     w_reg: float = Field(0.05, ge=0, description="Weight of the consistency loss on discarded pixels")
-    discrepancy: Literal["release", "paper"] = Field("release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))")
-    students: int = Field(2, ge=1, le=2, description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from its own PAR-refined CAM labels (half the work per step)")
-    use_dis: bool = Field(True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)")
-    use_dta: bool = Field(True, description="Ablation switch +DTA: the dynamic threshold (off: tau_h stays tau_high_start)")
-    use_anf: bool = Field(True, description="Ablation switch +ANF: adaptive noise filtering of the seg labels (off: no EM)")
-    use_reg: bool = Field(True, description="Ablation switch +L_reg: the consistency loss (off: no strong view)")
-    par: ParSettings = Field(default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels")
-    anf: AnfSettings = Field(default_factory=AnfSettings, description="Adaptive noise filter (two-component GMM)")
+    discrepancy: Literal["release", "paper"] = Field(
+        "release", description="Discrepancy form: release (1 + cos) or paper (-log(1 - cos))"
+    )
+    students: int = Field(
+        2,
+        ge=1,
+        le=2,
+        description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from "
+        "its own PAR-refined CAM labels (half the work per step)",
+    )
+    use_dis: bool = Field(
+        True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)"
+    )
+    use_dta: bool = Field(
+        True, description="Ablation switch +DTA: the dynamic threshold (off: tau_h stays tau_high_start)"
+    )
+    use_anf: bool = Field(
+        True, description="Ablation switch +ANF: adaptive noise filtering of the seg labels (off: no EM)"
+    )
+    use_reg: bool = Field(
+        True, description="Ablation switch +L_reg: the consistency loss (off: no strong view)"
+    )
+    par: ParSettings = Field(
+        default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels"
+    )
+    anf: AnfSettings = Field(
+        default_factory=AnfSettings, description="Adaptive noise filter (two-component GMM)"
+    )
     reg: RegSettings = Field(default_factory=RegSettings, description="Consistency loss on discarded pixels")
-    strong: StrongSettings = Field(default_factory=StrongSettings, description="Strong view of the consistency loss")
+    strong: StrongSettings = Field(
+        default_factory=StrongSettings, description="Strong view of the consistency loss"
+    )
 
 
 class EvalSettings(Section):
-    checkpoint: Path | None = Field(None, description="Checkpoint (.safetensors) or run directory used by evaluate/pseudo-label when none is given")
+    checkpoint: Path | None = Field(
+        None,
+        description="Checkpoint (.safetensors) or run directory used by evaluate/pseudo-label when none is "
+        "given",
+    )
     split: str = Field("val", description="Split evaluated")
     scales: tuple[float, ...] = Field((1.0, 1.25, 1.5), description="Multi-scale TTA scales")
     flip: bool = Field(True, description="Horizontal-flip TTA")
     flip_merge: Literal["sum", "max"] = Field("sum", description="How an image and its flip are merged")
     scale_merge: Literal["max", "sum"] = Field("max", description="How scales are merged")
-    resize: int = Field(0, ge=0, description="Resize to this square size before TTA (0 = native resolution; COCO release: 448)")
+    resize: int = Field(
+        0,
+        ge=0,
+        description="Resize to this square size before TTA (0 = native resolution; COCO release: 448)",
+    )
     student: Literal["best", "1", "2", "ensemble"] = Field("best", description="Student used for predictions")
-    cam_threshold: float = Field(0.5, ge=0, le=1, description="Background threshold of CAM pseudo-label evaluation")
+    cam_threshold: float = Field(
+        0.5, ge=0, le=1, description="Background threshold of CAM pseudo-label evaluation"
+    )
     batch_size: int = Field(1, ge=1, description="Images per forward at inference")
     max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
     max_pixels: int = Field(
-        50_000_000, ge=1,
-        description="infer refuses (reports and skips) images with more pixels than this: time and memory grow with the image",
-    )  # fmt: skip
+        50_000_000,
+        ge=1,
+        description="infer refuses (reports and skips) images with more pixels than this: "
+        "time and memory grow with the image",
+    )
 
 
 class CamCrfSettings(Section):
@@ -237,7 +355,8 @@ class CrfSettings(Section):
         default_factory=CamCrfSettings, description="The CRF pass that turns CAMs into pseudo-labels"
     )
     backend: Literal["auto", "torch", "pydensecrf"] = Field(
-        "auto", description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)"
+        "auto",
+        description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)",
     )
 
 
@@ -245,17 +364,29 @@ class ExportSettings(Section):
     format: Literal["safetensors", "onnx", "torchscript"] = Field("safetensors", description="Export format")
     student: Literal["best", "1", "2"] = Field("best", description="Student exported")
     full: bool = Field(False, description="Keep the classifiers (for CAMs) in the export")
-    opset: int = Field(18, ge=17, description="ONNX opset (>= 17; 18 is what the torch exporter writes natively)")
+    opset: int = Field(
+        18, ge=17, description="ONNX opset (>= 17; 18 is what the torch exporter writes natively)"
+    )
     atol: float = Field(1e-3, gt=0, description="Max abs logit difference allowed when checking an export")
-    check_sizes: tuple[tuple[int, int], ...] = Field(((224, 224), (160, 288)), description="Input sizes (H, W) the export is checked at")
+    check_sizes: tuple[tuple[int, int], ...] = Field(
+        ((224, 224), (160, 288)), description="Input sizes (H, W) the export is checked at"
+    )
 
 
 class CompatSettings(Section):
-    ptc_pixel_box: bool = Field(False, description="Release quirk: slice the token label with the pixel img_box")
-    reg_include_padding: bool = Field(False, description="Release quirk: consistency mask includes zero-padded pixels")
+    ptc_pixel_box: bool = Field(
+        False, description="Release quirk: slice the token label with the pixel img_box"
+    )
+    reg_include_padding: bool = Field(
+        False, description="Release quirk: consistency mask includes zero-padded pixels"
+    )
     anf_two_sided: bool = Field(False, description="Release quirk: flag noise below the clean mean too")
-    eval_gt_student: bool = Field(False, description="Release quirk: pick the student with the evaluated split's ground truth")
-    delayed_weights: bool = Field(False, description="Release quirk: switch each loss weight on one iteration late")
+    eval_gt_student: bool = Field(
+        False, description="Release quirk: pick the student with the evaluated split's ground truth"
+    )
+    delayed_weights: bool = Field(
+        False, description="Release quirk: switch each loss weight on one iteration late"
+    )
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -273,7 +404,9 @@ SECTIONS: dict[str, type[Section]] = {
 class DuplSettings(BaseSettings):
     """All settings. Build through ``config.sources.load_settings`` to get the documented sources."""
 
-    model_config = SettingsConfigDict(env_prefix="DUPL_", env_nested_delimiter="__", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="DUPL_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
@@ -285,7 +418,9 @@ class DuplSettings(BaseSettings):
     compat: CompatSettings = Field(default_factory=CompatSettings)
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         # The sources of the load under way (config.sources.load_settings); none outside one, so a
         # bare DuplSettings() is the defaults plus its arguments, whatever the environment holds.
         from dupl_cli.config.sources import active_sources
@@ -300,7 +435,11 @@ class DuplSettings(BaseSettings):
         for name in ("seg_start", "reg_start"):
             value = getattr(m, name)
             if value is not None and value < m.t_seg:
-                raise ValueError(f"method.{name} ({value}) must be >= method.t_seg ({m.t_seg}): its labels start there")
+                raise ValueError(
+                    f"method.{name} ({value}) must be >= method.t_seg ({m.t_seg}): its labels start there"
+                )
         if m.students == 1 and m.use_dis:
-            raise ValueError("method.use_dis needs two students; set method.use_dis = false with method.students = 1")
+            raise ValueError(
+                "method.use_dis needs two students; set method.use_dis = false with method.students = 1"
+            )
         return self

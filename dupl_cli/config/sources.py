@@ -60,7 +60,8 @@ class _Layers:
 
 
 class _TableSource(_Layers, PydanticBaseSettingsSource):
-    """TOML-shaped tables (a preset chain, a --config chain, a card, --set); pydantic-settings gets their merge."""
+    """TOML-shaped tables (a preset chain, a --config chain, a card, --set); pydantic-settings gets their
+    merge."""
 
     def __init__(self, settings_cls: type[DuplSettings], layers: Sequence[tuple[str, Mapping[str, Any]]]):
         super().__init__(settings_cls)
@@ -144,7 +145,11 @@ class EnvSource(_Layers, EnvSettingsSource):
     def _read(self) -> dict[str, Any]:
         for lower, name in self.names.items():
             head = lower[len(ENV_PREFIX) :].split("__", 1)[0]
-            if lower.startswith(ENV_PREFIX.lower()) and "__" in lower and head not in self.settings_cls.model_fields:
+            if (
+                lower.startswith(ENV_PREFIX.lower())
+                and "__" in lower
+                and head not in self.settings_cls.model_fields
+            ):
                 keys.check_table({head: {}}, f"env {name}")
         try:
             data = super().__call__()
@@ -167,12 +172,16 @@ class EnvSource(_Layers, EnvSettingsSource):
                 json.loads(value or "")
             except ValueError:
                 name = self.names[lower]
-                return f"invalid value for {dotted} = {value!r} (from env {name}): lists and tables are written as JSON"
+                return (
+                    f"invalid value for {dotted} = {value!r} (from env {name}): "
+                    "lists and tables are written as JSON"
+                )
         return f"cannot read the {ENV_PREFIX} environment variables: {exc} ({exc.__cause__})"
 
 
 def parse_literal(text: str) -> Any:
-    """A --set value as a TOML literal (number, bool, array, inline table, quoted string); else the raw string."""
+    """A --set value as a TOML literal (number, bool, array, inline table, quoted string); else the raw
+    string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -298,7 +307,9 @@ def _value_error(exc: ValidationError, values: dict[str, Any], sources: dict[str
     for n in range(len(loc), 0, -1):
         dotted = ".".join(loc[:n])
         if dotted in values:
-            return UserError(f"invalid value for {dotted} = {values[dotted]!r} (from {sources[dotted]}): {msg}")
+            return UserError(
+                f"invalid value for {dotted} = {values[dotted]!r} (from {sources[dotted]}): {msg}"
+            )
     if loc:  # a default, or a rule across keys of one section
         return UserError(f"invalid value for {'.'.join(loc)}: {msg}")
     return UserError(f"invalid settings: {msg}")

@@ -46,7 +46,8 @@ def _table(lines: list[str], name: str, body: Mapping[str, Any], comments: Mappi
 
 
 def dumps(sections: Mapping[str, Mapping[str, Any]], comments: Mapping[str, str] | None = None) -> str:
-    """``{section: {key: value, sub: {...}}}`` as TOML; ``None`` values become comments; ``comments`` by dotted key."""
+    """``{section: {key: value, sub: {...}}}`` as TOML; ``None`` values become comments; ``comments`` by
+    dotted key."""
     lines: list[str] = []
     for section, body in sections.items():
         _table(lines, _key(section), body, comments or {})

@@ -41,8 +41,17 @@ class DatasetAdapter(Protocol):
 
 def check_id(sample_id: str, source: Path | str) -> str:
     """Reject ids that could escape the dataset folder."""
-    if not sample_id or "/" in sample_id or "\\" in sample_id or sample_id in (".", "..") or ".." in sample_id:
-        raise DataError(f"{source}: invalid id {sample_id!r} (ids must be plain file names without path separators or '..')")
+    if (
+        not sample_id
+        or "/" in sample_id
+        or "\\" in sample_id
+        or sample_id in (".", "..")
+        or ".." in sample_id
+    ):
+        raise DataError(
+            f"{source}: invalid id {sample_id!r} (ids must be plain file names without path separators or "
+            "'..')"
+        )
     if sample_id.strip() != sample_id or "\x00" in sample_id:
         raise DataError(f"{source}: invalid id {sample_id!r} (leading/trailing whitespace or NUL)")
     return sample_id
@@ -53,7 +62,9 @@ def read_id_list(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: split list not found")
     text = read_text(path, "split list", DataError)
-    ids = [line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    ids = [
+        line.split()[0] for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     if not ids:
         raise DataError(f"{path}: split list is empty")
     return ids
@@ -79,7 +90,10 @@ def _names_to_vector(names: list[str], classes: list[str], where: str) -> np.nda
     vec = np.zeros(len(classes), dtype=np.float32)
     for name in names:
         if name not in index:
-            raise DataError(f"{where}: unknown class name {name!r} (known: {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
+            raise DataError(
+                f"{where}: unknown class name {name!r} (known: "
+                f"{', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})"
+            )
         vec[index[name]] = 1.0
     return vec
 
@@ -100,7 +114,10 @@ def read_labels_table(path: Path, classes: list[str]) -> dict[str, np.ndarray | 
             raise DataError(f"{path}: cannot parse labels JSON ({exc})") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: labels JSON must be an object {{id: [class names]}}")
-        rows = [(str(k), v if isinstance(v, list) else str(v).split(), f"{path} id {k!r}") for k, v in data.items()]
+        rows = [
+            (str(k), v if isinstance(v, list) else str(v).split(), f"{path} id {k!r}")
+            for k, v in data.items()
+        ]
     else:
         rows = []
         text = read_text(path, "labels file", DataError)
@@ -145,9 +162,13 @@ def left_out_note(adapter, shown: int = 10) -> str | None:
     left = list(getattr(adapter, "left_out", ()))
     if not left:
         return None
-    names = ", ".join(left[:shown]) + (f", ... ({len(left) - shown} more; all in --json)" if len(left) > shown else "")
-    return (f"{len(left)} image(s) under {adapter.root} not listed in {adapter.source}, so in no split "
-            f"and not used: {names}")
+    names = ", ".join(left[:shown]) + (
+        f", ... ({len(left) - shown} more; all in --json)" if len(left) > shown else ""
+    )
+    return (
+        f"{len(left)} image(s) under {adapter.root} not listed in {adapter.source}, "
+        f"so in no split and not used: {names}"
+    )
 
 
 class ListAdapter(ABC):
@@ -166,7 +187,9 @@ class ListAdapter(ABC):
     source: Path
     layout_hint: str = ""
     masks_required: bool = True  # False: an id without a mask file is fine (its labels come from elsewhere)
-    left_out: tuple[str, ...] = ()  # ids of images on disk that no split lists: reported, never dropped silently
+    left_out: tuple[
+        str, ...
+    ] = ()  # ids of images on disk that no split lists: reported, never dropped silently
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -218,18 +241,23 @@ class ListAdapter(ABC):
             )
         labels = self.labels_of(sample_id, mask)
         if not labels.any():
-            raise DataError(f"{self.image_path(sample_id)}: image has no class label (every training image needs at least one)")
+            raise DataError(
+                f"{self.image_path(sample_id)}: image has no class label "
+                "(every training image needs at least one)"
+            )
         return Sample(image=image, labels=labels, mask=mask, id=sample_id)
 
 
 def missing_root(root: Path, adapter: str, layout: str) -> UserError:
     return DataError(
-        f"{root}: data root for the '{adapter}' adapter does not exist or lacks its layout; expected {layout}. "
-        f"Set it with --set data.root=PATH or the environment variable DUPL_DATA__ROOT=PATH"
+        f"{root}: data root for the '{adapter}' adapter does not exist or lacks its layout; expected "
+        f"{layout}. Set it with --set data.root=PATH or the environment variable DUPL_DATA__ROOT=PATH"
     )
 
 
-def labels_table_lookup(table: dict[str, np.ndarray | DataError], source: Path) -> Callable[[str], np.ndarray]:
+def labels_table_lookup(
+    table: dict[str, np.ndarray | DataError], source: Path
+) -> Callable[[str], np.ndarray]:
     def lookup(sample_id: str) -> np.ndarray:
         entry = table.get(sample_id)
         if entry is None:

@@ -49,7 +49,9 @@ def image_folder_for(sample_id: str, split: str) -> str:
 class COCOAdapter(ListAdapter):
     layout_hint = LAYOUT
 
-    def __init__(self, root: Path, split: str, *, list_file: Path | None = None, labels_file: Path | None = None):
+    def __init__(
+        self, root: Path, split: str, *, list_file: Path | None = None, labels_file: Path | None = None
+    ):
         self.root = Path(root).expanduser()
         if not ((self.root / "train2014").is_dir() or (self.root / "val2014").is_dir()):
             raise missing_root(self.root, "coco", LAYOUT)
@@ -65,14 +67,22 @@ class COCOAdapter(ListAdapter):
         else:
             folder = self.mask_root / image_folder_for("", split)
             if not folder.is_dir():
-                raise DataError(f"{listed}: no split list for {split!r} and no mask folder {folder} to list ids from")
+                raise DataError(
+                    f"{listed}: no split list for {split!r} and no mask folder {folder} to list ids from"
+                )
             self.source = folder
             self.ids = sorted(p.stem for p in folder.glob("*.png"))
             if not self.ids:
                 raise DataError(f"{folder}: mask folder is empty (run `dupl data coco-masks`)")
-        self._table = labels_table_lookup(read_labels_table(labels_file, self.classes), labels_file) if labels_file else None
+        self._table = (
+            labels_table_lookup(read_labels_table(labels_file, self.classes), labels_file)
+            if labels_file
+            else None
+        )
         if not self.has_masks and self._table is None:
-            raise DataError(f"{self.mask_root}: no masks and no data.labels_file; build masks with `dupl data coco-masks`")
+            raise DataError(
+                f"{self.mask_root}: no masks and no data.labels_file; build masks with `dupl data coco-masks`"
+            )
 
     def image_path(self, sample_id: str) -> Path:
         folder = self.root / image_folder_for(sample_id, self.split)

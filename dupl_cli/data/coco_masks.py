@@ -12,7 +12,9 @@ from dupl_cli.data.palette import COCO_CLASSES, flat_palette
 from dupl_cli.errors import DataError, UserError
 from dupl_cli.labels import IGNORE_INDEX
 
-INSTALL_HINT = "pycocotools is needed for `dupl data coco-masks`: pip install 'dupl[coco]' (or pip install pycocotools)"
+INSTALL_HINT = (
+    "pycocotools is needed for `dupl data coco-masks`: pip install 'dupl[coco]' (or pip install pycocotools)"
+)
 
 
 def _mask_api():

@@ -71,7 +71,9 @@ def _shape_mask(shape: str, yy, xx, cy, cx, ry, rx, angle, rng) -> np.ndarray:
     x0, x1 = int(max(0, cx - reach)), int(min(size, cx + reach + 1))
     out = np.zeros(yy.shape, dtype=bool)
     if y1 > y0 and x1 > x0:
-        out[y0:y1, x0:x1] = _shape_local(shape, yy[y0:y1, x0:x1], xx[y0:y1, x0:x1], cy, cx, ry, rx, angle, rng)
+        out[y0:y1, x0:x1] = _shape_local(
+            shape, yy[y0:y1, x0:x1], xx[y0:y1, x0:x1], cy, cx, ry, rx, angle, rng
+        )
     return out
 
 
@@ -91,7 +93,9 @@ def _shape_local(shape: str, yy, xx, cy, cx, ry, rx, angle, rng) -> np.ndarray:
     if shape == "petals":
         k = rng.integers(5, 8)
         return radius <= 0.75 + 0.25 * np.cos(k * theta + rng.uniform(0, np.pi))
-    harmonics = sum(rng.uniform(0.05, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5))
+    harmonics = sum(
+        rng.uniform(0.05, 0.15) * np.cos(k * theta + rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
+    )
     return radius <= 0.85 + harmonics  # blob
 
 
@@ -124,7 +128,15 @@ def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndar
     sat = np.clip(rng.uniform(0.05, 0.2) + 0.08 * _smooth_noise(rng, size, 4), 0, 0.3)
     val = rng.uniform(0.38, 0.62) + 0.1 * _smooth_noise(rng, size, 6)
     for _ in range(rng.integers(3, 7)):
-        blob = _shape_mask("blob", yy, xx, *rng.uniform(0, size, 2), *rng.uniform(0.05, 0.2, 2) * size, rng.uniform(0, np.pi), rng)
+        blob = _shape_mask(
+            "blob",
+            yy,
+            xx,
+            *rng.uniform(0, size, 2),
+            *rng.uniform(0.05, 0.2, 2) * size,
+            rng.uniform(0, np.pi),
+            rng,
+        )
         val = np.where(blob, val + rng.uniform(-0.1, 0.1), val)
         hue = np.where(blob, hue + rng.uniform(-40, 40), hue)
     for _ in range(rng.integers(1, 4)):
@@ -221,7 +233,10 @@ class DemoOptions(BaseModel):
     n_train: int = Field(300, ge=1, description="Number of generated demo training images")
     n_val: int = Field(60, ge=1, description="Number of generated demo validation images")
     generate: bool = Field(
-        False, description="Generate the demo data at data.root when it is missing (else a missing root is an error)"
+        False,
+        description=(
+            "Generate the demo data at data.root when it is missing (else a missing root is an error)"
+        ),
     )
 
 
@@ -234,8 +249,8 @@ def ensure_demo(data_settings) -> Path:
     if not (root / "classes.txt").is_file():
         if not generate:
             raise UserError(
-                f"{root}: no demo data there (no classes.txt); generate it with `dupl data demo --out {root}` "
-                "or --set data.options.generate=true, or fix data.root"
+                f"{root}: no demo data there (no classes.txt); generate it with `dupl data demo --out "
+                f"{root}` or --set data.options.generate=true, or fix data.root"
             )
         try:
             write_demo(root, **wanted)
@@ -247,7 +262,9 @@ def ensure_demo(data_settings) -> Path:
         meta = json.loads(meta_file.read_text())
         differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
         if differs:
-            log.warning("demo data in %s was generated with other settings %s; delete it to regenerate", root, differs)
+            log.warning(
+                "demo data in %s was generated with other settings %s; delete it to regenerate", root, differs
+            )
     return root
 
 

@@ -52,17 +52,34 @@ def deterministic_split(ids: list[str], seed: int, val_fraction: float) -> dict[
 def _unlisted_images(folder: Path, listed: set[str]) -> tuple[str, ...]:
     """Ids of the images in ``folder`` that the labels file (or masks/) does not name."""
     exts = {e.lower() for e in IMAGE_EXTS}
-    return tuple(sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in exts and p.stem not in listed))
+    return tuple(
+        sorted(p.stem for p in folder.iterdir() if p.suffix.lower() in exts and p.stem not in listed)
+    )
 
 
 class FolderAdapter(ListAdapter):
     layout_hint = LAYOUT
 
-    def __init__(self, root: Path, split: str, *, roles: dict[str, str] | None = None, list_file: Path | None = None,
-                 labels_file: Path | None = None, split_seed: int = 0, val_fraction: float = 0.2):
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        *,
+        roles: dict[str, str] | None = None,
+        list_file: Path | None = None,
+        labels_file: Path | None = None,
+        split_seed: int = 0,
+        val_fraction: float = 0.2,
+    ):
         self.root = Path(root).expanduser()
-        if self.root.is_dir() and (self.root / "images").is_dir() and not (self.root / "classes.txt").is_file():
-            raise DataError(f"{self.root / 'classes.txt'}: class list not found (one foreground class name per line)")
+        if (
+            self.root.is_dir()
+            and (self.root / "images").is_dir()
+            and not (self.root / "classes.txt").is_file()
+        ):
+            raise DataError(
+                f"{self.root / 'classes.txt'}: class list not found (one foreground class name per line)"
+            )
         if not (self.root / "classes.txt").is_file() or not (self.root / "images").is_dir():
             raise missing_root(self.root, "folder", LAYOUT)
         self.split = split
@@ -70,11 +87,15 @@ class FolderAdapter(ListAdapter):
         self.palette = palette_for(len(self.classes))
         self.mask_dir = self.root / "masks"
         self.has_masks = self.mask_dir.is_dir()
-        labels_path = labels_file or next((p for p in (self.root / "labels.csv", self.root / "labels.json") if p.is_file()), None)
+        labels_path = labels_file or next(
+            (p for p in (self.root / "labels.csv", self.root / "labels.json") if p.is_file()), None
+        )
         table = read_labels_table(labels_path, self.classes) if labels_path else None
         self._table = labels_table_lookup(table, labels_path) if table is not None else None
         if table is None and not self.has_masks:
-            raise DataError(f"{self.root}: no labels.csv, labels.json or masks/ (image-level labels are required)")
+            raise DataError(
+                f"{self.root}: no labels.csv, labels.json or masks/ (image-level labels are required)"
+            )
         role = (roles or {}).get(split, split)
         # masks/ may cover only the evaluation images when labels come from the table
         self.masks_required = self.has_masks and (table is None or role == "val")
@@ -87,7 +108,9 @@ class FolderAdapter(ListAdapter):
             raise DataError(f"{split_files[0]}: split list for split {split!r} not found")
         else:
             if role not in ("train", "val"):
-                raise DataError(f"{self.root}: no split files and split {split!r} is neither the train nor the val split")
+                raise DataError(
+                    f"{self.root}: no split files and split {split!r} is neither the train nor the val split"
+                )
             every = list(table) if table is not None else [p.stem for p in self.mask_dir.glob("*.png")]
             self.source = labels_path or self.mask_dir
             self.ids = deterministic_split(every, split_seed, val_fraction)[role]
@@ -106,7 +129,12 @@ class FolderAdapter(ListAdapter):
 
 
 def build(data_settings, split: str) -> FolderAdapter:
-    roles = {data_settings.train_split: "train", data_settings.val_split: "val", "train": "train", "val": "val"}
+    roles = {
+        data_settings.train_split: "train",
+        data_settings.val_split: "val",
+        "train": "train",
+        "val": "val",
+    }
     return FolderAdapter(
         data_settings.root,
         split,

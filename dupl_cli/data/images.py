@@ -117,7 +117,9 @@ def read_mask(path: str | Path, num_classes: int) -> np.ndarray:
                     )
                 return mapped
         else:
-            raise DataError(f"{path}: unsupported mask mode {img.mode!r} (expected single-channel ids or a palette PNG)")
+            raise DataError(
+                f"{path}: unsupported mask mode {img.mode!r} (expected single-channel ids or a palette PNG)"
+            )
     bad = (ids > num_classes) & (ids != IGNORE_INDEX) | (ids < 0)
     if bad.any():
         values = np.unique(ids[bad])[:5].tolist()

@@ -87,23 +87,41 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
-def train_loader(adapter, data_settings, batch_size: int, *, seed: int, num_workers: int | None = None,
-                 drop_last: bool = True, sampler: Sampler | None = None, indices: Sequence[int] | None = None) -> DataLoader:
+def train_loader(
+    adapter,
+    data_settings,
+    batch_size: int,
+    *,
+    seed: int,
+    num_workers: int | None = None,
+    drop_last: bool = True,
+    sampler: Sampler | None = None,
+    indices: Sequence[int] | None = None,
+) -> DataLoader:
     """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id, max_present}. Iterate it once per epoch.
 
     ``indices``: the adapter indices to use (e.g. the good ones from ``verify.check_split``).
     """
     dataset = WeakViewDataset(adapter, data_settings, seed, indices)
     if len(dataset) < (batch_size if drop_last else 1):
-        raise DataError(f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has {len(dataset)} usable "
-                        f"images, fewer than one batch of {batch_size}")
+        raise DataError(
+            f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has {len(dataset)} usable "
+            f"images, fewer than one batch of {batch_size}"
+        )
     workers = data_settings.num_workers if num_workers is None else num_workers
     if sampler is None:
         sampler = SeededSampler(dataset.indices, seed)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0,
-        worker_init_fn=_worker_init, generator=torch.Generator().manual_seed(seed), collate_fn=collate_train,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_train,
         prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -113,8 +131,10 @@ class EvalDataset(Dataset):
         self.adapter, self.size, self.require_masks = adapter, size, require_masks
         self.mean, self.std = tuple(data_settings.mean), tuple(data_settings.std)
         if require_masks and not adapter.has_masks:
-            raise DataError(f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has no masks; "
-                            "evaluation needs pixel masks")
+            raise DataError(
+                f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has no masks; "
+                "evaluation needs pixel masks"
+            )
 
     def __len__(self) -> int:
         return len(self.adapter)
@@ -124,16 +144,22 @@ class EvalDataset(Dataset):
         image = to_tensor(sample.image)
         h, w = image.shape[1:]
         if self.size is not None:
-            image = F.resize(image, [self.size, self.size], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+            image = F.resize(
+                image, [self.size, self.size], interpolation=F.InterpolationMode.BILINEAR, antialias=True
+            )
         if sample.mask is None:
             if self.require_masks:
                 raise DataError(f"{self.adapter.path_of(i)}: no mask for id {sample.id!r}")
             mask = torch.full((h, w), IGNORE_INDEX, dtype=torch.int64)
         else:
             mask = torch.from_numpy(sample.mask).long()
-        return {"image": normalize(image.float().div_(255.0), self.mean, self.std), "mask": mask,
-                "labels": torch.from_numpy(sample.labels), "id": sample.id,
-                "orig_size": torch.tensor([h, w], dtype=torch.int64)}
+        return {
+            "image": normalize(image.float().div_(255.0), self.mean, self.std),
+            "mask": mask,
+            "labels": torch.from_numpy(sample.labels),
+            "id": sample.id,
+            "orig_size": torch.tensor([h, w], dtype=torch.int64),
+        }
 
 
 def collate_eval(items: list[dict]) -> dict:
@@ -143,17 +169,35 @@ def collate_eval(items: list[dict]) -> dict:
     masks = torch.full((len(items), hmax, wmax), IGNORE_INDEX, dtype=torch.int64)
     for k, it in enumerate(items):
         masks[k, : it["mask"].shape[0], : it["mask"].shape[1]] = it["mask"]
-    return {"image": torch.stack([it["image"] for it in items]), "mask": masks,
-            "labels": torch.stack([it["labels"] for it in items]), "id": [it["id"] for it in items],
-            "orig_size": torch.stack([it["orig_size"] for it in items])}
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "mask": masks,
+        "labels": torch.stack([it["labels"] for it in items]),
+        "id": [it["id"] for it in items],
+        "orig_size": torch.stack([it["orig_size"] for it in items]),
+    }
 
 
-def eval_loader(adapter, data_settings, *, size: int | None = 448, batch_size: int = 1,
-                num_workers: int | None = None, require_masks: bool = True) -> DataLoader:
-    """Batches {image B×3×size×size (native when size is None: batch 1), mask B×H×W, labels, id, orig_size}."""
+def eval_loader(
+    adapter,
+    data_settings,
+    *,
+    size: int | None = 448,
+    batch_size: int = 1,
+    num_workers: int | None = None,
+    require_masks: bool = True,
+) -> DataLoader:
+    """Batches {image B×3×size×size (native when size is None: batch 1), mask B×H×W, labels, id,
+    orig_size}."""
     if size is None and batch_size != 1:
         raise DataError("eval_loader: native-size images need batch_size 1")
     workers = data_settings.num_workers if num_workers is None else num_workers
-    return DataLoader(EvalDataset(adapter, data_settings, size, require_masks), batch_size=batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate_eval,
-                      persistent_workers=False)
+    return DataLoader(
+        EvalDataset(adapter, data_settings, size, require_masks),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_eval,
+        persistent_workers=False,
+    )

@@ -66,17 +66,25 @@ def labels_from_xml(path: Path, classes: list[str]) -> np.ndarray:
 class VOCAdapter(ListAdapter):
     layout_hint = LAYOUT
 
-    def __init__(self, root: Path, split: str, *, list_file: Path | None = None, labels_file: Path | None = None):
+    def __init__(
+        self, root: Path, split: str, *, list_file: Path | None = None, labels_file: Path | None = None
+    ):
         self.root = resolve_voc_root(root)
         self.split = split
         self.classes = list(VOC_CLASSES)
         self.palette = palette_for(len(self.classes))
         self.source = list_file or self._split_file(split)
         self.ids = read_id_list(self.source)
-        self.mask_dirs = [d for d in (self.root / "SegmentationClassAug", self.root / "SegmentationClass") if d.is_dir()]
+        self.mask_dirs = [
+            d for d in (self.root / "SegmentationClassAug", self.root / "SegmentationClass") if d.is_dir()
+        ]
         self.has_masks = bool(self.mask_dirs)
         self.xml_dir = self.root / "Annotations"
-        self._table = labels_table_lookup(read_labels_table(labels_file, self.classes), labels_file) if labels_file else None
+        self._table = (
+            labels_table_lookup(read_labels_table(labels_file, self.classes), labels_file)
+            if labels_file
+            else None
+        )
         if not self.has_masks and self._table is None and not self.xml_dir.is_dir():
             raise DataError(
                 f"{self.root}: no image-level label source (need SegmentationClassAug/, SegmentationClass/, "
@@ -84,16 +92,24 @@ class VOCAdapter(ListAdapter):
             )
 
     def _split_file(self, split: str) -> Path:
-        candidates = [self.root / "ImageSets" / "Segmentation" / f"{split}.txt",
-                      self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt",
-                      self.root / f"{split}.txt"]
+        candidates = [
+            self.root / "ImageSets" / "Segmentation" / f"{split}.txt",
+            self.root / "ImageSets" / "SegmentationAug" / f"{split}.txt",
+            self.root / f"{split}.txt",
+        ]
         for c in candidates:
             if c.is_file():
                 return c
-        raise DataError(f"{candidates[0]}: split list for split {split!r} not found (or set data.train_list / data.val_list)")
+        raise DataError(
+            f"{candidates[0]}: split list for split {split!r} not found "
+            "(or set data.train_list / data.val_list)"
+        )
 
     def image_path(self, sample_id: str) -> Path:
-        return find_with_ext(self.root / "JPEGImages", sample_id) or self.root / "JPEGImages" / f"{sample_id}.jpg"
+        return (
+            find_with_ext(self.root / "JPEGImages", sample_id)
+            or self.root / "JPEGImages" / f"{sample_id}.jpg"
+        )
 
     def mask_path(self, sample_id: str) -> Path | None:
         for d in self.mask_dirs:  # SegmentationClassAug first, then SegmentationClass

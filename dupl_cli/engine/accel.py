@@ -37,7 +37,9 @@ def make_accelerator(
         except ImportError:
             from dupl_cli.errors import UserError
 
-            raise UserError('train.tracker = "tensorboard" needs the tb extra: pip install "dupl[tb]"') from None
+            raise UserError(
+                'train.tracker = "tensorboard" needs the tb extra: pip install "dupl[tb]"'
+            ) from None
         log_with = "tensorboard"
     return Accelerator(
         cpu=cpu,

@@ -161,8 +161,8 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
         ) from None
     if missing or unexpected:
         raise UserError(
-            f"{path}: weights do not match the card's model "
-            f"(missing {len(missing)} keys, e.g. {missing[:1]}; unexpected {len(unexpected)}, e.g. {unexpected[:1]})"
+            f"{path}: weights do not match the card's model (missing {len(missing)} keys, e.g. "
+            f"{missing[:1]}; unexpected {len(unexpected)}, e.g. {unexpected[:1]})"
         )
     return model.to(map_location).eval(), card
 

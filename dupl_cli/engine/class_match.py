@@ -39,7 +39,10 @@ def match_classes(model: list[str], data: list[str], model_where: str, data_wher
     if sorted(model_keys) != sorted(data_keys) or len(set(data_keys)) != len(data_keys):
         only_model = [n for n in model if _key(n) not in data_keys]
         only_data = [n for n in data if _key(n) not in model_keys]
-        detail = f"only in the checkpoint: {', '.join(only_model) or '-'}; only in the dataset: {', '.join(only_data) or '-'}"
+        detail = (
+            f"only in the checkpoint: {', '.join(only_model) or '-'}; only in the dataset: "
+            f"{', '.join(only_data) or '-'}"
+        )
         if not only_model and not only_data:
             detail = "a class name is repeated"
         raise UserError(
@@ -76,7 +79,9 @@ class RemappedAdapter:
 
 def aligned(adapter, loaded, data_where: str):
     """``adapter`` in the checkpoint's class order, and a note when it had to be remapped."""
-    classmap = match_classes(list(loaded.card["classes"]), list(adapter.classes), str(loaded.path), data_where)
+    classmap = match_classes(
+        list(loaded.card["classes"]), list(adapter.classes), str(loaded.path), data_where
+    )
     if classmap is None:
         return adapter, None
     palette = [tuple(c) for c in loaded.card["palette"]]

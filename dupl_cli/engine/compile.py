@@ -20,7 +20,9 @@ def compile_students(model, *, mode: str = "default", backend: str = "inductor")
 
     known = torch._dynamo.list_backends(exclude_tags=())
     if backend not in known:
-        raise UserError(f"train.compile_backend={backend!r} is not a torch.compile backend (known: {', '.join(known)})")
+        raise UserError(
+            f"train.compile_backend={backend!r} is not a torch.compile backend (known: {', '.join(known)})"
+        )
     dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, SHAPES_PER_STUDENT)
     options = {"backend": backend, "dynamic": False}
     if backend == "inductor":

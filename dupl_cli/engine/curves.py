@@ -38,8 +38,11 @@ def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
 def _series(records: list[dict], keys: list[str], scale: float, field: str | None = None) -> dict:
     out = {}
     for key in keys:
-        points = [(r["step"], scale * float(v)) for r in records
-                  if isinstance(v := (r[field] if field else r).get(key), int | float) and math.isfinite(v)]  # fmt: skip
+        points = [
+            (r["step"], scale * float(v))
+            for r in records
+            if isinstance(v := (r[field] if field else r).get(key), int | float) and math.isfinite(v)
+        ]
         if points:
             out[key] = points
     return out
@@ -85,7 +88,9 @@ def write_curves(run_dir: Path) -> list[Path]:
     """Redraw every curve with data into ``<run>/curves/<name>.png``; returns the files written."""
     train, val = _records(run_dir)
     out = Path(run_dir) / "curves"
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))})
+    loss_keys = sorted(
+        {k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))}
+    )
     val_keys = sorted({k for r in val for k in r["validation"]})
     written = []
     for stem, (title, keys, scale) in CURVES.items():

@@ -146,9 +146,12 @@ def run_evaluate(
     if remap_note:
         protocol["classes"] = remap_note
     payload = {
-        "protocol": protocol, "selection": loaded.selection_record(req.split), "images": total, "max_images": limit,
+        "protocol": protocol,
+        "selection": loaded.selection_record(req.split),
+        "images": total,
+        "max_images": limit,
         **results[best].to_json(),
-    }  # fmt: skip
+    }
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:
@@ -201,7 +204,9 @@ def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: Re
     report.add_protocol(protocol)
     report.add_metrics(metrics, confusion_png(np.asarray(metrics.matrix), metrics.class_names))
     report.add_curves(loaded.path.parent / "curves")
-    report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
+    report.add_heading(
+        "Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images"
+    )
     fn = cam_fn(loaded.model, indices, cam_config(settings))
     for s in samples.rows.values():
         x = to_tensor(s["image"], settings.data.mean, settings.data.std, runtime.device)

@@ -48,19 +48,40 @@ INPUT = {
     "description": "RGB scaled to [0, 1], then normalised with mean/std (per channel)",
 }
 OUTPUTS = [
-    {"name": "logits", "dtype": "float32", "shape": ["batch", "classes+1", "height", "width"],
-     "description": "segmentation logits, background first, at the input size (as dupl infer at one scale, no flip)"},
-    {"name": "mask", "dtype": "int64", "shape": ["batch", "height", "width"],
-     "description": "argmax of logits: 0 background, k the k-th class of 'classes'"},
-]  # fmt: skip
+    {
+        "name": "logits",
+        "dtype": "float32",
+        "shape": ["batch", "classes+1", "height", "width"],
+        "description": "segmentation logits, background first, at the input size (as dupl infer at one "
+        "scale, no flip)",
+    },
+    {
+        "name": "mask",
+        "dtype": "int64",
+        "shape": ["batch", "height", "width"],
+        "description": "argmax of logits: 0 background, k the k-th class of 'classes'",
+    },
+]
 FULL_OUTPUTS = [
-    {"name": "class_logits", "dtype": "float32", "shape": ["batch", "classes"],
-     "description": "image-level class logits (classifier on the max-pooled final map)"},
-    {"name": "cam", "dtype": "float32", "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
-     "description": "raw class activation maps of the final map (no ReLU, no normalisation)"},
-    {"name": "cam_aux", "dtype": "float32", "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
-     "description": "raw class activation maps of the auxiliary map"},
-]  # fmt: skip
+    {
+        "name": "class_logits",
+        "dtype": "float32",
+        "shape": ["batch", "classes"],
+        "description": "image-level class logits (classifier on the max-pooled final map)",
+    },
+    {
+        "name": "cam",
+        "dtype": "float32",
+        "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
+        "description": "raw class activation maps of the final map (no ReLU, no normalisation)",
+    },
+    {
+        "name": "cam_aux",
+        "dtype": "float32",
+        "shape": ["batch", "classes", "ceil(height/stride)", "ceil(width/stride)"],
+        "description": "raw class activation maps of the auxiliary map",
+    },
+]
 
 
 class InferenceGraph(nn.Module):
@@ -178,7 +199,8 @@ def verify(run_exported, reference: nn.Module, sizes, atol: float, what: str) ->
         checks.append({"size": list(x.shape[:1]) + list(x.shape[2:]), "max_abs_diff": diff})
         if not diff <= atol:
             raise UserError(
-                f"{what} check failed at input {list(x.shape)}: max abs logit difference {diff:.3g} > export.atol={atol}"
+                f"{what} check failed at input {list(x.shape)}: max abs logit difference {diff:.3g} > "
+                f"export.atol={atol}"
             )
     return checks
 
@@ -234,7 +256,8 @@ def _run_onnx(path: Path, names: list[str]):
     outputs = [o.name for o in session.get_outputs()]
     if inputs != ["image"] or outputs != names:
         raise UserError(
-            f"ONNX check failed: graph has inputs {inputs} and outputs {outputs}, expected ['image'] and {names}"
+            f"ONNX check failed: graph has inputs {inputs} and outputs {outputs}, "
+            f"expected ['image'] and {names}"
         )
     return lambda x: [torch.from_numpy(o) for o in session.run(names, {"image": x.numpy()})]
 

@@ -77,8 +77,11 @@ def _is_sync(func, args, kwargs) -> bool:
     if packet in (_aten._to_copy, _aten.copy_):
         src = args[1] if packet is _aten.copy_ else args[0]
         dst = args[0].device if packet is _aten.copy_ else kwargs.get("device")
-        return isinstance(src, torch.Tensor) and src.device.type != "cpu" and dst is not None and (
-            torch.device(dst).type == "cpu"
+        return (
+            isinstance(src, torch.Tensor)
+            and src.device.type != "cpu"
+            and dst is not None
+            and (torch.device(dst).type == "cpu")
         )
     return False
 

@@ -54,13 +54,16 @@ def check_checkpoint_arg(arg: Path) -> Path:
         if (arg / "best.safetensors").is_file() or (arg / "final.safetensors").is_file():
             return arg
         raise UserError(
-            f"{arg}: not a run directory (no best.safetensors or final.safetensors); the first argument is "
-            f"the checkpoint: {USAGE}"
+            f"{arg}: not a run directory (no best.safetensors or final.safetensors); "
+            f"the first argument is the checkpoint: {USAGE}"
         )
     if not arg.exists():
         raise UserError(f"{arg}: checkpoint or run directory does not exist ({USAGE})")
     if arg.suffix != ".safetensors":
-        raise UserError(f"{arg}: not a checkpoint (.safetensors) or run directory; the first argument is the checkpoint: {USAGE}")
+        raise UserError(
+            f"{arg}: not a checkpoint (.safetensors) or run directory; the first argument is the checkpoint: "
+            f"{USAGE}"
+        )
     return arg
 
 
@@ -79,7 +82,10 @@ def refuse_run_dirs(paths: Iterable[str]) -> None:
         run = _run_dir_above(p.resolve()) if p.is_dir() else None
         if run is not None:
             inside = "" if run == p.resolve() else f" (inside {run})"
-            raise UserError(f"{p}: is a training run directory{inside}, not a folder of images; give the run first: {USAGE}")
+            raise UserError(
+                f"{p}: is a training run directory{inside}, not a folder of images; give the run first: "
+                f"{USAGE}"
+            )
 
 
 def expand_inputs(paths: Iterable[str], out: Path | None = None) -> tuple[list[Path], list[str]]:
@@ -149,13 +155,17 @@ def check_outputs(files: list[Path], stems: list[str], out: Path, inputs: Iterab
     for raw in inputs:
         p = Path(raw).expanduser()
         if p.is_dir() and p.resolve() == out_abs:
-            raise UserError(f"--out {out}: is an input folder; masks would mix with the images. Choose another folder")
+            raise UserError(
+                f"--out {out}: is an input folder; masks would mix with the images. Choose another folder"
+            )
     inputs_abs = {f.resolve() for f in files}
     for stem in stems:
         for suffix in OUTPUT_SUFFIXES:
             target = (out_abs / f"{stem}{suffix}").resolve()
             if target in inputs_abs:
-                raise UserError(f"{target}: is an input and would be overwritten by its output; choose another --out")
+                raise UserError(
+                    f"{target}: is an input and would be overwritten by its output; choose another --out"
+                )
     if (out_abs / INDEX_FILE).resolve() in inputs_abs:
         raise UserError(f"{out_abs / INDEX_FILE}: is an input and would be overwritten; choose another --out")
 

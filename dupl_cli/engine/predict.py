@@ -90,7 +90,9 @@ class LoadedModel:
         """How the checkpoint was chosen: final, best-val (train.select), import, or unknown."""
         if "import" in self.card:
             return "import"
-        return self.card.get("selection") or {"best": "best-val", "final": "final"}.get(self.path.stem, "unknown")
+        return self.card.get("selection") or {"best": "best-val", "final": "final"}.get(
+            self.path.stem, "unknown"
+        )
 
     def selection_record(self, split: str) -> dict:
         """For protocols and metrics.json: the checkpoint rule, the student rule, and whether

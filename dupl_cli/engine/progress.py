@@ -17,7 +17,9 @@ def format_eta(seconds: float) -> str:
 
 
 class TrainingProgress:
-    def __init__(self, total: int, start: int, run_dir: Path | None, enabled: bool, quiet: bool = False) -> None:
+    def __init__(
+        self, total: int, start: int, run_dir: Path | None, enabled: bool, quiet: bool = False
+    ) -> None:
         self.total, self.start, self.enabled, self.quiet = total, start, enabled, quiet
         self.run_dir = run_dir
         self.rich = enabled and not quiet and sys.stderr.isatty()
@@ -65,7 +67,9 @@ class TrainingProgress:
                 out.write(json.dumps(record) + "\n")
         # Per-student terms (…_1, …_2) go to metrics.jsonl; the line shows the sums.
         losses = " ".join(
-            f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("loss/") and not k.endswith(("_1", "_2"))
+            f"{k[5:]} {v:.3f}"
+            for k, v in record.items()
+            if k.startswith("loss/") and not k.endswith(("_1", "_2"))
         )
         info = (
             f"phase {record['phase']} | {losses} | lr {record['lr']:.2e} | tau_h {record['tau_h']:.3f} "

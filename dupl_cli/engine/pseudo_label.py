@@ -93,7 +93,9 @@ def run_pseudo_label(
     from dupl_cli.engine.class_match import aligned
     from dupl_cli.engine.visualize import load_mask
 
-    adapter, remap_note = aligned(adapter, loaded, f"the {settings.data.adapter} dataset at {settings.data.root}")
+    adapter, remap_note = aligned(
+        adapter, loaded, f"the {settings.data.adapter} dataset at {settings.data.root}"
+    )
     shard = ShardView(adapter, runtime.process_index, runtime.num_processes, req.max_images)
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,9 @@ def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples
         m = result.metrics
         report.add_metrics(m, confusion_png(np.asarray(m.matrix), m.class_names))
     report.add_curves(loaded.path.parent / "curves")
-    report.add_heading("Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images")
+    report.add_heading(
+        "Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images"
+    )
     for row in samples.rows.values():
         present = np.flatnonzero(row["labels"] > 0)
         cams = row["cam"][present] if "cam" in row else None

@@ -38,19 +38,25 @@ def _load_one(acc, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
         logger.setLevel(level)
     if watch.skipped:
         rng = ckpt / f"random_states_{acc.process_index}.pkl"
-        report(f"warning: {rng}: random state not loaded (missing, corrupt or not plain data); "
-               "continuing with fresh random state, so the run will not match an uninterrupted one")  # fmt: skip
+        report(
+            f"warning: {rng}: random state not loaded (missing, corrupt or not plain data); "
+            "continuing with fresh random state, so the run will not match an uninterrupted one"
+        )
     return state
 
 
-def load_resume(acc, run_dir: Path, newest: Path, report: Callable[[str], None]) -> tuple[dict[str, Any], Path]:
+def load_resume(
+    acc, run_dir: Path, newest: Path, report: Callable[[str], None]
+) -> tuple[dict[str, Any], Path]:
     """(trainer state, checkpoint used): ``newest`` first, then each older complete checkpoint."""
     older = [path for _, path in reversed(runs.checkpoint_dirs(run_dir)) if path != newest]
     failures = []
     for ckpt in [newest, *older]:
         try:
             state = _load_one(acc, ckpt, report)
-        except Exception as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
+        except (
+            Exception
+        ) as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
             failures.append(f"{ckpt}: {load_reason(exc)}")
             report(f"warning: cannot resume from {failures[-1]}")
             continue
@@ -59,7 +65,9 @@ def load_resume(acc, run_dir: Path, newest: Path, report: Callable[[str], None])
             if acc.is_main_process and path.is_dir():
                 path.rename(path.with_name(f"unusable_{path.name}"))
         if failures:
-            report(f"warning: fell back to {ckpt} (step {state.get('step')}); the newer checkpoint(s) did not load "
-                   "and were renamed unusable_step_<n>")  # fmt: skip
+            report(
+                f"warning: fell back to {ckpt} (step {state.get('step')}); the newer checkpoint(s) did not "
+                "load and were renamed unusable_step_<n>"
+            )
         return state, ckpt
     raise UserError(f"{run_dir}: no checkpoint can be resumed ({'; '.join(failures)})")

@@ -30,7 +30,11 @@ def new_run_dir(runs_root: Path, run_name: str | None, preset: str | None) -> Pa
     return Path(runs_root) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-_PATH_SETTINGS = {"data": ("root", "train_list", "val_list", "labels_file"), "train": ("runs_root",), "eval": ("checkpoint",)}
+_PATH_SETTINGS = {
+    "data": ("root", "train_list", "val_list", "labels_file"),
+    "train": ("runs_root",),
+    "eval": ("checkpoint",),
+}
 
 
 def absolute_paths(settings):

@@ -46,7 +46,8 @@ def mark_run(run_dir: Path, status: str, **fields: Any) -> None:
 
 
 def point_latest(runs_root: Path, run_dir: Path) -> None:
-    """Make ``<runs_root>/latest`` a symlink to ``run_dir`` (replaced atomically), when the run lives there."""
+    """Make ``<runs_root>/latest`` a symlink to ``run_dir`` (replaced atomically), when the run lives
+    there."""
     runs_root, run_dir = Path(runs_root).resolve(), Path(run_dir).resolve()
     if run_dir.parent != runs_root:
         return
@@ -92,7 +93,11 @@ def _card(run_dir: Path, name: str) -> dict[str, Any]:
 
 
 def run_step(run_dir: Path) -> int | None:
-    steps = [int(m.group(1)) for p in (Path(run_dir) / "checkpoints").glob("step_*") if (m := _STEP_DIR.match(p.name))]
+    steps = [
+        int(m.group(1))
+        for p in (Path(run_dir) / "checkpoints").glob("step_*")
+        if (m := _STEP_DIR.match(p.name))
+    ]
     final = _card(run_dir, "final").get("step")
     found = [*steps, *([final] if isinstance(final, int) else [])]
     return max(found) if found else None

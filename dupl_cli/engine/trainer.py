@@ -145,7 +145,9 @@ def best_val_rule(settings: DuplSettings, step: int) -> str:
     )
 
 
-def _card(settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str) -> dict:
+def _card(
+    settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str
+) -> dict:
     return {
         "step": step,
         "classes": list(classes),
@@ -185,7 +187,9 @@ class Trainer:
         lock = RunLock.acquire(run_dir)
         try:
             if resume_ckpt is None and runs.latest_checkpoint(run_dir) is not None:
-                raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --run-dir")
+                raise UserError(
+                    f"{run_dir}: already holds a run; use --resume to continue it or choose another --run-dir"
+                )
             return lock, clean_leftovers(run_dir)
         except BaseException:
             lock.release()
@@ -193,7 +197,10 @@ class Trainer:
 
     def _announce_claim(self, progress, run_dir: Path | None, leftovers: list[Path]) -> None:
         if self._lock is not None and self._lock.unsupported:
-            progress.message(f"warning: {run_dir}: not locked ({self._lock.unsupported}); start one training here at a time")
+            progress.message(
+                f"warning: {run_dir}: not locked ({self._lock.unsupported}); "
+                "start one training here at a time"
+            )
         if leftovers:
             names = ", ".join(str(p.relative_to(run_dir)) for p in leftovers)
             progress.message(f"note: removed what an interrupted run left behind: {names}")
@@ -226,7 +233,8 @@ class Trainer:
 
         s, t = self.settings, self.settings.train
         main = acc.is_main_process
-        progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main, quiet=self.options.quiet)
+        progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main,
+                                    quiet=self.options.quiet)  # fmt: skip
         self._announce_claim(progress, run_dir, leftovers)
         if run_dir is not None and main:
             changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
@@ -241,9 +249,8 @@ class Trainer:
         train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
         classes, palette = train_set.classes, train_set.palette
         self.config = step_config(s, num_classes=len(classes))
-        model = build_dual_student(
-            s.model, num_classes=len(classes), img_size=s.data.crop_size, students=s.method.students
-        )
+        model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size,
+                                   students=s.method.students)  # fmt: skip
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
         backbone = model.students[0].backbone
         stats = normalisation_mismatch(backbone, s.model.arch, s.model.pretrained, s.data.mean, s.data.std)
@@ -267,9 +274,13 @@ class Trainer:
             state, resume_ckpt = load_resume(acc, run_dir, resume_ckpt, progress.message)
             progress.message(f"resumed from {resume_ckpt} at step {state['step']}")
         if t.tracker != "none" and run_dir is not None:
-            acc.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()})
+            acc.init_trackers(
+                "events",
+                config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()},
+            )
         progress.start = state["step"]
-        loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state)
+        loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set,
+                     classes, palette, run_dir, progress, state)  # fmt: skip
         self._run_recorded(loop, acc, progress, run_dir if main else None)
         return run_dir
 
@@ -290,19 +301,23 @@ class Trainer:
             acc.end_training()
         if run_dir is not None:
             step = loop.state["step"]
-            run_index.mark_run(run_dir, "finished" if step >= self.settings.train.max_iters else "stopped", step=step)
+            run_index.mark_run(
+                run_dir, "finished" if step >= self.settings.train.max_iters else "stopped", step=step
+            )
 
     def _report_batch(self, acc, progress) -> None:
         """The effective batch, with a warning when it differs from the preset's reference batch."""
         t = self.settings.train
         effective = acc.num_processes * t.batch_size * t.grad_accum
         progress.message(
-            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x {t.grad_accum} accumulation"
+            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x "
+            f"{t.grad_accum} accumulation"
             f" | precision {acc.mixed_precision} | device {acc.device}"
         )
         if effective != t.reference_batch:
             progress.message(
-                f"warning: effective batch {effective} differs from this preset's reference batch {t.reference_batch}; results depend on it"
+                f"warning: effective batch {effective} differs from this preset's reference batch "
+                f"{t.reference_batch}; results depend on it"
             )
 
     def _dry_run(self, acc, model, train_set, progress) -> None:
@@ -322,14 +337,31 @@ class Trainer:
             acc.backward(result.loss)
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
-            print(f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} ({terms})")
+            print(
+                f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} "
+                f"({terms})"
+            )
         return None
 
 
 class _Loop:
     """The iteration loop with its bookkeeping (kept apart from set-up for readability)."""
 
-    def __init__(self, trainer, acc, module, optimizer, scheduler, loader, val_set, classes, palette, run_dir, progress, state):
+    def __init__(
+        self,
+        trainer,
+        acc,
+        module,
+        optimizer,
+        scheduler,
+        loader,
+        val_set,
+        classes,
+        palette,
+        run_dir,
+        progress,
+        state,
+    ):
         self.s = trainer.settings
         self.config = trainer.config
         self.opts = trainer.options
@@ -351,7 +383,10 @@ class _Loop:
         step = self.state["step"]
         per_epoch = len(self.loader)
         if per_epoch == 0:
-            raise UserError(f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} processes)")
+            raise UserError(
+                f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} "
+                "processes)"
+            )
         micro = step * t.grad_accum
         epoch, offset = divmod(micro, per_epoch)
         bad_micro = torch.zeros((), device=self.acc.device)
@@ -384,13 +419,16 @@ class _Loop:
 
     def _check_guard(self, step: int, values: list[float] | None = None) -> None:
         """Report skipped non-finite steps (read with ``values`` or here) and stop after too many in a row."""
-        in_row, skipped, last, names = self.guard.read(values if values is not None else self.guard.state().tolist())
+        in_row, skipped, last, names = self.guard.read(
+            values if values is not None else self.guard.state().tolist()
+        )
         self.state["bad_in_row"] = in_row
         if skipped == 1:
             self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
         elif skipped > 1:
             self.progress.message(
-                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); steps skipped"
+                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); "
+                "steps skipped"
             )
         if in_row >= self.s.train.max_bad_steps:
             ckpt = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
@@ -447,7 +485,9 @@ class _Loop:
         images = self.s.train.batch_size * self.s.train.grad_accum * self.acc.num_processes
         self.progress.update(step, record, images)
         if self.s.train.tracker != "none":
-            self.acc.log({k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v)}, step=step)
+            self.acc.log(
+                {k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v)}, step=step
+            )
 
     def _log_images(self, step: int, result) -> None:
         from dupl_cli.engine.visual_grid import training_grid
@@ -461,12 +501,19 @@ class _Loop:
         from dupl_cli.engine.predict import ShardView
         from dupl_cli.engine.validation import validate
 
-        shard = ShardView(self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images)
+        shard = ShardView(
+            self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images
+        )
         loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
         scores = validate(
-            self.model, loader, num_classes=len(self.classes), class_names=self.classes,
-            cam_scales=self.config.cam.scales, cam_threshold=self.s.eval.cam_threshold, device=self.acc.device,
-        )  # fmt: skip
+            self.model,
+            loader,
+            num_classes=len(self.classes),
+            class_names=self.classes,
+            cam_scales=self.config.cam.scales,
+            cam_threshold=self.s.eval.cam_threshold,
+            device=self.acc.device,
+        )
         student = max(range(1, len(self.model.students) + 1), key=lambda k: scores[f"seg_s{k}"])  # ties: 1
         best_score = scores[f"seg_s{student}"]
         text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
@@ -482,9 +529,14 @@ class _Loop:
         best = self.state.get("best")
         if self.s.train.select == "best-val" and (best is None or best_score > best["score"]):
             self.state["best"] = {"step": step, "score": best_score, "student": student, "scores": scores}
-            card = _card(self.s, self.classes, self.palette, step, student, scores, best_val_rule(self.s, step))
+            card = _card(
+                self.s, self.classes, self.palette, step, student, scores, best_val_rule(self.s, step)
+            )
             save_model(self.run_dir / "best", self.model, card)
-            self.progress.message(f"new best: student {student} seg mIoU {best_score:.1f} -> {self.run_dir / 'best.safetensors'}")
+            self.progress.message(
+                f"new best: student {student} seg mIoU {best_score:.1f} -> "
+                f"{self.run_dir / 'best.safetensors'}"
+            )
 
     def _finish(self, step: int) -> None:
         if self.run_dir is None or step < self.s.train.max_iters:

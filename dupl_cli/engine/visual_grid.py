@@ -20,7 +20,9 @@ def colorize(labels: torch.Tensor, palette) -> np.ndarray:
 def heat(cam: torch.Tensor) -> np.ndarray:
     """H×W values in [0, 1] → a red-yellow heat map."""
     v = cam.detach().float().cpu().clamp(0, 1).numpy()
-    return (np.stack([np.ones_like(v), v, np.zeros_like(v)], -1) * (v[..., None] ** 0.5) * 255).astype(np.uint8)
+    return (np.stack([np.ones_like(v), v, np.zeros_like(v)], -1) * (v[..., None] ** 0.5) * 255).astype(
+        np.uint8
+    )
 
 
 def training_grid(visuals: dict[str, torch.Tensor], palette) -> np.ndarray | None:
@@ -32,7 +34,9 @@ def training_grid(visuals: dict[str, torch.Tensor], palette) -> np.ndarray | Non
     size = image.shape[-2:]
     panels = [(image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)]
     if "cam" in visuals:
-        cam = F.interpolate(visuals["cam"].float()[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        cam = F.interpolate(
+            visuals["cam"].float()[None, None], size=size, mode="bilinear", align_corners=False
+        )[0, 0]
         panels.append(heat(cam))
     for key in ("pseudo_label", "prediction"):
         if key in visuals:

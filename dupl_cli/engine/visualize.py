@@ -63,8 +63,12 @@ def overlay(
     return np.where(keep, image, blend).round().clip(0, 255).astype(np.uint8)
 
 
-def with_legend(picture: np.ndarray, mask: np.ndarray, palette: Sequence[Sequence[int]],
-                class_names: Sequence[str] | None = None) -> Image.Image:
+def with_legend(
+    picture: np.ndarray,
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str] | None = None,
+) -> Image.Image:
     """``picture`` with a legend of the classes present in ``mask`` on a light band along its bottom
     edge (drawn inside, so the overlay keeps the image's size and stays aligned with the mask)."""
     ids = [int(k) for k in np.unique(mask) if 0 < k < len(palette)]
@@ -134,7 +138,11 @@ def confusion_png(matrix: np.ndarray, class_names: Sequence[str], cell: int | No
             draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(g, g, 255) if i == j else (255, g, g))
             if percent[i, j]:  # zeros left blank so the eye finds the mass
                 text = str(percent[i, j])
-                draw.text((x + (cell - 6 * len(text)) // 2, y + cell // 2 - 5), text, fill="white" if g < 110 else "black")
+                draw.text(
+                    (x + (cell - 6 * len(text)) // 2, y + cell // 2 - 5),
+                    text,
+                    fill="white" if g < 110 else "black",
+                )
     # Column names and the row title written vertically: drawn horizontally on strips, then rotated.
     strip = Image.new("RGB", (label_w, grid_w), "white")
     sd = ImageDraw.Draw(strip)
@@ -212,11 +220,13 @@ class HtmlReport:
                 f"<td>{_fmt(metrics.over_activation[i])}</td></tr>"
             )
         summary = (
-            f"<p><b>mIoU {_fmt(metrics.miou)}</b> (over {sum(metrics.present)} classes present in the ground truth) · "
-            f"pixel accuracy {_fmt(metrics.pixel_accuracy)} · uncertain pixels {_fmt(metrics.uncertain_share)}%</p>"
+            f"<p><b>mIoU {_fmt(metrics.miou)}</b> (over {sum(metrics.present)} classes present in the ground "
+            f"truth) · pixel accuracy {_fmt(metrics.pixel_accuracy)} · uncertain pixels "
+            f"{_fmt(metrics.uncertain_share)}%</p>"
         )
         table = (
-            "<table><tr><th class=l>class</th><th>IoU</th><th>precision</th><th>recall</th><th>over-activation</th></tr>"
+            "<table><tr><th "
+            "class=l>class</th><th>IoU</th><th>precision</th><th>recall</th><th>over-activation</th></tr>"
             + "".join(rows)
             + "</table>"
         )
@@ -234,7 +244,8 @@ class HtmlReport:
         if not files:
             return
         figs = "".join(
-            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' src='{png_data_uri(Image.open(p))}'>"
+            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' "
+            f"src='{png_data_uri(Image.open(p))}'>"
             f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
             for p in files
         )
@@ -243,7 +254,9 @@ class HtmlReport:
     def add_heading(self, text: str) -> None:
         self.sections.append(f"<h2>{html.escape(text)}</h2>")
 
-    def add_sample(self, sample_id: str, panels: list[tuple[str, np.ndarray | Image.Image]], note: str | None = None) -> None:
+    def add_sample(
+        self, sample_id: str, panels: list[tuple[str, np.ndarray | Image.Image]], note: str | None = None
+    ) -> None:
         figs = "".join(
             f"<figure><img {_ZOOM} alt='{html.escape(cap)}' src='{png_data_uri(img)}'>"
             f"<figcaption>{html.escape(cap)}</figcaption></figure>"
@@ -254,11 +267,15 @@ class HtmlReport:
 
     def legend(self) -> str:
         items = "".join(
-            f"<span style='margin-right:10px'><span class=sw style='background:rgb({r},{g},{b})'></span>{html.escape(n)}</span>"
+            "<span style='margin-right:10px'><span class=sw "
+            f"style='background:rgb({r},{g},{b})'></span>{html.escape(n)}</span>"
             for n, (r, g, b) in zip(self.class_names, self.palette, strict=False)
         )
         r, g, b = IGNORE_COLOUR
-        return f"<p>{items}<span><span class=sw style='background:rgb({r},{g},{b})'></span>uncertain / ignored</span></p>"
+        return (
+            f"<p>{items}<span><span class=sw style='background:rgb({r},{g},{b})'></span>uncertain / "
+            "ignored</span></p>"
+        )
 
     def render(self) -> str:
         body = "".join(self.sections)

@@ -41,7 +41,9 @@ def check_writable(folder: Path, what: str = "output folder") -> Path:
 
 def write_failure(path: Path, exc: BaseException) -> UserError | None:
     """A UserError for a failed write when the disk is full or the folder refused it, else None."""
-    if isinstance(exc, OSError) and (exc.errno in DISK_FULL or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)):
+    if isinstance(exc, OSError) and (
+        exc.errno in DISK_FULL or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM)
+    ):
         return UserError(f"{path}: cannot write ({_why(exc)})", exit_code=1)
     try:
         free = shutil.disk_usage(Path(path).parent).free

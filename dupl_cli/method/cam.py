@@ -49,7 +49,9 @@ def backbone_stride(student) -> int:
     return int(getattr(student.backbone, "stride", 1) or 1)
 
 
-def raw_cams_at_scales(student, images: torch.Tensor, scales, flip: bool, *, final: bool = True, forward=None):
+def raw_cams_at_scales(
+    student, images: torch.Tensor, scales, flip: bool, *, final: bool = True, forward=None
+):
     """For each scale, ``student.cams`` of the resized batch (with its hflip appended when ``flip``),
     zero-padded at the bottom/right to a multiple of the backbone stride.
 

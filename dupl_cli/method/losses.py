@@ -117,7 +117,8 @@ def consistency_loss(strong_logits: torch.Tensor, target: torch.Tensor, mask: to
 
 
 def consistency_target(weak_logits: torch.Tensor, discarded: torch.Tensor, *, confidence: float):
-    """(target, mask, confident): weak argmax, discarded ∧ (max softmax > confidence), and the confidence test alone.
+    """(target, mask, confident): weak argmax, discarded ∧ (max softmax > confidence), and the
+    confidence test alone.
 
     ``discarded`` B×H×W bool: pixels whose training label is 255 (optionally inside the crop box).
     """

@@ -33,7 +33,9 @@ _RS0_FIRST = 0.5488135039273248
 _RS0_TRIALS = (0.7151893663724195, 0.6027633760716439)
 _KMEANS_TOL = 1e-4
 _EPS64 = torch.finfo(torch.float64).eps
-_FINE_BINS = 1 << 16  # per row, for k-means splits: at realistic ranges ~1e-4 wide, under a pixel near the split
+_FINE_BINS = (
+    1 << 16
+)  # per row, for k-means splits: at realistic ranges ~1e-4 wide, under a pixel near the split
 _EM_BINS = 1 << 11  # per row, for EM (groups of 32 fine bins; midpoint-rule error ~2e-5 relative)
 
 
@@ -82,7 +84,9 @@ class _Histogram:
         hi = d.amax(1, keepdim=True).to(acc) + c0
         self.scale = bins / (hi - self.lo).clamp_min(1e-12)
         # Bin index per pixel (the row offset added as integers: float32 could not hold it exactly).
-        self.scratch = pos = torch.addcmul(((c0 - self.lo) * self.scale).float(), d, self.scale.float()).clamp_(0, bins - 1)
+        self.scratch = pos = torch.addcmul(
+            ((c0 - self.lo) * self.scale).float(), d, self.scale.float()
+        ).clamp_(0, bins - 1)
         pos = pos.view(torch.int32).copy_(pos)  # converted in place: each element is read, then written
         c0_bin = pos.gather(1, first.unsqueeze(1)).long()
         pos += torch.arange(0, n_rows * bins, bins, device=x.device, dtype=torch.int32).unsqueeze(1)
@@ -133,7 +137,9 @@ def _block_sums(weights: torch.Tensor, block: int = 256) -> tuple[torch.Tensor, 
     return blocks, blocks.sum(2)
 
 
-def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 256, scale_by_total: bool = False) -> torch.Tensor:
+def _first_reaching(
+    weights: torch.Tensor, targets: torch.Tensor, block: int = 256, scale_by_total: bool = False
+) -> torch.Tensor:
     """Per row the first index where the running sum of ``weights`` (N×P, >= 0) reaches ``targets``
     (N×K), as searchsorted on the cumsum would give, clamped to P-1. Sums are float64 over blocks,
     so no cumsum over all pixels is built."""
@@ -151,7 +157,9 @@ def _first_reaching(weights: torch.Tensor, targets: torch.Tensor, block: int = 2
     return (b * block + j).clamp_(max=size - 1)
 
 
-def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, max_iter: int = 64, check_after: int = 12) -> torch.Tensor:
+def _kmeans_centres(
+    x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, max_iter: int = 64, check_after: int = 12
+) -> torch.Tensor:
     """scikit-learn's KMeans(2, n_init=1, random_state=0) centres per row: N×2, in its order."""
     count, total = hist.count, hist.total
     acc = count.dtype
@@ -171,7 +179,9 @@ def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, ma
     low_c, high_c = torch.minimum(c0, cand), torch.maximum(c0, cand)
     low = hist.below((c0 + cand) / 2)
     high = total.unsqueeze(2) - low
-    cand_pot = (low[2] - 2 * low_c * low[1] + low_c.square() * low[0]) + (high[2] - 2 * high_c * high[1] + high_c.square() * high[0])
+    cand_pot = (low[2] - 2 * low_c * low[1] + low_c.square() * low[0]) + (
+        high[2] - 2 * high_c * high[1] + high_c.square() * high[0]
+    )
     c1 = cand.gather(1, cand_pot.argmin(1, keepdim=True)).squeeze(1)
     c0 = c0[:, 0]
 
@@ -191,7 +201,9 @@ def _kmeans_centres(x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, *, ma
         pos = centres.sum(1, keepdim=True).mul_(0.5).clamp_(0, hist.bins)
         j = pos.floor().clamp_(max=top)
         jj = j.long().expand(2, -1, -1)
-        low = (cum.gather(2, jj) - raw.gather(2, jj) * (j + 1 - pos)).squeeze(2)  # 2×N: [n, Σu] below the midpoint
+        low = (cum.gather(2, jj) - raw.gather(2, jj) * (j + 1 - pos)).squeeze(
+            2
+        )  # 2×N: [n, Σu] below the midpoint
         parts = torch.stack([low, tot - low], 2)  # 2×N×2(side)
         n = parts[0]
         # An empty cluster keeps its centre (sklearn relocates it; with 2 clusters in 1-D and
@@ -215,7 +227,11 @@ def _log_odds_coefficients(means, variances, weights):
     half_log = 0.5 * prec.log() + weights.log()
     a = -0.5 * (prec[:, 1] - prec[:, 0])
     b = prec[:, 1] * means[:, 1] - prec[:, 0] * means[:, 0]
-    c = half_log[:, 1] - half_log[:, 0] - 0.5 * (prec[:, 1] * means[:, 1] ** 2 - prec[:, 0] * means[:, 0] ** 2)
+    c = (
+        half_log[:, 1]
+        - half_log[:, 0]
+        - 0.5 * (prec[:, 1] * means[:, 1] ** 2 - prec[:, 0] * means[:, 0] ** 2)
+    )
     return torch.stack([a, b, c], 1), prec
 
 
@@ -243,7 +259,10 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tupl
     n_rows = x.shape[0]
     groups = hist.physical(hist.raw.view(3, n_rows, _EM_BINS, -1).sum(3))  # 3×N×B: [Σ1, Σx, Σx²]
     stats = groups.flip(0).transpose(0, 1).contiguous()  # N×3×B: [Σx², Σx, Σ1]
-    centre_of_bin = hist.lo + (torch.arange(_EM_BINS, device=x.device, dtype=acc) + 0.5) * (_FINE_BINS // _EM_BINS) / hist.scale
+    centre_of_bin = (
+        hist.lo
+        + (torch.arange(_EM_BINS, device=x.device, dtype=acc) + 0.5) * (_FINE_BINS // _EM_BINS) / hist.scale
+    )
     mean_of_bin = torch.where(stats[:, 2] > 0, stats[:, 1] / stats[:, 2].clamp_min(1), centre_of_bin)
     powers = torch.stack([mean_of_bin.square(), mean_of_bin, torch.ones_like(mean_of_bin)], 1)  # N×3×B
     totals = total.flip(0).T  # N×3: [Σx², Σx, Σ1]
@@ -268,7 +287,12 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tupl
         resp[:, 1] = F.softplus(q)
         sums = torch.bmm(stats, resp.transpose(1, 2))  # N×3×2
         # Mean log-likelihood = mean log w0N0(x) (from the moments) + mean softplus(q).
-        log_w0n0 = weights[:, 0].log() - half_log_2pi + 0.5 * prec[:, 0].log() - 0.5 * prec[:, 0] * (m2 - 2 * means[:, 0] * m1 + means[:, 0] ** 2)
+        log_w0n0 = (
+            weights[:, 0].log()
+            - half_log_2pi
+            + 0.5 * prec[:, 0].log()
+            - 0.5 * prec[:, 0] * (m2 - 2 * means[:, 0] * m1 + means[:, 0] ** 2)
+        )
         bound = log_w0n0 + sums[:, 2, 1] / safe
         nk_new, means_new, var_new = _moments_to_params(sums[..., 0], totals, reg)
         keep = done.unsqueeze(1)

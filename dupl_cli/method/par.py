@@ -68,4 +68,3 @@ def propagate(affinity: torch.Tensor, probs: torch.Tensor, par: ParConfig = ParC
             out.addcmul_(_shifted(padded, pad, offset, size), weights[:, :, j])
         probs = out
     return probs
-

@@ -58,7 +58,18 @@ def class_thresholds(t: int, thresholds: ThresholdConfig, schedule: PhaseSchedul
 
 
 def make_pseudo_labels(
-    images01, cams, cams_aux, seg_logits, labels, img_box, t, phase: Phase, config: StepConfig, grid, *, slots=None
+    images01,
+    cams,
+    cams_aux,
+    seg_logits,
+    labels,
+    img_box,
+    t,
+    phase: Phase,
+    config: StepConfig,
+    grid,
+    *,
+    slots=None,
 ) -> PseudoLabels:
     """Token labels (when PTC is on), PAR-refined labels and their noise-filtered version for both
     students. ``slots``: the batch's largest present-class count, known on the host
@@ -108,7 +119,9 @@ def training_step(
 ) -> StepResult:
     phase = phase_at(t, config.schedule, config.weights)
     if len(model.students) != config.students:
-        raise ValueError(f"the step is configured for {config.students} student(s), the model has {len(model.students)}")
+        raise ValueError(
+            f"the step is configured for {config.students} student(s), the model has {len(model.students)}"
+        )
     # Crops that are not a multiple of the backbone stride are padded like any short crop: the
     # padding lies outside img_box, so its labels are ignored (models.geometry, docs/method.md §9).
     images = pad_to_multiple(batch["image"], backbone_stride(model.students[0]))

@@ -36,7 +36,9 @@ def image_thresholds(tau_class: torch.Tensor | float, labels: torch.Tensor) -> t
     return torch.where(torch.isfinite(present), present, tau.amax(1))
 
 
-def box_mask(img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, pixel_coords: bool = False) -> torch.Tensor:
+def box_mask(
+    img_box: torch.Tensor, size: tuple[int, int], *, stride: int = 1, pixel_coords: bool = False
+) -> torch.Tensor:
     """B×h×w bool: cells inside ``img_box`` [y0, y1, x0, x1] (pixels).
 
     ``stride`` > 1 maps the box to a coarser grid (a cell is inside when its centre is);
@@ -88,11 +90,30 @@ def cam_on_grid(cam: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(cam.float(), size=grid, mode="bilinear", align_corners=False)
 
 
-def token_labels(cam_aux, labels, *, grid, tau_high, tau_low: float, img_box=None, pixel_box: bool = False, ignore: int = IGNORE_INDEX):
+def token_labels(
+    cam_aux,
+    labels,
+    *,
+    grid,
+    tau_high,
+    tau_low: float,
+    img_box=None,
+    pixel_box: bool = False,
+    ignore: int = IGNORE_INDEX,
+):
     """PTC token labels: the normalised aux CAM resized to the token grid, then thresholded."""
     tok = cam_on_grid(cam_aux, grid)
     stride = cam_aux.shape[-2] // grid[0]
-    return cam_to_label(tok, labels, tau_high=tau_high, tau_low=tau_low, img_box=img_box, ignore=ignore, box_stride=stride, pixel_box=pixel_box)
+    return cam_to_label(
+        tok,
+        labels,
+        tau_high=tau_high,
+        tau_low=tau_low,
+        img_box=img_box,
+        ignore=ignore,
+        box_stride=stride,
+        pixel_box=pixel_box,
+    )
 
 
 def _present_slots(labels: torch.Tensor, slots: int | None = None):

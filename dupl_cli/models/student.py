@@ -20,7 +20,9 @@ class StudentOutput(NamedTuple):
 
 
 class Student(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, *, head_channels: int = 512, head_dilation: int = 5) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_classes: int, *, head_channels: int = 512, head_dilation: int = 5
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes

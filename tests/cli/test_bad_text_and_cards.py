@@ -18,12 +18,23 @@ def _error_line(r):
 @pytest.mark.parametrize(
     ("name", "content", "what"),
     [
-        ("classes.txt", b"bo\xe9t\nballoon\ntree\nsign\nflower\n", "class list is not UTF-8 text (byte 0xe9 on line 1)"),
-        ("labels.csv", b"id,labels\ntrain_00000,balloon tree\ntrain_00001,\xff\xfeboat\n",
-         "labels file is not UTF-8 text (byte 0xff on line 3)"),
-        ("splits/val.txt", b"val_00000\nval_0000\x9b1\n", "split list is not UTF-8 text (byte 0x9b on line 2)"),
+        (
+            "classes.txt",
+            b"bo\xe9t\nballoon\ntree\nsign\nflower\n",
+            "class list is not UTF-8 text (byte 0xe9 on line 1)",
+        ),
+        (
+            "labels.csv",
+            b"id,labels\ntrain_00000,balloon tree\ntrain_00001,\xff\xfeboat\n",
+            "labels file is not UTF-8 text (byte 0xff on line 3)",
+        ),
+        (
+            "splits/val.txt",
+            b"val_00000\nval_0000\x9b1\n",
+            "split list is not UTF-8 text (byte 0x9b on line 2)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_non_utf8_dataset_text_names_the_file(run_cli, tiny_data, tmp_path, name, content, what):
     root = tmp_path / "data"
     shutil.copytree(tiny_data, root)
@@ -42,14 +53,25 @@ def test_non_utf8_config_names_the_file(run_cli, tmp_path):
 
 
 CARD_CASES = [
-    ("no classes", lambda c: {k: v for k, v in c.items() if k != "classes"}, "'classes' must be a non-empty list"),
+    (
+        "no classes",
+        lambda c: {k: v for k, v in c.items() if k != "classes"},
+        "'classes' must be a non-empty list",
+    ),
     ("no settings", lambda c: {k: v for k, v in c.items() if k != "settings"}, "card has no settings table"),
-    ("short palette", lambda c: {**c, "palette": c["palette"][:2]}, "'palette' must list 6 [r, g, b] colours"),
+    (
+        "short palette",
+        lambda c: {**c, "palette": c["palette"][:2]},
+        "'palette' must list 6 [r, g, b] colours",
+    ),
     ("bad student", lambda c: {**c, "student": 7}, "'student' must be 1 or 2, not 7"),
     ("a list", lambda c: [c], "not a dupl checkpoint card"),
-    ("invalid setting", lambda c: {**c, "settings": {**c["settings"], "train": {"max_iters": 0}}},
-     "invalid value for train.max_iters = 0 (from card"),
-]  # fmt: skip
+    (
+        "invalid setting",
+        lambda c: {**c, "settings": {**c["settings"], "train": {"max_iters": 0}}},
+        "invalid value for train.max_iters = 0 (from card",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,9 @@ def test_directory_and_dangling_link_named_as_image(run_cli, tiny_data, tmp_path
     r = _verify(run_cli, root)
     assert r.exit_code == 1
     text = "".join(r.output.split())  # rich wraps long paths mid-word
-    assert "".join(f"{root / 'images' / 'train_00001.png'}: is a directory, not an image file".split()) in text
+    assert (
+        "".join(f"{root / 'images' / 'train_00001.png'}: is a directory, not an image file".split()) in text
+    )
     assert "".join(f"{root / 'images' / 'train_00002.png'}: dangling symbolic link".split()) in text
     assert "train_00001.jpg" not in text and "train_00002.jpg" not in text
 

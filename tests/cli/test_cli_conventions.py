@@ -13,7 +13,10 @@ def _root(tiny_data) -> list[str]:
 def test_quiet_and_verbose_work_after_the_command(run_cli, tiny_data):
     loud = run_cli("data", "verify", *_root(tiny_data))
     assert loud.exit_code == 0 and "split" in loud.stdout
-    for args in (("data", "verify", "-q", *_root(tiny_data)), ("data", "verify", *_root(tiny_data), "--quiet")):
+    for args in (
+        ("data", "verify", "-q", *_root(tiny_data)),
+        ("data", "verify", *_root(tiny_data), "--quiet"),
+    ):
         quiet = run_cli(*args)
         assert quiet.exit_code == 0, quiet.output
         assert quiet.stdout == ""

@@ -17,7 +17,10 @@ runner = CliRunner()
 def test_config_show_explain_names_every_source(monkeypatch):
     monkeypatch.setenv("DUPL_TRAIN__LR", "3e-4")
     monkeypatch.setenv("DUPL_TRAIN__SEED", "5")
-    result = runner.invoke(app, ["config", "show", "--preset", "voc-vitb", "--set", "train.lr=1e-4", "--explain", "--format", "json"])
+    result = runner.invoke(
+        app,
+        ["config", "show", "--preset", "voc-vitb", "--set", "train.lr=1e-4", "--explain", "--format", "json"],
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
     assert rows["train.lr"] == {"value": 1e-4, "source": "--set", "description": "Backbone learning rate"}
@@ -35,7 +38,9 @@ def test_config_show_explain_prints_descriptions_of_nested_and_adapter_options(m
     at = lines.index("method.anf.gamma = 0.9  (env DUPL_METHOD__ANF__GAMMA)")
     assert lines[at + 1] == "    Noise posterior threshold gamma"
     at = lines.index("data.options.size = 64  (preset tiny-cpu)")
-    assert lines[at + 1] == "    Side of the generated demo images"  # from the demo adapter's own options model
+    assert (
+        lines[at + 1] == "    Side of the generated demo images"
+    )  # from the demo adapter's own options model
     assert "    Global seed" in lines
 
 
@@ -96,7 +101,9 @@ def test_help_is_fast_and_does_not_import_torch():
         "assert r.exit_code == 0, r.output;"
         "print('torch' in sys.modules, time.perf_counter() - t)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out[0] == "False", "dupl --help imported torch"
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dupl_cli", "--help"], capture_output=True, check=True)

@@ -11,8 +11,16 @@ import pytest
 
 
 def _train(run_cli, tiny_data, runs_root, *extra):
-    sets = [f'data.root="{tiny_data}"', f'train.runs_root="{runs_root}"', "train.max_iters=3", "method.t_seg=1",
-            "method.t_anf=2", "train.val_every=3", "train.ckpt_every=3", *extra]  # fmt: skip
+    sets = [
+        f'data.root="{tiny_data}"',
+        f'train.runs_root="{runs_root}"',
+        "train.max_iters=3",
+        "method.t_seg=1",
+        "method.t_anf=2",
+        "train.val_every=3",
+        "train.ckpt_every=3",
+        *extra,
+    ]
     args = ["train", "--preset", "tiny-cpu", "-q"]
     for s in sets:
         args += ["--set", s]
@@ -25,7 +33,9 @@ def test_runs_are_listed_with_status_and_latest_follows_the_newest(run_cli, tiny
     root = tmp_path / "runs"
     assert _train(run_cli, tiny_data, root, 'train.run_name="first"').exit_code == 0
     assert os.readlink(root / "latest") == "first"
-    curves = {p.name for p in (root / "first" / "curves").iterdir()}  # drawn at the validation (issue 16 item 9)
+    curves = {
+        p.name for p in (root / "first" / "curves").iterdir()
+    }  # drawn at the validation (issue 16 item 9)
     assert {"loss.png", "lr.png", "tau_h.png", "noise_share.png", "val_miou.png"} <= curves
     assert _train(run_cli, tiny_data, root, 'train.run_name="second"', "train.lr=1e-3").exit_code == 0
     assert os.readlink(root / "latest") == "second"
@@ -52,7 +62,9 @@ def test_a_run_whose_process_is_gone_is_crashed(run_cli, tmp_path):
     run = tmp_path / "runs" / "gone"
     run.mkdir(parents=True)
     (run / "config.toml").write_text("[train]\nmax_iters = 10\n")
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     mark_run(run, "running", preset="tiny-cpu")
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "pid": int(dead.stdout)}))
@@ -60,5 +72,7 @@ def test_a_run_whose_process_is_gone_is_crashed(run_cli, tmp_path):
     alive.mkdir()
     (alive / "config.toml").write_text("[train]\nmax_iters = 10\n")
     mark_run(alive, "running", preset="tiny-cpu")  # this process
-    rows = json.loads(run_cli("runs", "list", "--set", f'train.runs_root="{tmp_path / "runs"}"', "--json").stdout)
+    rows = json.loads(
+        run_cli("runs", "list", "--set", f'train.runs_root="{tmp_path / "runs"}"', "--json").stdout
+    )
     assert {r["name"]: r["status"] for r in rows} == {"gone": "crashed", "alive": "running"}

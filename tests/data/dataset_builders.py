@@ -43,19 +43,26 @@ def make_voc(base: Path, *, aug: bool = False, n_train: int = 3, n_val: int = 2)
         (voc / d).mkdir(parents=True, exist_ok=True)
     if aug:
         (voc / "SegmentationClassAug").mkdir()
-    splits = {"train": [f"2007_{i:06d}" for i in range(n_train)], "val": [f"2008_{i:06d}" for i in range(n_val)]}
+    splits = {
+        "train": [f"2007_{i:06d}" for i in range(n_train)],
+        "val": [f"2008_{i:06d}" for i in range(n_val)],
+    }
     for s, ids in splits.items():
         for k, sample_id in enumerate(ids):
             cls = (k % 20 + 1, (k + 5) % 20 + 1) if k % 2 else (k % 20 + 1,)
             image, mask = scene(k + 17 * len(s), classes=cls)
             Image.fromarray(image).save(voc / "JPEGImages" / f"{sample_id}.jpg", quality=95)
-            save_palette_png(mask, voc / ("SegmentationClassAug" if aug else "SegmentationClass") / f"{sample_id}.png")
+            save_palette_png(
+                mask, voc / ("SegmentationClassAug" if aug else "SegmentationClass") / f"{sample_id}.png"
+            )
             (voc / "Annotations" / f"{sample_id}.xml").write_text(voc_xml([VOC_CLASSES[c - 1] for c in cls]))
         (voc / "ImageSets/Segmentation" / f"{s}.txt").write_text("".join(f"{i}\n" for i in ids))
     return voc
 
 
-def make_folder(root: Path, *, n: int = 6, classes=("cat", "dog", "boat"), masks: bool = True, splits: bool = True) -> Path:
+def make_folder(
+    root: Path, *, n: int = 6, classes=("cat", "dog", "boat"), masks: bool = True, splits: bool = True
+) -> Path:
     (root / "images").mkdir(parents=True)
     (root / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
     if masks:
@@ -77,7 +84,9 @@ def make_folder(root: Path, *, n: int = 6, classes=("cat", "dog", "boat"), masks
 
 
 def settings_for(root: Path, adapter: str, *sets: str):
-    return load_settings(None, assignments=[f'data.adapter="{adapter}"', f'data.root="{root}"', *sets], environ={}).settings
+    return load_settings(
+        None, assignments=[f'data.adapter="{adapter}"', f'data.root="{root}"', *sets], environ={}
+    ).settings
 
 
 @pytest.fixture

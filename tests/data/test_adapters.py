@@ -63,8 +63,13 @@ def test_voc_labels_csv_and_list_override(tmp_path):
     voc_dir = make_voc(tmp_path)
     (tmp_path / "l.csv").write_text("2007_000000,cat dog\n")
     (tmp_path / "list.txt").write_text("2007_000000\n")
-    s = settings_for(voc_dir, "voc", f'data.labels_file="{tmp_path / "l.csv"}"', f'data.train_list="{tmp_path / "list.txt"}"',
-                     'data.train_split="train"')
+    s = settings_for(
+        voc_dir,
+        "voc",
+        f'data.labels_file="{tmp_path / "l.csv"}"',
+        f'data.train_list="{tmp_path / "list.txt"}"',
+        'data.train_split="train"',
+    )
     ad = voc.build(s.data, "train")
     assert ad.ids == ["2007_000000"]
     assert [ad.classes[k] for k in np.flatnonzero(ad[0].labels)] == ["cat", "dog"]
@@ -78,7 +83,9 @@ def _coco_root(tmp_path):
         for i in range(n):
             sid = f"COCO_{part}_{i:012d}"
             image, mask = scene(i, classes=(i + 1, 80))
-            img = Image.fromarray(image).convert("L") if i == 0 else Image.fromarray(image)  # greyscale COCO image
+            img = (
+                Image.fromarray(image).convert("L") if i == 0 else Image.fromarray(image)
+            )  # greyscale COCO image
             img.save(root / part / f"{sid}.jpg")
             Image.fromarray(mask).save(root / "SegmentationClass" / part / f"{sid}.png")
     return root
@@ -102,16 +109,39 @@ def test_coco_masks_from_instances_json(tmp_path):
     pytest.importorskip("pycocotools")
     from dupl_cli.data.coco_masks import build_masks
 
-    cats = [{"id": cid, "name": n} for cid, n in zip([i for i in range(1, 91) if i not in
-            (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)], COCO_CLASSES, strict=True)]
-    data = {"images": [{"id": 7, "file_name": "COCO_val2014_000000000007.jpg", "height": 20, "width": 30},
-                       {"id": 8, "file_name": "COCO_val2014_000000000008.jpg", "height": 10, "width": 10}],
-            "categories": cats,
-            "annotations": [
-                {"id": 1, "image_id": 7, "category_id": 90, "iscrowd": 0, "area": 50,  # toothbrush = 80
-                 "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]]},
-                {"id": 2, "image_id": 7, "category_id": 1, "iscrowd": 0, "area": 400,
-                 "segmentation": [[0, 10, 30, 10, 30, 20, 0, 20]]}]}
+    cats = [
+        {"id": cid, "name": n}
+        for cid, n in zip(
+            [i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)],
+            COCO_CLASSES,
+            strict=True,
+        )
+    ]
+    data = {
+        "images": [
+            {"id": 7, "file_name": "COCO_val2014_000000000007.jpg", "height": 20, "width": 30},
+            {"id": 8, "file_name": "COCO_val2014_000000000008.jpg", "height": 10, "width": 10},
+        ],
+        "categories": cats,
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 7,
+                "category_id": 90,
+                "iscrowd": 0,
+                "area": 50,  # toothbrush = 80
+                "segmentation": [[2, 2, 12, 2, 12, 8, 2, 8]],
+            },
+            {
+                "id": 2,
+                "image_id": 7,
+                "category_id": 1,
+                "iscrowd": 0,
+                "area": 400,
+                "segmentation": [[0, 10, 30, 10, 30, 20, 0, 20]],
+            },
+        ],
+    }
     (tmp_path / "inst.json").write_text(json.dumps(data))
     out = tmp_path / "SegmentationClass" / "val2014"
     written, empty = build_masks(tmp_path / "inst.json", out, list_file=tmp_path / "ImageSets" / "val.txt")
@@ -135,7 +165,9 @@ def test_folder_without_splits_is_deterministic_and_disjoint(tmp_path):
     tr, va = folder.build(s.data, "train"), folder.build(s.data, "val")
     assert len(va) == 3 and len(tr) == 7 and not set(tr.ids) & set(va.ids)
     assert folder.build(s.data, "val").ids == va.ids
-    other = folder.build(settings_for(root, "folder", "data.split_seed=4", "data.val_fraction=0.3").data, "val")
+    other = folder.build(
+        settings_for(root, "folder", "data.split_seed=4", "data.val_fraction=0.3").data, "val"
+    )
     assert other.ids != va.ids or len(va) == 0
     assert not tr.has_masks and tr[0].mask is None
 
@@ -160,8 +192,14 @@ def test_demo_deterministic_by_seed(tmp_path):
 
 
 def test_demo_adapter_generates_when_asked(tmp_path):
-    s = settings_for(tmp_path / "demo", "demo", "data.options.size=48", "data.options.n_train=5", "data.options.n_val=3",
-                     "data.options.generate=true")
+    s = settings_for(
+        tmp_path / "demo",
+        "demo",
+        "data.options.size=48",
+        "data.options.n_train=5",
+        "data.options.n_val=3",
+        "data.options.generate=true",
+    )
     tr = demo.build(s.data, s.data.train_split)
     va = demo.build(s.data, s.data.val_split)
     assert len(tr) == 5 and len(va) == 3 and tr.classes == [c[0] for c in demo.CLASSES]

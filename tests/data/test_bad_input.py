@@ -43,7 +43,9 @@ def test_exif_rotation_applied(tmp_path):
 
 
 def test_truncated_and_corrupt_files(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "t.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "t.jpg"
+    )
     data = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(DataError, match=r"t\.jpg: corrupt image \(file is truncated\)"):
@@ -85,9 +87,15 @@ def test_check_split_lists_every_problem(tmp_path):
     ad, (good, problems) = _problems(root)
     text = "\n".join(p.message for p in problems)
     assert good == [0, 1]
-    for expected in ("img2.png: corrupt image", "img3.png: mask values [9] out of range",
-                     "duplicate id 'img0'", "invalid id '../etc'", "invalid id 'sub/img5'",
-                     "unknown class name 'unicorn'", "no labels entry for id 'img7'"):
+    for expected in (
+        "img2.png: corrupt image",
+        "img3.png: mask values [9] out of range",
+        "duplicate id 'img0'",
+        "invalid id '../etc'",
+        "invalid id 'sub/img5'",
+        "unknown class name 'unicorn'",
+        "no labels entry for id 'img7'",
+    ):
         assert expected in text, expected
     assert all("\n" not in p.message for p in problems)
     with pytest.raises(DataError) as err:
@@ -108,10 +116,14 @@ def test_labels_disagreeing_with_mask_and_empty_list(tmp_path):
 def test_verify_cli_exits_nonzero_with_json(tmp_path):
     root = make_folder(tmp_path / "f")
     (root / "masks" / "img4.png").unlink()
-    res = runner.invoke(app, ["data", "verify", "--set", 'data.adapter="folder"', "--set", f'data.root="{root}"', "--json"])
+    res = runner.invoke(
+        app, ["data", "verify", "--set", 'data.adapter="folder"', "--set", f'data.root="{root}"', "--json"]
+    )
     assert res.exit_code == 1, res.output
     report = json.loads(res.stdout)
-    assert not report["ok"] and any("img4.png: missing mask" in p for s in report["splits"] for p in s["problems"])
+    assert not report["ok"] and any(
+        "img4.png: missing mask" in p for s in report["splits"] for p in s["problems"]
+    )
 
 
 def test_verify_cli_missing_root(tmp_path):
@@ -123,7 +135,9 @@ def test_verify_cli_missing_root(tmp_path):
 
 def test_done_when_demo_then_verify_passes(tmp_path):
     out = tmp_path / "d"
-    res = runner.invoke(app, ["data", "demo", "--out", str(out), "--size", "48", "--n-train", "6", "--n-val", "3"])
+    res = runner.invoke(
+        app, ["data", "demo", "--out", str(out), "--size", "48", "--n-train", "6", "--n-val", "3"]
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["data", "verify", "--preset", "demo", "--set", f'data.root="{out}"'])
     assert res.exit_code == 0, res.output
@@ -134,7 +148,14 @@ def test_done_when_demo_then_verify_passes(tmp_path):
 
 def test_done_when_voc_made_by_someone_else_verifies_and_labels(tmp_path):
     make_voc(tmp_path)  # colour-coded palette PNGs in SegmentationClass, XML, ImageSets/Segmentation
-    sets = ["--set", f'data.root="{tmp_path / "VOCdevkit"}"', "--set", 'data.train_split="train"', "--set", "data.crop_size=32"]
+    sets = [
+        "--set",
+        f'data.root="{tmp_path / "VOCdevkit"}"',
+        "--set",
+        'data.train_split="train"',
+        "--set",
+        "data.crop_size=32",
+    ]
     res = runner.invoke(app, ["data", "verify", *sets])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["data", "labels", "--out", str(tmp_path / "l.csv"), *sets])

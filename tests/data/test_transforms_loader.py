@@ -13,9 +13,16 @@ from dupl_cli.data.transforms import WeakView
 
 
 def _geometry_only(crop, scale=(0.5, 2.0), hflip=True):
-    s = settings_for("/x", "folder", f"data.crop_size={crop}", f"data.scale_range=[{scale[0]}, {scale[1]}]",
-                     f"data.hflip={'true' if hflip else 'false'}", "data.color_jitter_p=0", "data.grayscale_p=0",
-                     "data.blur_radius=[0.0, 0.0]")
+    s = settings_for(
+        "/x",
+        "folder",
+        f"data.crop_size={crop}",
+        f"data.scale_range=[{scale[0]}, {scale[1]}]",
+        f"data.hflip={'true' if hflip else 'false'}",
+        "data.color_jitter_p=0",
+        "data.grayscale_p=0",
+        "data.blur_radius=[0.0, 0.0]",
+    )
     return WeakView(s.data), s.data
 
 
@@ -82,11 +89,19 @@ def test_train_loader_batches_reproducible_across_worker_counts(tmp_path):
         epoch1, epoch2 = list(loader), list(loader)
         batches.append((epoch1, epoch2))
         b = epoch1[0]
-        assert b["image"].shape == (2, 3, 32, 32) and b["labels"].shape == (2, 3) and b["img_box"].shape == (2, 4)
+        assert (
+            b["image"].shape == (2, 3, 32, 32)
+            and b["labels"].shape == (2, 3)
+            and b["img_box"].shape == (2, 4)
+        )
         assert isinstance(b["id"], list) and len(epoch1) == 3
     (a1, a2), (b1, b2) = batches
     for x, y in zip(a1 + a2, b1 + b2, strict=True):
-        assert x["id"] == y["id"] and torch.equal(x["image"], y["image"]) and torch.equal(x["img_box"], y["img_box"])
+        assert (
+            x["id"] == y["id"]
+            and torch.equal(x["image"], y["image"])
+            and torch.equal(x["img_box"], y["img_box"])
+        )
     assert not all(torch.equal(x["image"], y["image"]) for x, y in zip(a1, a2, strict=True))
 
 

@@ -42,7 +42,11 @@ def _batch(b=2):
     g = torch.Generator().manual_seed(0)
     labels = torch.zeros(b, CLASSES)
     labels[torch.arange(b), torch.arange(b) + 4] = 1  # classes with a 0.55 DTA target
-    return {"image": torch.randn(b, 3, 64, 64, generator=g), "labels": labels, "img_box": torch.tensor([[0, 64, 0, 64]] * b)}
+    return {
+        "image": torch.randn(b, 3, 64, 64, generator=g),
+        "labels": labels,
+        "img_box": torch.tensor([[0, 64, 0, 64]] * b),
+    }
 
 
 class Work:
@@ -87,7 +91,9 @@ def _run(preset, monkeypatch):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # a real step; lr 0 keeps the weights
     results = {}
     for t in STEPS:
-        result = step_module.training_step(model, _batch(), t, config, generator=torch.Generator().manual_seed(t))
+        result = step_module.training_step(
+            model, _batch(), t, config, generator=torch.Generator().manual_seed(t)
+        )
         result.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -108,7 +114,9 @@ def test_ablation_preset_runs_its_components_only(preset, monkeypatch):
     assert (work.calls["em"] > 0) == em
     assert (work.calls["strong"] > 0) == strong
     tau = float(last.stats["tau_h"])
-    assert tau < settings.method.tau_high_start if dta else tau == pytest.approx(settings.method.tau_high_start)
+    assert (
+        tau < settings.method.tau_high_start if dta else tau == pytest.approx(settings.method.tau_high_start)
+    )
 
 
 def test_one_student_does_half_the_work_of_two(monkeypatch):
@@ -122,7 +130,9 @@ def test_one_student_does_half_the_work_of_two(monkeypatch):
 def test_the_baseline_learns_its_own_labels(monkeypatch):
     seen = []
     original = losses.seg_loss
-    monkeypatch.setattr(losses, "seg_loss", lambda logits, label: seen.append(label) or original(logits, label))
+    monkeypatch.setattr(
+        losses, "seg_loss", lambda logits, label: seen.append(label) or original(logits, label)
+    )
     spy = {}
     make = step_module.make_pseudo_labels
     monkeypatch.setattr(step_module, "make_pseudo_labels", lambda *a, **k: spy.setdefault("p", make(*a, **k)))

@@ -34,7 +34,9 @@ def test_evaluate_reads_the_card_settings_without_writing_anything(tiny_run, tmp
     _forbid_temp_files(monkeypatch)
     before = sorted(p.name for p in run_dir.iterdir())
     ctx = typer.Context(click.Command("evaluate"))
-    settings, _, loaded, student = prepare(ctx, None, None, ["eval.batch_size=2"], run_dir / "best.safetensors", None, False)
+    settings, _, loaded, student = prepare(
+        ctx, None, None, ["eval.batch_size=2"], run_dir / "best.safetensors", None, False
+    )
     assert settings.model_copy(update={"eval": trained.eval}) == trained  # everything else from the card
     assert settings.eval.batch_size == 2 and settings.data.options == trained.data.options
     assert loaded.path == run_dir / "best.safetensors" and student == "best"

@@ -50,9 +50,7 @@ def test_other_class_names_are_an_error_naming_both(cli, tmp_path):
     names = [line.strip() for line in (src / "classes.txt").read_text().splitlines() if line.strip()]
     renamed = [("bush" if n == "tree" else n) for n in names]
     _folder_copy(src, tmp_path / "renamed", renamed)
-    (tmp_path / "renamed" / "labels.csv").write_text(
-        (src / "labels.csv").read_text().replace("tree", "bush")
-    )
+    (tmp_path / "renamed" / "labels.csv").write_text((src / "labels.csv").read_text().replace("tree", "bush"))
     r = _evaluate(cli, tmp_path / "renamed", tmp_path / "e3")
     assert r.exit_code == 2, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("error:")]

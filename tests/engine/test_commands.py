@@ -85,8 +85,16 @@ def test_infer_odd_sizes_modes_and_bad_files(cli, tmp_path):
     rotated.save(src / "exif.jpg", exif=exif)
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     out = tmp_path / "out"
-    r = cli("infer", str(cli.run_dir), str(src), str(tmp_path / "nothing*.png"), "--out", str(out), "--overlay",
-            "--probs")  # fmt: skip
+    r = cli(
+        "infer",
+        str(cli.run_dir),
+        str(src),
+        str(tmp_path / "nothing*.png"),
+        "--out",
+        str(out),
+        "--overlay",
+        "--probs",
+    )
     assert r.exit_code == 1, r.output
     assert "broken.jpg" in r.output and "nothing*.png" in r.output
     sizes = {p.stem: Image.open(p).size for p in out.glob("*.png")}
@@ -143,7 +151,17 @@ def test_pseudo_label_resumes_without_rewriting(cli, tmp_path, monkeypatch):
 
 
 def test_pseudo_label_seg_crf(cli, tmp_path):
-    r = cli("pseudo-label", str(cli.run_dir), "--out", str(tmp_path / "s"), "--split", "val", "--source", "seg",
-            "--crf", "--multiscale")  # fmt: skip
+    r = cli(
+        "pseudo-label",
+        str(cli.run_dir),
+        "--out",
+        str(tmp_path / "s"),
+        "--split",
+        "val",
+        "--source",
+        "seg",
+        "--crf",
+        "--multiscale",
+    )
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "s").glob("*.png"))) == 4

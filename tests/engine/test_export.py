@@ -214,9 +214,22 @@ def test_each_export_has_its_own_card_and_the_onnx_log_goes_to_a_file(checkpoint
     shutil.copytree(run, local)
     # A subprocess: the console logging is the installed CLI's, not pytest's capture.
     onnx = subprocess.run(
-        [sys.executable, "-m", "dupl_cli", "export", str(local), "-f", "onnx", "--student", "1", *SMALL_CHECKS],
-        capture_output=True, text=True, timeout=500,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dupl_cli",
+            "export",
+            str(local),
+            "-f",
+            "onnx",
+            "--student",
+            "1",
+            *SMALL_CHECKS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
     assert onnx.returncode == 0, onnx.stderr
     lines = (onnx.stdout + onnx.stderr).strip().splitlines()
     assert len(lines) <= 5, lines

@@ -33,7 +33,9 @@ def _model():
     from dupl_cli.config.schema import ModelSettings
 
     torch.manual_seed(0)
-    return build_dual_student(ModelSettings(arch="test_vit", pretrained="none", head_channels=16), 5, img_size=64)
+    return build_dual_student(
+        ModelSettings(arch="test_vit", pretrained="none", head_channels=16), 5, img_size=64
+    )
 
 
 def _batch(b=2):
@@ -44,7 +46,12 @@ def _batch(b=2):
     box = torch.tensor([[0, 64, 0, 64]] * b)
     box[-1] = torch.tensor([0, 64, 8, 56])
     # max_present: the train loader's host-side class count (data.loader.collate_train)
-    return {"image": torch.randn(b, 3, 64, 64, generator=g), "labels": labels, "img_box": box, "max_present": 2}
+    return {
+        "image": torch.randn(b, 3, 64, 64, generator=g),
+        "labels": labels,
+        "img_box": box,
+        "max_present": 2,
+    }
 
 
 @pytest.mark.parametrize(("t", "budget"), [(0, 0), (2, 0), (4, 1), (5, 1)])  # A, B, C, C with L_reg
@@ -57,7 +64,9 @@ def test_training_step_syncs(t, budget):
     )
     model = _model()
     with HostSyncCounter() as counter:
-        result = step_module.training_step(model, _batch(), t, config, generator=torch.Generator().manual_seed(1))
+        result = step_module.training_step(
+            model, _batch(), t, config, generator=torch.Generator().manual_seed(1)
+        )
         result.loss.backward()
     assert len(counter.events) <= budget, counter.events
     if budget:  # the one allowed: ANF's k-means

@@ -1,4 +1,5 @@
-"""`dupl infer` never loses an input or an output, and says which checkpoint it uses (issues 16.1, 17.1, 17.2)."""
+"""`dupl infer` never loses an input or an output, and says which checkpoint it uses (issues 16.1, 17.1,
+17.2)."""
 
 import csv
 
@@ -62,7 +63,8 @@ def test_clashing_stems_get_unique_names_and_an_index(cli, tmp_path):
 
 
 def test_infer_takes_the_checkpoint_first_and_names_it(cli, tmp_path):
-    """16.1: the run comes first; a run directory as input is refused; the checkpoint line names step and classes."""
+    """16.1: the run comes first; a run directory as input is refused; the checkpoint line names step and
+    classes."""
     src = tmp_path / "in"
     _photo(src / "p.png")
     run = tmp_path / "run"
@@ -99,7 +101,10 @@ def test_images_above_the_size_policy_are_refused_and_named(cli, tmp_path):
     r = cli("infer", cli.run_dir, src, "--out", out, "--set", "eval.max_pixels=1000")
     assert r.exit_code == 1 and "Traceback" not in r.output
     text = " ".join(r.output.split())
-    assert "huge.png: 60x50 = 3,000 pixels is above eval.max_pixels = 1,000" in text and "raise eval.max_pixels" in text
+    assert (
+        "huge.png: 60x50 = 3,000 pixels is above eval.max_pixels = 1,000" in text
+        and "raise eval.max_pixels" in text
+    )
     assert sorted(p.name for p in out.glob("*.png")) == ["small.png"]
     rows = {row["mask"] or row["input"]: row["status"] for row in csv.DictReader((out / "index.csv").open())}
     assert rows["small.png"] == "ok" and "above eval.max_pixels" in rows[str(src / "huge.png")]

@@ -80,7 +80,9 @@ def test_crf_labels_reach_the_right_item_and_head():
     for (key, head), label in sink.labels.items():
         expected = crf_segmentation(items[key].image, sink.outputs[key, head].numpy(), params)
         np.testing.assert_array_equal(label, expected)
-    assert any(not np.array_equal(label, sink.outputs[k].argmax(0).numpy()) for k, label in sink.labels.items())
+    assert any(
+        not np.array_equal(label, sink.outputs[k].argmax(0).numpy()) for k, label in sink.labels.items()
+    )
 
 
 @pytest.mark.parametrize("tau_low", [None, 0.3])
@@ -177,8 +179,12 @@ def test_selection_comes_from_the_card_or_the_file_name(loaded, tmp_path):
     on_val, on_train = model.selection_record("val"), model.selection_record("train")
     assert on_val["chosen_on_this_split"] and "optimistic on 'val'" in on_val["text"]
     assert not on_train["chosen_on_this_split"] and "optimistic" not in on_train["text"]
-    final = LoadedModel(model.model, {**model.card, "selection": "final"}, tmp_path / "best.safetensors", "given")
+    final = LoadedModel(
+        model.model, {**model.card, "selection": "final"}, tmp_path / "best.safetensors", "given"
+    )
     assert final.selection_record("val") == {
-        "checkpoint": "final", "text": "final checkpoint (step 6)", "chosen_on_this_split": False,
+        "checkpoint": "final",
+        "text": "final checkpoint (step 6)",
+        "chosen_on_this_split": False,
         "student_rule": "best by validation during training",
     }

@@ -267,9 +267,7 @@ def test_one_student_run_evaluates_infers_and_exports(toco_run, tmp_path, monkey
         bad = runner.invoke(app, ["evaluate", str(run), "--student", choice, *data])
         assert bad.exit_code == 2 and f"holds one student; --student {choice} needs two" in bad.output
     images = voc / "JPEGImages"
-    result = runner.invoke(
-        app, ["infer", str(run), str(images), "--out", str(tmp_path / "masks")]
-    )
+    result = runner.invoke(app, ["infer", str(run), str(images), "--out", str(tmp_path / "masks")])
     assert result.exit_code == 0, result.output
     mask = load_mask(tmp_path / "masks" / "2008_000000.png")
     assert mask.shape == (40, 56) and mask.max() <= 20

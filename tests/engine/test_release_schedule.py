@@ -53,7 +53,9 @@ def test_coco_vitb_weights_match_the_release_table(t):
     assert p.w_cls == 1.0
     assert got == RELEASE_COCO[t]
     if t > 12000:  # DTA threshold of the CAM labels (the aux stage uses aux_tau)
-        assert class_thresholds(t, config.thresholds, config.schedule) == pytest.approx(_release_tau(t), abs=1e-12)
+        assert class_thresholds(t, config.thresholds, config.schedule) == pytest.approx(
+            _release_tau(t), abs=1e-12
+        )
     else:
         assert config.thresholds.aux_tau == 0.65
 
@@ -68,7 +70,11 @@ def test_voc_vitb_keeps_its_schedule():
     config = step_config(load_settings("voc-vitb", environ={}).settings, num_classes=20)
     at = {t: phase_at(t, config.schedule, config.weights) for t in (0, 1999, 2000, 7999, 8000)}
     assert [(p.w_ptc, p.w_dis, p.w_seg, p.w_reg) for p in at.values()] == [
-        (0.2, 0.1, 0.0, 0.0), (0.2, 0.1, 0.0, 0.0), (0.2, 0.1, 0.2, 0.0), (0.2, 0.1, 0.2, 0.0), (0.2, 0.1, 0.2, 0.05)
+        (0.2, 0.1, 0.0, 0.0),
+        (0.2, 0.1, 0.0, 0.0),
+        (0.2, 0.1, 0.2, 0.0),
+        (0.2, 0.1, 0.2, 0.0),
+        (0.2, 0.1, 0.2, 0.05),
     ]
     assert at[8000].anf and not at[7999].anf and not at[1999].seg_labels and at[2000].seg_labels
 

@@ -16,7 +16,8 @@ from dupl_cli.engine.visualize import confusion_png
 def test_image_iou_counts_classes_in_truth_or_prediction_and_ignores_255():
     gt = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], np.uint8)
     pred = np.array([[0, 0, 1, 2], [0, 1, 1, 2]], np.uint8)
-    # background 3/4, class 1: 2/(2+... ) = inter 2, union 3 (gt) + 3 (pred) - 2 = 4; class 2 only predicted: 0
+    # background 3/4, class 1: 2/(2+... ) = inter 2, union 3 (gt) + 3 (pred) - 2 = 4;
+    # class 2 only predicted: 0
     assert np.isclose(image_iou(pred, gt, 3), np.mean([3 / 4, 2 / 4, 0.0]))
     assert image_iou(gt.copy(), gt, 3) == 1.0
 
@@ -71,8 +72,10 @@ def test_reports_embed_the_runs_training_curves(tiny_run, run_cli, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run[0], run)
-    records = [{"step": s, "loss/cls": 1.0 / s, "loss/seg": 0.5, "lr": 1e-4 * s, "tau_h": 0.7, "noise_share": 0.1}
-               for s in (1, 2, 3)]  # fmt: skip
+    records = [
+        {"step": s, "loss/cls": 1.0 / s, "loss/seg": 0.5, "lr": 1e-4 * s, "tau_h": 0.7, "noise_share": 0.1}
+        for s in (1, 2, 3)
+    ]
     records.append({"step": 3, "validation": {"seg_s1": 10.0, "seg_s2": 12.0}, "best_student": 2})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     written = write_curves(run)

@@ -36,7 +36,10 @@ class Unit:
     z: float  # our pre-activation
 
     def __str__(self) -> str:
-        return f"student {self.student + 1} head call {self.call} {LAYERS[self.layer]} unit {self.index} (z = {self.z:.1e})"
+        return (
+            f"student {self.student + 1} head call {self.call} {LAYERS[self.layer]} unit {self.index} "
+            f"(z = {self.z:.1e})"
+        )
 
 
 class HeadKinks:
@@ -131,7 +134,9 @@ class HeadKinks:
         seed = self._grad_of_r[id(r)][unit.index]
         sign = -1.0 if unit.z > 0 else 1.0  # on: the flip removes the unit's path; off: adds it
         named = [(n, p) for n, p in self.students[unit.student].named_parameters() if p.requires_grad]
-        parts = torch.autograd.grad(z[unit.index], [p for _, p in named], retain_graph=True, allow_unused=True)
+        parts = torch.autograd.grad(
+            z[unit.index], [p for _, p in named], retain_graph=True, allow_unused=True
+        )
         return {n: sign * seed * part for (n, _), part in zip(named, parts, strict=True) if part is not None}
 
     def explain(self, grads, ref_tensors: dict, ref_norms: dict, tensor_tol: dict, norm_tol: dict):
@@ -147,7 +152,9 @@ class HeadKinks:
             parts = []
             for key in ref_tensors:
                 d = delta_of.get(key[1]) if key[0] == k else None
-                parts.append((d if d is not None else torch.zeros_like(ref_tensors[key])).flatten() / tensor_tol[key])
+                parts.append(
+                    (d if d is not None else torch.zeros_like(ref_tensors[key])).flatten() / tensor_tol[key]
+                )
             for key in ref_norms:  # a small change moves a norm by <g/|g|, delta>
                 g, d = grads[key[0]][key[1]], delta_of.get(key[1]) if key[0] == k else None
                 value = 0.0 if d is None or g is None else float((g * d).sum() / g.norm().clamp_min(1e-30))

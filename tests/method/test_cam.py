@@ -12,7 +12,9 @@ from dupl_cli.models.dual import build_dual_student
 
 def _model():
     torch.manual_seed(0)
-    return build_dual_student(ModelSettings(arch="test_vit", pretrained="none", head_channels=8), 4, img_size=64).eval()
+    return build_dual_student(
+        ModelSettings(arch="test_vit", pretrained="none", head_channels=8), 4, img_size=64
+    ).eval()
 
 
 def _loop_cam(student, images, scales, use_aux):
@@ -44,7 +46,9 @@ def test_multiscale_matches_loop():
     cam, cam_aux = multiscale_cam(student, images, scales=(1.0, 0.5, 1.5), flip=True)
     assert cam.shape == cam_aux.shape == (3, 4, 64, 64)
     torch.testing.assert_close(cam, _loop_cam(student, images, (1.0, 0.5, 1.5), False), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(cam_aux, _loop_cam(student, images, (1.0, 0.5, 1.5), True), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        cam_aux, _loop_cam(student, images, (1.0, 0.5, 1.5), True), atol=1e-5, rtol=1e-5
+    )
     assert cam.min() >= 0 and cam.max() <= 1
     # Per image and class the max is 1 - tiny and the min 0.
     flat = cam.flatten(2)
@@ -60,7 +64,9 @@ def test_no_flip_and_dual():
         torch.testing.assert_close(cams[k], multiscale_cam(student, images, scales=(1.0,), flip=True)[0])
     assert not torch.allclose(cams[0], cams[1])  # different heads -> different CAMs
     cam, _ = multiscale_cam(model.students[0], images, scales=(1.0,), flip=False)
-    raw = F.interpolate(model.students[0].cams(images)[0], size=(64, 64), mode="bilinear", align_corners=False).relu()
+    raw = F.interpolate(
+        model.students[0].cams(images)[0], size=(64, 64), mode="bilinear", align_corners=False
+    ).relu()
     raw = raw - raw.amin((2, 3), keepdim=True)
     torch.testing.assert_close(cam, raw / (raw.amax((2, 3), keepdim=True) + 1e-5), atol=1e-6, rtol=1e-5)
 

@@ -97,7 +97,11 @@ def test_one_sided_never_flags_below_clean_mean():
 
 def _bimodal(size=64, fg=1):
     g = torch.Generator().manual_seed(0)
-    loss = torch.where(torch.rand(size, size, generator=g) < 0.3, 4 + torch.randn(size, size, generator=g).abs(), torch.rand(size, size, generator=g) * 0.5 + 0.15)
+    loss = torch.where(
+        torch.rand(size, size, generator=g) < 0.3,
+        4 + torch.randn(size, size, generator=g).abs(),
+        torch.rand(size, size, generator=g) * 0.5 + 0.15,
+    )
     return loss, torch.full((size, size), fg, dtype=torch.long)
 
 

@@ -43,7 +43,9 @@ def _tau_class(phase: str) -> torch.Tensor:
     hp = rf.hyper()
     n_iter = rf.meta()["phases"][phase]["n_iter"]
     tau_end = torch.tensor(hp["high_thre_target_per_class"])
-    return high_threshold(n_iter, tau0=hp["high_thre_start"], tau_end=tau_end, t_start=hp["cam_iters"], t_end=hp["max_iters"])
+    return high_threshold(
+        n_iter, tau0=hp["high_thre_start"], tau_end=tau_end, t_start=hp["cam_iters"], t_end=hp["max_iters"]
+    )
 
 
 def _tau_high(phase: str):
@@ -63,7 +65,9 @@ def test_raw_cams(students, common, student):
     x = common["input.weak"]
     s = students[student - 1]
     with torch.no_grad():
-        for (cam, cam_aux), scale in zip(raw_cams_at_scales(s, x, _scales(), flip=True), _scales(), strict=True):
+        for (cam, cam_aux), scale in zip(
+            raw_cams_at_scales(s, x, _scales(), flip=True), _scales(), strict=True
+        ):
             torch.testing.assert_close(cam, common[f"cam.raw.s{student}.x{scale}"], atol=1e-4, rtol=0)
             torch.testing.assert_close(cam_aux, common[f"cam_aux.raw.s{student}.x{scale}"], atol=1e-4, rtol=0)
 
@@ -77,7 +81,9 @@ def test_normalised_multiscale_cams(students, common, student):
         torch.testing.assert_close(cam_aux[b, present], common[f"cam_aux.s{student}.b{b}"], atol=1e-4, rtol=0)
     # The combination step alone, fed the stored raw CAMs, reproduces the stored CAMs tightly.
     size = (rf.crop(), rf.crop())
-    summed = sum(merge_flip(common[f"cam.raw.s{student}.x{s}"], size, rf.batch_size(), True) for s in _scales())
+    summed = sum(
+        merge_flip(common[f"cam.raw.s{student}.x{s}"], size, rf.batch_size(), True) for s in _scales()
+    )
     ref = rf.full_cam("cam", student)
     for b in range(rf.batch_size()):
         present = rf.present(b)
@@ -90,7 +96,9 @@ def test_token_cam_resize(common, student):
     tok = cam_on_grid(rf.full_cam("cam_aux", student), rf.token_grid())
     for b in range(rf.batch_size()):
         present = rf.present(b)
-        torch.testing.assert_close(tok[b, present], common[f"cam_aux.tok.s{student}"][b, present], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            tok[b, present], common[f"cam_aux.tok.s{student}"][b, present], atol=1e-5, rtol=0
+        )
 
 
 @pytest.mark.parametrize("phase", _phases_with("refined"))
@@ -98,7 +106,9 @@ def test_dynamic_thresholds(common, phase):
     t = rf.tensors(f"phase_{phase}")
     tau_class = _tau_class(phase)
     torch.testing.assert_close(tau_class, t[f"{phase}.thr.class"], atol=1e-6, rtol=0)
-    torch.testing.assert_close(image_thresholds(tau_class, common["label.cls"]), t[f"{phase}.thr.high"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        image_thresholds(tau_class, common["label.cls"]), t[f"{phase}.thr.high"], atol=1e-6, rtol=0
+    )
     expected = torch.tensor(rf.meta()["phases"][phase]["thr_high_per_image"])
     torch.testing.assert_close(t[f"{phase}.thr.high"], expected, atol=1e-6, rtol=0)
 
@@ -107,7 +117,13 @@ def test_threshold_table_unit():
     u, hp = rf.tensors("units"), rf.hyper()
     tau_end = torch.tensor(hp["high_thre_target_per_class"])
     for row, t in enumerate(u["thr.iters"].tolist()):
-        got = high_threshold(int(t), tau0=hp["high_thre_start"], tau_end=tau_end, t_start=hp["cam_iters"], t_end=hp["max_iters"])
+        got = high_threshold(
+            int(t),
+            tau0=hp["high_thre_start"],
+            tau_end=tau_end,
+            t_start=hp["cam_iters"],
+            t_end=hp["max_iters"],
+        )
         torch.testing.assert_close(got, u["thr.table"][row], atol=1e-6, rtol=0)
 
 
@@ -121,7 +137,15 @@ def test_ptc_token_labels(common, phase, student):
     got = cam_to_label(tok, common["label.cls"], tau_high=tau, tau_low=low, img_box=box, pixel_box=True)
     assert torch.equal(got, t[f"{phase}.ptc.label.s{student}"].long())
     # Through the public path (resize of the full-size aux CAM), on a batch whose absent channels are 0.
-    got2 = token_labels(rf.full_cam("cam_aux", student), common["label.cls"], grid=rf.token_grid(), tau_high=tau, tau_low=low, img_box=box, pixel_box=True)
+    got2 = token_labels(
+        rf.full_cam("cam_aux", student),
+        common["label.cls"],
+        grid=rf.token_grid(),
+        tau_high=tau,
+        tau_low=low,
+        img_box=box,
+        pixel_box=True,
+    )
     assert torch.equal(got2, got)
 
 
@@ -130,9 +154,18 @@ def test_token_label_units():
     tok, labels = common["cam_aux.tok.s1"], common["label.cls"]
     hp = rf.hyper()
     full_box = torch.tensor([[0, rf.crop(), 0, rf.crop()]] * rf.batch_size())
-    fixed = cam_to_label(tok, labels, tau_high=hp["high_thre_start"], tau_low=hp["low_thre"], img_box=full_box)
+    fixed = cam_to_label(
+        tok, labels, tau_high=hp["high_thre_start"], tau_low=hp["low_thre"], img_box=full_box
+    )
     dyn = cam_to_label(tok, labels, tau_high=u["tok.dyn.high_thre"], tau_low=hp["low_thre"], img_box=full_box)
-    boxed = cam_to_label(tok, labels, tau_high=hp["high_thre_start"], tau_low=hp["low_thre"], img_box=u["tok.box.img_box"], pixel_box=True)
+    boxed = cam_to_label(
+        tok,
+        labels,
+        tau_high=hp["high_thre_start"],
+        tau_low=hp["low_thre"],
+        img_box=u["tok.box.img_box"],
+        pixel_box=True,
+    )
     assert torch.equal(fixed, u["tok.fixed.label"].long())
     assert torch.equal(dyn, u["tok.dyn.label"].long())
     assert torch.equal(boxed, u["tok.box.label"].long())
@@ -171,7 +204,9 @@ def test_refined_labels(common, phase, student):
     counts = rf.meta()["phases"][phase]["refined_label_counts"]
     for b in range(rf.batch_size()):
         ids, n = torch.unique(got[b], return_counts=True)
-        assert {str(i): int(c) for i, c in zip(ids.tolist(), n.tolist(), strict=True)} == counts[f"s{student}.b{b}"]
+        assert {str(i): int(c) for i, c in zip(ids.tolist(), n.tolist(), strict=True)} == counts[
+            f"s{student}.b{b}"
+        ]
 
 
 def _anf_phase() -> str:
@@ -203,7 +238,9 @@ def test_anf_fits_and_masks(student):
             assert rec["n_fit"] <= gmm["min_pixels"] and not noise[b].any()
             continue
         torch.testing.assert_close(fit.means[b].float(), torch.tensor(rec["means"]), atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(fit.variances[b].float(), torch.tensor(rec["variances"]), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(
+            fit.variances[b].float(), torch.tensor(rec["variances"]), atol=1e-4, rtol=1e-5
+        )
         torch.testing.assert_close(fit.weights[b].float(), torch.tensor(rec["weights"]), atol=1e-4, rtol=1e-5)
         assert int(fit.n_iter[b]) == rec["em_iters"]
         if not rec["valid"]:  # fitted, means too close: nothing filtered

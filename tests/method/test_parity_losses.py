@@ -98,7 +98,9 @@ def test_anf_losses_and_consistency_masks_targets_and_terms(fx):
         stored = p[f"{phase}.anf.pix_loss.s{k}"]
         assert (own - stored).abs().max() <= REL * stored.abs().max() + ABS
         discarded = p[f"{phase}.refined_filtered.s{other}"] == 255  # compat.reg_include_padding: no box
-        target, mask, confident = L.consistency_target(common[f"fwd.seg.s{k}"], discarded, confidence=confidence)
+        target, mask, confident = L.consistency_target(
+            common[f"fwd.seg.s{k}"], discarded, confidence=confidence
+        )
         assert torch.equal(confident, p[_confident_key(p, phase, k)])
         assert torch.equal(mask, p[f"{phase}.reg.mask.s{k}"])
         assert int(mask.sum()) == meta["phases"][phase]["reg_mask_pixels"][f"s{k}"]
@@ -132,7 +134,9 @@ def release_config() -> StepConfig:
     return StepConfig(
         cam=CamConfig(scales=tuple(hp["cam_scales"]), flip=True),
         thresholds=ThresholdConfig(
-            tau_low=hp["low_thre"], tau_start=hp["high_thre_start"], tau_end=tuple(hp["high_thre_target_per_class"])
+            tau_low=hp["low_thre"],
+            tau_start=hp["high_thre_start"],
+            tau_end=tuple(hp["high_thre_target_per_class"]),
         ),
         schedule=PhaseSchedule(
             t_seg=hp["cam_iters"], t_anf=hp["gmm_iters"], max_iters=hp["max_iters"], delayed_weights=True
@@ -146,7 +150,9 @@ def release_config() -> StepConfig:
             w_pos=par["w2"],
         ),
         noise=rf.noise_filter_config(),
-        strong=StrongViewConfig(n=strong["n"], magnitude=strong["m"], scale=strong["resize"], flip=strong["hflip"]),
+        strong=StrongViewConfig(
+            n=strong["n"], magnitude=strong["m"], scale=strong["resize"], flip=strong["hflip"]
+        ),
         consistency=ConsistencyConfig(confidence=hp["reg_confidence"], include_padding=True),
         discrepancy="release",
         ptc_pixel_box=True,
@@ -176,7 +182,11 @@ def _stored_labels(phase: str):
 
 
 def _release_batch(common):
-    return {"image": common["input.weak"], "labels": common["label.cls"], "img_box": common["label.img_box"].long()}
+    return {
+        "image": common["input.weak"],
+        "labels": common["label.cls"],
+        "img_box": common["label.img_box"].long(),
+    }
 
 
 def _release_ops(monkeypatch, meta):
@@ -215,7 +225,9 @@ def test_full_step_total_loss_and_gradients(fx, model, phase, monkeypatch):
     _, wrapped = _stored_labels(phase)
     monkeypatch.setattr(step_module, "make_pseudo_labels", wrapped)
     with relu_kinks.HeadKinks(model.students) as kinks:
-        result = step_module.training_step(model, _release_batch(common), meta["phases"][phase]["n_iter"], release_config())
+        result = step_module.training_step(
+            model, _release_batch(common), meta["phases"][phase]["n_iter"], release_config()
+        )
         grads = kinks.gradients(result.loss)
         ref = meta["phases"][phase]["losses"]
         _close(result.loss, ref["total"])
@@ -259,7 +271,9 @@ def test_step_labels_match_the_release(fx, model, phase, monkeypatch):
 
     monkeypatch.setattr(step_module, "make_pseudo_labels", spy)
     with torch.no_grad():
-        step_module.training_step(model, _release_batch(common), meta["phases"][phase]["n_iter"], release_config())
+        step_module.training_step(
+            model, _release_batch(common), meta["phases"][phase]["n_iter"], release_config()
+        )
     p, ours = rf.tensors(f"phase_{phase}"), seen["labels"]
     for k in rf.STUDENTS:
         assert torch.equal(ours.token[k - 1], p[f"{phase}.ptc.label.s{k}"].long()), f"token labels s{k}"

@@ -136,4 +136,3 @@ def test_number_of_forwards_does_not_grow_with_the_batch(monkeypatch):
         training_step(model, _batch(b), T_ANF + 1, s, generator=torch.Generator().manual_seed(0))
         counts.append(len(calls))
     assert counts[0] == counts[1]
-

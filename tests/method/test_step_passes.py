@@ -69,7 +69,7 @@ def test_reused_forward_gives_the_cams_of_a_separate_pass(final):
     assert all(forward_is_reusable(s, o) for s, o in zip(model.students, outs, strict=True))
     got = dual_multiscale_cam(model, images, scales=SCALES, flip=True, final=final, forwards=outs)
     ref = dual_multiscale_cam(model, images, scales=SCALES, flip=True)
-    for kind in ([0, 1] if final else [1]):
+    for kind in [0, 1] if final else [1]:
         for g, r in zip(got[kind], ref[kind], strict=True):
             # the same ops on a batch of 3 instead of 6: rounding at most (measured 0 on CPU; CAMs in [0, 1])
             torch.testing.assert_close(g, r, rtol=0, atol=1e-5)

@@ -20,7 +20,16 @@ from dupl_cli.method.thresholds import (
 
 @pytest.mark.parametrize(
     ("t", "expected"),
-    [(0, 0.70), (2000, 0.70), (5000, 0.690), (8000, 0.6625), (11000, 0.625), (14000, 0.5875), (20000, 0.55), (25000, 0.55)],
+    [
+        (0, 0.70),
+        (2000, 0.70),
+        (5000, 0.690),
+        (8000, 0.6625),
+        (11000, 0.625),
+        (14000, 0.5875),
+        (20000, 0.55),
+        (25000, 0.55),
+    ],
 )
 def test_dta_values(t, expected):
     got = high_threshold(t, tau0=0.70, tau_end=0.55, t_start=2000, t_end=20000)
@@ -96,7 +105,9 @@ def _loop_refine(images01, cam, labels, tau_h, tau_l, box):
         img = F.interpolate(images01[i : i + 1], size=(h // 2, w // 2), mode="bilinear", align_corners=False)
         results = []
         for tau in (float(tau_h[i]), tau_l):
-            stack = torch.cat([torch.full((1, 1, h, w), tau), (cam[i : i + 1] * labels[i].view(1, -1, 1, 1))], 1)
+            stack = torch.cat(
+                [torch.full((1, 1, h, w), tau), (cam[i : i + 1] * labels[i].view(1, -1, 1, 1))], 1
+            )
             stack = F.interpolate(stack, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
             probs = stack[:, keys].softmax(1)
             ref = F.interpolate(refine(img, probs), size=(h, w), mode="bilinear", align_corners=False)
@@ -116,8 +127,12 @@ def test_refine_labels_matches_loop(slots):
     g = torch.Generator().manual_seed(0)
     b, c, h, w = 3, 6, 48, 40
     images01 = torch.rand(b, 3, h, w, generator=g)
-    cam = F.interpolate(torch.rand(b, c, 6, 5, generator=g), size=(h, w), mode="bilinear", align_corners=False)
-    cam = (cam - cam.amin((2, 3), keepdim=True)) / (cam.amax((2, 3), keepdim=True) - cam.amin((2, 3), keepdim=True))
+    cam = F.interpolate(
+        torch.rand(b, c, 6, 5, generator=g), size=(h, w), mode="bilinear", align_corners=False
+    )
+    cam = (cam - cam.amin((2, 3), keepdim=True)) / (
+        cam.amax((2, 3), keepdim=True) - cam.amin((2, 3), keepdim=True)
+    )
     labels = torch.tensor([[1.0, 0, 0, 1, 0, 1], [0, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
     tau_h = torch.tensor([0.7, 0.6, 0.55])
     box = torch.tensor([[0, 48, 0, 40], [4, 40, 6, 30], [0, 48, 10, 40]])

@@ -71,4 +71,3 @@ def registered():
     yield add
     for group, name in added:
         plugins.unregister(group, name)
-

@@ -232,7 +232,11 @@ ATTRIBUTE_FAULTS = {
     "int has_masks": ("has_masks", 1, "has_masks must be a bool, got int"),
     "int id": ("ids", ["a", 2], "ids must be a sequence of str"),
     "one str id": ("ids", "abcdef", "ids must be a sequence of str"),
-    "numpy classes": ("classes", np.array(["red", "red"]), "classes must be a non-empty list of unique names"),
+    "numpy classes": (
+        "classes",
+        np.array(["red", "red"]),
+        "classes must be a non-empty list of unique names",
+    ),
     "no split": ("split", None, "split must be a str, got NoneType"),
 }
 

@@ -1,4 +1,5 @@
-"""A third-party dataset adapter declares its ``[data.options]`` with a pydantic model and gets them validated."""
+"""A third-party dataset adapter declares its ``[data.options]`` with a pydantic model and gets them
+validated."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dupl_cli.cli.app import app
 from dupl_cli.config.sources import load_settings
 from dupl_cli.errors import UserError
 
-OPTIONS_DATASET = '''
+OPTIONS_DATASET = """
 from pydantic import BaseModel, ConfigDict, Field
 
 class Options(BaseModel):
@@ -21,7 +22,7 @@ def build(data_settings, split):
     raise AssertionError("not built in these tests")
 
 build.options_model = Options
-'''
+"""
 
 
 @pytest.fixture
@@ -38,10 +39,12 @@ def test_plugin_options_are_typed_defaulted_and_checked(discs):
     with pytest.raises(UserError) as info:
         load_settings(assignments=["data.adapter=discs", "data.options.radios=1"], environ={})
     assert str(info.value) == (
-        "unknown setting data.options.radios = 1 (from --set): dataset adapter 'discs' has no option 'radios' "
-        "(options: radius, colours); did you mean data.options.radius?"
+        "unknown setting data.options.radios = 1 (from --set): dataset adapter 'discs' has no option "
+        "'radios' (options: radius, colours); did you mean data.options.radius?"
     )
-    with pytest.raises(UserError, match=r"data.options.radius = -1 \(from --set\): dataset adapter 'discs': "):
+    with pytest.raises(
+        UserError, match=r"data.options.radius = -1 \(from --set\): dataset adapter 'discs': "
+    ):
         load_settings(assignments=["data.adapter=discs", "data.options.radius=-1"], environ={})
 
 

@@ -24,7 +24,9 @@ LR = 6e-5  # train.lr of tiny-cpu
 
 def _model():
     torch.manual_seed(0)
-    return build_dual_student(ModelSettings(arch="test_vit", pretrained="none", head_channels=16), 5, img_size=64)
+    return build_dual_student(
+        ModelSettings(arch="test_vit", pretrained="none", head_channels=16), 5, img_size=64
+    )
 
 
 def _batch():
@@ -45,7 +47,9 @@ def _grads(model, t):
     model.zero_grad(set_to_none=True)
     result = training_step(model, _batch(), t, config, generator=torch.Generator().manual_seed(1))
     result.loss.backward()
-    return result.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return result.loss.detach(), {
+        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+    }
 
 
 @pytest.mark.parametrize("t", [0, 2])  # phase A (aux-only CAM passes), phase C (all passes, strong view)
@@ -71,7 +75,15 @@ def test_unknown_backend_is_one_line():
 
 
 def test_compiled_run_matches_eager_and_resumes(tiny_data, tmp_path, run_cli):
-    base = ["train", "--preset", "tiny-cpu", "--set", f"data.root={tiny_data}", "--set", "train.val_every=100"]
+    base = [
+        "train",
+        "--preset",
+        "tiny-cpu",
+        "--set",
+        f"data.root={tiny_data}",
+        "--set",
+        "train.val_every=100",
+    ]
     compiled = [*base, "--set", "train.compile=true", "--set", f"train.compile_backend={BACKEND}"]
     assert run_cli(*base, "--run-dir", tmp_path / "eager").exit_code == 0
     # Stopped at the step-3 checkpoint, then resumed compiled: the checkpoint loads into the compiled model.

@@ -18,7 +18,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def _run(root: Path, out: Path, mode: str) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(WORKER), str(root), str(out), mode], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(root), str(out), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 

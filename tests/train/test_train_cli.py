@@ -25,7 +25,16 @@ runner = CliRunner()
 
 
 def tiny_args(root: Path, tmp: Path, *extra: str) -> list[str]:
-    return ["train", "--preset", "tiny-cpu", "--set", f"data.root={root}", "--set", f"train.runs_root={tmp / 'runs'}", *extra]
+    return [
+        "train",
+        "--preset",
+        "tiny-cpu",
+        "--set",
+        f"data.root={root}",
+        "--set",
+        f"train.runs_root={tmp / 'runs'}",
+        *extra,
+    ]
 
 
 def invoke(args: list[str]):
@@ -41,7 +50,17 @@ def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
     phases = [r["phase"] for r in records if "phase" in r]
     assert {"A", "B", "C"} <= set(phases)
     last = [r for r in records if "phase" in r][-1]
-    assert {"loss/cls", "loss/ptc", "loss/dis", "loss/seg", "loss/reg", "lr", "tau_h", "noise_share", "images_per_s"} <= set(last)
+    assert {
+        "loss/cls",
+        "loss/ptc",
+        "loss/dis",
+        "loss/seg",
+        "loss/reg",
+        "lr",
+        "tau_h",
+        "noise_share",
+        "images_per_s",
+    } <= set(last)
     assert any("validation" in r for r in records)
     # Rotating checkpoints (every 3 steps) and the inference checkpoints with cards.
     assert [step for step, _ in checkpoint_dirs(run)] == [3, 6]
@@ -58,7 +77,20 @@ def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
 
 def test_checkpoint_cards_load_without_pickle(tiny_data, tmp_path, monkeypatch):
     run = tmp_path / "run"
-    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_iters=2", "--set", "method.t_seg=1", "--set", "method.t_anf=2"))
+    invoke(
+        tiny_args(
+            tiny_data,
+            tmp_path,
+            "--run-dir",
+            str(run),
+            "--set",
+            "train.max_iters=2",
+            "--set",
+            "method.t_seg=1",
+            "--set",
+            "method.t_anf=2",
+        )
+    )
     import pickle
 
     def refuse(*_a, **_k):
@@ -110,10 +142,22 @@ def test_resume_reports_changed_settings(tiny_data, tmp_path):
 
 def test_killed_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
     run = tmp_path / "run"
-    args = tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_iters=40", "--set", "train.ckpt_every=2",
-                     "--set", "train.val_every=1000")  # fmt: skip
+    args = tiny_args(
+        tiny_data,
+        tmp_path,
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.max_iters=40",
+        "--set",
+        "train.ckpt_every=2",
+        "--set",
+        "train.val_every=1000",
+    )
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "dupl_cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dupl_cli", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 240
     while time.time() < deadline and len(checkpoint_dirs(run)) < 2 and proc.poll() is None:
         time.sleep(0.2)
@@ -122,7 +166,13 @@ def test_killed_run_resumes_from_last_checkpoint(tiny_data, tmp_path):
     proc.wait()
     before = checkpoint_dirs(run)[-1][0]
     assert before < 40
-    result = subprocess.run([sys.executable, "-m", "dupl_cli", *args, "--resume"], env=env, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(
+        [sys.executable, "-m", "dupl_cli", *args, "--resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     log = (run / "train.log").read_text()
     assert "resumed from" in log
@@ -144,7 +194,16 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(step_module, "training_step", poisoned)
     run = tmp_path / "run"
-    args = tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.max_bad_steps=2", "--set", "train.ckpt_every=3")
+    args = tiny_args(
+        tiny_data,
+        tmp_path,
+        "--run-dir",
+        str(run),
+        "--set",
+        "train.max_bad_steps=2",
+        "--set",
+        "train.ckpt_every=3",
+    )
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "2 non-finite steps in a row (last: cls)" in result.output
@@ -168,7 +227,11 @@ def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("bad", "expected", "code"),
     [
-        (["data.adapter=folder", "data.root={tmp}/missing"], "{tmp}/missing: data root for the 'folder' adapter", 1),
+        (
+            ["data.adapter=folder", "data.root={tmp}/missing"],
+            "{tmp}/missing: data root for the 'folder' adapter",
+            1,
+        ),
         (["model.arch=vit_nope"], "timm has no model named 'vit_nope'", 2),
     ],
 )
@@ -196,7 +259,16 @@ def test_tensorboard_tracker_writes_scalars_and_image_grids(tiny_data, tmp_path)
 
 
 def test_best_by_validation_is_explicit_and_every_report_states_it(tiny_data, tmp_path):
-    short = ["--set", "train.max_iters=2", "--set", "method.t_seg=1", "--set", "method.t_anf=2", "--set", "train.val_every=1"]
+    short = [
+        "--set",
+        "train.max_iters=2",
+        "--set",
+        "method.t_seg=1",
+        "--set",
+        "method.t_anf=2",
+        "--set",
+        "train.val_every=1",
+    ]
     final, best = tmp_path / "final", tmp_path / "best"
     invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(final), *short))
     invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(best), *short, "--set", "train.select=best-val"))
@@ -221,16 +293,24 @@ def test_one_student_baseline_trains_and_evaluates(tiny_data, tmp_path):
     switches = ["method.students=1", "method.use_dis=false", "method.use_dta=false", "method.use_anf=false",
                 "method.use_reg=false", "train.max_iters=3", "train.val_every=3"]  # fmt: skip
     run = tmp_path / "run"
-    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), *[a for s in switches for a in ("--set", s)]))
+    invoke(
+        tiny_args(tiny_data, tmp_path, "--run-dir", str(run), *[a for s in switches for a in ("--set", s)])
+    )
     card = json.loads((run / "final.json").read_text())
     assert (card["students"], card["student"], card["student_rule"]) == (1, 1, "the only student")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in records if "phase" in r][-1]
     assert last["phase"] == "B" and last["loss/seg"] > 0 and last["loss/dis"] == 0 and last["loss/reg"] == 0
     assert "loss/seg_1" in last and "loss/seg_2" not in last and last["tau_h"] == pytest.approx(0.70)
-    assert set(next(r for r in records if "validation" in r)["validation"]) == {"cam_s1", "aux_cam_s1", "seg_s1"}
+    assert set(next(r for r in records if "validation" in r)["validation"]) == {
+        "cam_s1",
+        "aux_cam_s1",
+        "seg_s1",
+    }
     model, _ = load_model(run / "final.safetensors")
     assert len(model.students) == 1
     out = tmp_path / "eval"
     invoke(["evaluate", str(run), "--out", str(out), "--set", "eval.max_images=1"])
-    assert json.loads((out / "metrics.json").read_text())["protocol"]["student"].startswith("student 1 (the only")
+    assert json.loads((out / "metrics.json").read_text())["protocol"]["student"].startswith(
+        "student 1 (the only"
+    )

@@ -68,7 +68,12 @@ def settings_for(family: str, *extra: str):
     backbone, arch, _ = FAMILIES[family]
     return load_settings(
         "tiny-cpu",
-        assignments=[f'model.backbone="{backbone}"', f'model.arch="{arch}"', "model.head_channels=16", *extra],
+        assignments=[
+            f'model.backbone="{backbone}"',
+            f'model.arch="{arch}"',
+            "model.head_channels=16",
+            *extra,
+        ],
         environ={},
     ).settings
 
@@ -85,7 +90,17 @@ def _backbone(family: str):
 
 # Outside `-m slow`: one ViT of each structure (class token; register only; patch 14 + registers;
 # RoPE) and the CNNs that build fast; the ViT oracle test below covers every ViT family.
-FAST_MAPS = ["vit", "vit-register", "dinov2-registers", "eva02", "resnet", "convnext", "efficientnet", "nfnet", "mobilenetv3"]
+FAST_MAPS = [
+    "vit",
+    "vit-register",
+    "dinov2-registers",
+    "eva02",
+    "resnet",
+    "convnext",
+    "efficientnet",
+    "nfnet",
+    "mobilenetv3",
+]
 
 
 @pytest.mark.parametrize("family", families(FAMILIES, fast=FAST_MAPS))
@@ -134,7 +149,9 @@ def test_vit_matches_timms_own_dynamic_size_forward(family, monkeypatch):
         tokens = oracle.forward_features(xp)
         if isinstance(oracle.norm, torch.nn.Identity):
             tokens = oracle.fc_norm(tokens)
-        want_aux = oracle.forward_intermediates(xp, indices=[net.aux_index], norm=False, intermediates_only=True)[0]
+        want_aux = oracle.forward_intermediates(
+            xp, indices=[net.aux_index], norm=False, intermediates_only=True
+        )[0]
     want = tokens[:, oracle.num_prefix_tokens :].transpose(1, 2).reshape(1, -1, 5, 7)
     torch.testing.assert_close(final, want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(aux, want_aux, atol=1e-5, rtol=1e-5)

@@ -28,11 +28,19 @@ def sample_at(maps: torch.Tensor, size, view, padded) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "view, size, stride",
-    [((50, 37), (100, 75), 14), ((100, 75), (100, 75), 16), ((150, 112), (100, 75), 14), ((64, 48), (64, 48), 16), ((32, 40), (64, 80), 16)],
+    [
+        ((50, 37), (100, 75), 14),
+        ((100, 75), (100, 75), 16),
+        ((150, 112), (100, 75), 14),
+        ((64, 48), (64, 48), 16),
+        ((32, 40), (64, 80), 16),
+    ],
 )
 def test_resample_view_matches_the_sampling_oracle(view, size, stride):
     padded = padded_size(view, stride)
-    maps = torch.randn(2, 3, padded[0] // stride, padded[1] // stride, generator=torch.Generator().manual_seed(0))
+    maps = torch.randn(
+        2, 3, padded[0] // stride, padded[1] // stride, generator=torch.Generator().manual_seed(0)
+    )
     got = resample_view(maps, size, view=view, padded=padded)
     assert got.shape == (2, 3, *size)
     torch.testing.assert_close(got.double(), sample_at(maps, size, view, padded), atol=1e-5, rtol=0)
@@ -59,7 +67,9 @@ def test_multiples_of_the_stride_keep_the_plain_resize():
 @pytest.fixture(scope="module")
 def student14():
     torch.manual_seed(0)
-    settings = ModelSettings(backbone="vit", arch="vit_small_patch14_reg4_dinov2", pretrained="none", head_channels=16)
+    settings = ModelSettings(
+        backbone="vit", arch="vit_small_patch14_reg4_dinov2", pretrained="none", head_channels=16
+    )
     return build_dual_student(settings, 3, img_size=64).students[0].eval()
 
 
@@ -104,4 +114,6 @@ def test_validation_tta_and_padded_forward_agree_on_segmentation(student14):
         mask_size = segment_at(student14, x, (122, 150))
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=0)
     raw = student14.segment(pad_to_multiple(x, 14))
-    torch.testing.assert_close(mask_size.double(), sample_at(raw, (122, 150), (61, 75), (70, 84)), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        mask_size.double(), sample_at(raw, (122, 150), (61, 75), (70, 84)), atol=1e-4, rtol=0
+    )

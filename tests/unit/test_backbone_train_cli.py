@@ -30,7 +30,9 @@ def demo_data(tmp_path_factory):
     from dupl_cli.plugins import DATASETS, load
 
     root = tmp_path_factory.mktemp("families") / "data"
-    settings = load_settings("tiny-cpu", assignments=[f"data.root={root}", "data.options.generate=true"], environ={}).settings
+    settings = load_settings(
+        "tiny-cpu", assignments=[f"data.root={root}", "data.options.generate=true"], environ={}
+    ).settings
     load(DATASETS, "demo")(settings.data, settings.data.train_split)
     return root
 
@@ -45,7 +47,13 @@ def test_tiny_cpu_trains_every_family(family, demo_data, tmp_path):
     args += ["--set", f"model.arch={arch}", "--set", f"model.backbone={backbone}"]
     # three steps: phase A at step 0, then B and C (the log names the phase after each step),
     # validated and checkpointed at the end
-    for setting in ("train.max_iters=3", "method.t_seg=1", "method.t_anf=2", "train.val_every=3", "train.ckpt_every=3"):
+    for setting in (
+        "train.max_iters=3",
+        "method.t_seg=1",
+        "method.t_anf=2",
+        "train.val_every=3",
+        "train.ckpt_every=3",
+    ):
         args += ["--set", setting]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -57,7 +65,13 @@ def test_tiny_cpu_trains_every_family(family, demo_data, tmp_path):
     assert model.students[0].backbone.stride == stride
 
 
-@pytest.mark.parametrize("preset, arch", [("voc-dinov2b", "vit_base_patch14_reg4_dinov2.lvd142m"), ("voc-clipb", "vit_base_patch16_clip_224.openai")])
+@pytest.mark.parametrize(
+    "preset, arch",
+    [
+        ("voc-dinov2b", "vit_base_patch14_reg4_dinov2.lvd142m"),
+        ("voc-clipb", "vit_base_patch16_clip_224.openai"),
+    ],
+)
 def test_encoder_presets(preset, arch):
     text = files("dupl_cli.presets").joinpath(f"{preset}.toml").read_text(encoding="utf-8")
     assert text.startswith("# ") and "NOT in the paper" in text.splitlines()[0]

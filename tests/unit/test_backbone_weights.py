@@ -96,7 +96,9 @@ def test_hf_hub_repository_loads_strictly(fake_hub, tmp_path):
     state = source.state_dict()
     state.pop("blocks.0.attn.qkv.weight")
     fake_hub["org/broken"] = {"model.safetensors": save(state, tmp_path / "broken.safetensors")}
-    with pytest.raises(UserError, match=r"hf-hub:org/broken \(test_vit\): weights do not fit.*blocks.0.attn.qkv"):
+    with pytest.raises(
+        UserError, match=r"hf-hub:org/broken \(test_vit\): weights do not fit.*blocks.0.attn.qkv"
+    ):
         backbone("test_vit", "hf-hub:org/broken")
     fake_hub["org/empty"] = {}
     with pytest.raises(UserError, match="holds none of model.safetensors"):
@@ -133,7 +135,9 @@ def test_local_timm_cnn_checkpoint_reproduces_timms_features(tmp_path):
         got = net(x)
     torch.testing.assert_close(got.aux, want[0])
     torch.testing.assert_close(got.final, want[1])
-    with pytest.raises(UserError, match=r"effnet\.safetensors: weights do not fit the backbone: missing keys"):
+    with pytest.raises(
+        UserError, match=r"effnet\.safetensors: weights do not fit the backbone: missing keys"
+    ):
         state = reference.state_dict()
         state.pop("conv_stem.weight")
         backbone("test_efficientnet", str(save(state, path)), family="timm")

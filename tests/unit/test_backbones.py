@@ -33,7 +33,9 @@ def test_vit_final_is_normed_and_aux_is_block_minus_3():
     inner = net.vit
     tokens = inner.patch_embed(x).reshape(1, 16, -1)
     pos = inner.pos_embed
-    tokens = torch.cat([inner.cls_token + pos[:, :1], tokens + resample_patch_pos_embed(pos[:, 1:], (4, 4))], 1)
+    tokens = torch.cat(
+        [inner.cls_token + pos[:, :1], tokens + resample_patch_pos_embed(pos[:, 1:], (4, 4))], 1
+    )
     outs = []
     for block in inner.blocks:
         tokens = block(tokens)
@@ -53,7 +55,9 @@ def test_pos_embed_is_frozen_and_resampled_without_antialias():
     square = pos.reshape(1, 10, 10, 8).permute(0, 3, 1, 2)
     plain = torch.nn.functional.interpolate(square, size=(5, 5), mode="bicubic", align_corners=False)
     torch.testing.assert_close(down, plain.permute(0, 2, 3, 1).reshape(1, 25, 8))
-    smooth = torch.nn.functional.interpolate(square, size=(5, 5), mode="bicubic", align_corners=False, antialias=True)
+    smooth = torch.nn.functional.interpolate(
+        square, size=(5, 5), mode="bicubic", align_corners=False, antialias=True
+    )
     assert not torch.allclose(plain, smooth)
 
 
@@ -70,7 +74,9 @@ def test_vit_loss_reaches_every_trainable_parameter():
 
 @pytest.mark.parametrize("size", [(64, 64), (96, 80)])
 def test_resnet_final_and_aux_share_stride_16(size):
-    net = build_backbone(ModelSettings(backbone="resnet", arch="test_resnet", pretrained="none"), img_size=64).eval()
+    net = build_backbone(
+        ModelSettings(backbone="resnet", arch="test_resnet", pretrained="none"), img_size=64
+    ).eval()
     feats = net(torch.randn(2, 3, *size))
     grid = (size[0] // 16, size[1] // 16)
     assert feats.final.shape == (2, net.out_channels, *grid)

@@ -12,7 +12,9 @@ from dupl_cli.models.student import StudentOutput
 
 def _dual(arch: str, num_classes: int = 5) -> DualStudent:
     torch.manual_seed(0)
-    settings = ModelSettings(backbone="vit" if "vit" in arch else "resnet", arch=arch, pretrained="none", head_channels=16)
+    settings = ModelSettings(
+        backbone="vit" if "vit" in arch else "resnet", arch=arch, pretrained="none", head_channels=16
+    )
     return build_dual_student(settings, num_classes, img_size=64)
 
 
@@ -36,7 +38,9 @@ def test_forward_shapes(arch):
     # Image logits are the classifier applied to the max-pooled map = max over the raw CAM
     # only when pooling commutes; check the defining formula directly instead.
     pooled = out.features.amax(dim=(2, 3))
-    torch.testing.assert_close(out.logits, pooled @ student.classifier.weight.flatten(1).T, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        out.logits, pooled @ student.classifier.weight.flatten(1).T, atol=1e-5, rtol=1e-5
+    )
     torch.testing.assert_close(student.segment(x), out.seg)
 
 

@@ -72,7 +72,8 @@ class ViTBackbone(nn.Module):
             pos.requires_grad_(False)
             if self.pos_prefix not in (0, self.num_prefix):
                 raise UserError(
-                    f"ViT position embedding of {pos.shape[1]} tokens does not fit its {self.source_grid} grid"
+                    f"ViT position embedding of {pos.shape[1]} tokens does not fit its {self.source_grid} "
+                    "grid"
                 )
         # Models that pool before normalising (EVA-02, avg-pool ViTs) keep their last norm in fc_norm.
         self.norm_name = "norm" if not isinstance(vit.norm, nn.Identity) else "fc_norm"
