@@ -41,12 +41,13 @@ test-fast: install
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# Issue 13's GPU figures (one GPU, <= 5 minutes); `python benchmarks/gpu_check.py --dry` checks it on a CPU.
+# GPU figures: step times, memory, throughput (one GPU, <= 5 minutes); `python benchmarks/gpu_check.py --dry` checks it on a CPU.
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py
 
 lint: install
-	$(VENV)/bin/ruff check dupl_cli tests $(PLUGIN)
+	$(VENV)/bin/ruff check dupl_cli tests benchmarks $(PLUGIN)
+	$(VENV)/bin/ruff format --check dupl_cli tests benchmarks $(PLUGIN)
 	$(VENV)/bin/lint-imports --no-logo
 
 clean:
