@@ -8,6 +8,13 @@ from typing import Annotated, Any
 
 import typer
 
+CheckpointArg = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run).",
+        show_default=False,
+    ),
+]
 PresetOpt = Annotated[
     str | None,
     typer.Option("--preset", "-p", help="Built-in preset name or path to a preset TOML.", show_default=False),

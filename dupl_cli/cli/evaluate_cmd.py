@@ -7,7 +7,15 @@ from typing import Annotated
 
 import typer
 
-from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options, resolve_settings
+from dupl_cli.cli.common import (
+    CheckpointArg,
+    ConfigOpt,
+    PresetOpt,
+    SetOpt,
+    console,
+    global_options,
+    resolve_settings,
+)
 from dupl_cli.engine.choices import Student
 
 StudentOpt = Annotated[
@@ -97,12 +105,7 @@ def print_protocol(out, protocol: dict) -> None:
 
 def evaluate(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run)."
-        ),
-    ] = None,
+    checkpoint: CheckpointArg = None,
     split: Annotated[
         str | None, typer.Option("--split", help="Split to evaluate (default: eval.split).")
     ] = None,

@@ -7,19 +7,13 @@ from typing import Annotated
 
 import typer
 
-from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
 from dupl_cli.engine.choices import ExportFormat, ExportStudent
 
 
 def export(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run).",
-            show_default=False,
-        ),
-    ] = None,
+    checkpoint: CheckpointArg = None,
     fmt: Annotated[
         ExportFormat | None,
         typer.Option(

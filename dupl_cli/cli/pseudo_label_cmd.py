@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options
+from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, global_options
 from dupl_cli.cli.evaluate_cmd import (
     CrfOpt,
     MultiscaleOpt,
@@ -23,10 +23,7 @@ from dupl_cli.engine.choices import LabelSource
 def pseudo_label(
     ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", help="Output folder: one <id>.png per image (resumable).")],
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(help="Checkpoint or run directory (default: eval.checkpoint, else the newest run)."),
-    ] = None,
+    checkpoint: CheckpointArg = None,
     split: Annotated[
         str | None, typer.Option("--split", help="Split to label (default: data.train_split).")
     ] = None,

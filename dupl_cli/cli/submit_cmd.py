@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options
+from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, global_options
 from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, build_adapter, prepare
 
 SUBMIT_HELP = (
@@ -20,12 +20,7 @@ SUBMIT_HELP = (
 
 def submit(
     ctx: typer.Context,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run)."
-        ),
-    ] = None,
+    checkpoint: CheckpointArg = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Output folder (default: <run>/submission/<split>).")
     ] = None,
