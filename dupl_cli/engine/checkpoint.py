@@ -143,10 +143,13 @@ def load_model(path: Path, map_location: str | torch.device = "cpu"):
     card = read_card(path)
     settings = settings_from_card(card, card_path(path))
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
-    model = build_dual_student(
-        model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size,
-        students=card_students(card),
-    )  # fmt: skip
+    try:
+        model = build_dual_student(
+            model_settings, num_classes=len(card["classes"]), img_size=settings.data.crop_size,
+            students=card_students(card),
+        )  # fmt: skip
+    except UserError as exc:  # e.g. a model name no installed backbone knows: say whose card it is
+        raise UserError(f"{card_path(path)}: cannot build its model: {exc}", exc.exit_code) from None
     try:
         state = load_file(str(path))  # to CPU; the model moves as a whole below
     except Exception as exc:  # safetensors raises its own error types for corrupt files

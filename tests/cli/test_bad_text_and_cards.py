@@ -71,6 +71,14 @@ CARD_CASES = [
         lambda c: {**c, "settings": {**c["settings"], "train": {"max_iters": 0}}},
         "invalid value for train.max_iters = 0 (from card",
     ),
+    (
+        "unknown model",
+        lambda c: {
+            **c,
+            "settings": {**c["settings"], "model": {**c["settings"]["model"], "arch": "no_such_net"}},
+        },
+        "cannot build its model: ",
+    ),
 ]
 
 
