@@ -10,30 +10,16 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import time
 
 import torch
+from step_timing import synthetic_batch, timed_steps
 
 from dupl_cli.config.schema import VOC_TAU_END_PER_CLASS, DuplSettings, ModelSettings
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.optim import build_optimizer
-from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import build_dual_student
 
 PHASES = {"A": 0, "B": 4000, "C": 12000}
-
-
-def _batch(b: int, size: int, device: torch.device, num_classes: int = 20) -> dict:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.zeros(b, num_classes)
-    labels[torch.arange(b), torch.randint(0, num_classes, (b,), generator=g)] = 1
-    labels[0, 4] = 1
-    box = torch.tensor([[0, size, 0, size]] * b)
-    box[-1, 2] = size // 6
-    # smooth images so that CAMs, PAR and ANF see structure rather than white noise
-    low = torch.randn(b, 3, size // 32, size // 32, generator=g)
-    image = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    return {"image": image.to(device), "labels": labels.to(device), "img_box": box.to(device)}
 
 
 def bench(arch: str, size: int, device: torch.device, *, steps: int, bf16: bool) -> list[tuple]:
@@ -45,26 +31,13 @@ def bench(arch: str, size: int, device: torch.device, *, steps: int, bf16: bool)
     model = build_dual_student(settings.model, 20, img_size=size).to(device)
     opt = build_optimizer(model, settings.train)
     config = step_config(settings)
-    batch = _batch(4, size, device)
+    batch = synthetic_batch(4, size, device, padded=True)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for phase, t in PHASES.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        times = []
-        for i in range(steps + 1):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                result = training_step(model, batch, t, config, generator=gen)
-            result.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i > 0:  # first step is warm-up
-                times.append(time.perf_counter() - start)
+        times = timed_steps(model, batch, t, config, opt, gen, steps=steps, warmup=1, bf16=bf16)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**30
             unit = "GiB GPU"

@@ -22,32 +22,17 @@ import time
 from pathlib import Path
 
 import torch
+from step_timing import synthetic_batch, timed_steps
 
 from dupl_cli.config.schema import DuplSettings, ModelSettings
 from dupl_cli.engine.compile import compile_students
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.optim import build_optimizer
 from dupl_cli.method.params import PhaseSchedule
-from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import build_dual_student
 
 VOC = PhaseSchedule()  # t_seg 2000, t_anf 8000, 20000 iterations
 PHASES = {"A": 0, "B": VOC.t_seg, "C": VOC.t_anf + 1}
-
-
-def _batch(b: int, size: int, device: torch.device) -> dict:
-    g = torch.Generator().manual_seed(0)
-    labels = torch.zeros(b, 20)
-    labels[torch.arange(b), torch.randint(0, 20, (b,), generator=g)] = 1
-    low = torch.randn(b, 3, size // 32, size // 32, generator=g)  # smooth: CAMs, PAR and ANF see structure
-    image = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)
-    box = torch.tensor([[0, size, 0, size]] * b)
-    return {
-        "image": image.to(device),
-        "labels": labels.to(device),
-        "img_box": box.to(device),
-        "max_present": int((labels > 0).sum(1).max()),
-    }
 
 
 def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str | None, steps: int) -> dict:
@@ -59,27 +44,15 @@ def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str
         compile_students(model, backend=compile_backend)
     opt = build_optimizer(model, settings.train)
     config = step_config(settings)
-    data = _batch(batch, size, device)
+    data = synthetic_batch(batch, size, device)
     gen = torch.Generator().manual_seed(0)
     cuda = device.type == "cuda"
     out = {}
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for phase, t in PHASES.items():
-        times = []
-        for i in range(steps + 2):  # two warm-ups: compilation of every shape of the phase
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                result = training_step(model, data, t, config, generator=gen)
-            result.loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - start)
+        # two warm-ups: compilation of every shape of the phase
+        times = timed_steps(model, data, t, config, opt, gen, steps=steps, warmup=2, bf16=cuda)
         out[phase] = statistics.median(times)
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return out
