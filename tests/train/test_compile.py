@@ -17,7 +17,7 @@ from dupl_cli.models.dual import build_dual_student
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 # The trace-only backend: dynamo and AOT autograd as in a real compile, without inductor's minutes of
-# C++ builds per shape on a small CPU (benchmarks/bench_step.py --compile measures inductor).
+# C++ builds per shape on a small CPU (benchmarks/gpu_check.py measures inductor).
 BACKEND = "aot_eager"
 LR = 6e-5  # train.lr of tiny-cpu
 
