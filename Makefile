@@ -31,12 +31,17 @@ demo: install
 	$(DUPL) train --preset demo --set data.root=.demo/data --run-dir $(DEMO_RUN)
 	$(DUPL) evaluate $(DEMO_RUN) --preset demo --set data.root=.demo/data
 
+# Most of the suite's time is single-threaded (export tracing, subprocesses, Python), so it runs as
+# one pytest worker per core (at most 8), each with one intra-op thread, rather than one process on all.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
+PYTEST  := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
+
 test: install
-	$(PY) -m pytest -q tests $(PLUGIN)/tests
+	$(PYTEST) tests $(PLUGIN)/tests
 
 # Everything but the tests marked slow (subprocesses, whole trainings, exports).
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" tests $(PLUGIN)/tests
+	$(PYTEST) -m "not slow" tests $(PLUGIN)/tests
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
