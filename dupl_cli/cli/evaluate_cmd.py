@@ -157,7 +157,8 @@ def evaluate(
     show = global_options(ctx).verbosity >= 0
     result = run_evaluate(loaded, adapter, settings, runtime, req, show_progress=show, log=out_console.print)
     if runtime.is_main:
-        print_protocol(out_console, result.protocol)
+        # the checkpoint line came first, before the (long) evaluation
+        print_protocol(out_console, {k: v for k, v in result.protocol.items() if k != "checkpoint"})
         out_console.print(
             metrics_table(result.metrics, f"{'CAM pseudo-labels' if cams else 'segmentation'} on {split}")
         )

@@ -133,7 +133,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 FINAL_RULE = (
-    "student 1, fixed before training: the students are trained symmetrically, "
+    "fixed before training: the students are trained symmetrically, "
     "and no pixel label of any split chose it"
 )
 

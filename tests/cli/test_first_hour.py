@@ -76,6 +76,7 @@ def test_a_run_without_validation_does_not_claim_a_pick_by_validation(unmasked_r
     result = run_cli("pseudo-label", run / "final.safetensors", "--out", tmp_path / "pl", "--max-images", "1")
     assert result.exit_code == 0, result.output
     assert "fixed before training" in result.stdout and "best by validation" not in result.stdout
+    assert "student 1 (fixed before training" in result.stdout  # the student is named once
 
 
 @pytest.fixture

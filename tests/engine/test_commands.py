@@ -33,6 +33,7 @@ def test_evaluate_writes_metrics_table_and_report(cli, tmp_path):
             "--max-images", "3")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "mIoU" in r.output and "student 2 (best by validation" in r.output
+    assert _plain(r.output).count("checkpoint:") == 1  # printed once, before the evaluation
     assert "scales (1, 1.5)" in r.output and "dense CRF" in r.output
     payload = json.loads((out / "metrics.json").read_text())
     assert payload["protocol"]["split"].startswith("val (3 images")
