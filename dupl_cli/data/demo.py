@@ -23,6 +23,7 @@ from dupl_cli.data import folder
 from dupl_cli.data.palette import flat_palette
 from dupl_cli.errors import UserError
 from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.textfile import read_text
 
 log = logging.getLogger(__name__)
 
@@ -257,15 +258,27 @@ def ensure_demo(data_settings) -> Path:
         except OSError:
             if not (root / "classes.txt").is_file():
                 raise
-    meta_file = root / "demo.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
-        if differs:
-            log.warning(
-                "demo data in %s was generated with other settings %s; delete it to regenerate", root, differs
-            )
+    _warn_if_generated_otherwise(root, wanted)
     return root
+
+
+def _warn_if_generated_otherwise(root: Path, wanted: dict) -> None:
+    """demo.json records the generator's options; it only informs, so a bad one is named, not fatal."""
+    meta_file = root / "demo.json"
+    if not meta_file.is_file():
+        return
+    try:
+        meta = json.loads(read_text(meta_file, "demo data record"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+    except (UserError, ValueError) as exc:
+        log.warning("%s: unreadable (%s); its generation settings are not checked", meta_file, exc)
+        return
+    differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
+    if differs:
+        log.warning(
+            "demo data in %s was generated with other settings %s; delete it to regenerate", root, differs
+        )
 
 
 def build(data_settings, split: str):

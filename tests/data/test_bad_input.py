@@ -162,3 +162,25 @@ def test_done_when_voc_made_by_someone_else_verifies_and_labels(tmp_path):
     assert res.exit_code == 0, res.output
     rows = (tmp_path / "l.csv").read_text().splitlines()
     assert rows[0] == "id,labels" and "2007_000001,bicycle car" in rows and len(rows) == 6
+
+
+@pytest.mark.parametrize(
+    "record, said",
+    [(b"\xff\xfe{", "not UTF-8"), (b"{not json", "unreadable"), (b"[1, 2]", "not a JSON object")],
+)
+def test_a_bad_demo_record_is_named_and_the_data_still_loads(tmp_path, caplog, record, said):
+    from dupl_cli.config.sources import load_settings
+    from dupl_cli.data.demo import ensure_demo, write_demo
+
+    root = write_demo(tmp_path / "d", size=32, n_train=2, n_val=1)
+    settings = load_settings("demo", assignments=[f'data.root="{root}"', "data.options.size=32"], environ={})
+    (root / "demo.json").write_bytes(record)
+    with caplog.at_level("WARNING"):
+        assert ensure_demo(settings.settings.data) == root
+    assert str(root / "demo.json") in caplog.text and said in caplog.text
+
+    caplog.clear()
+    (root / "demo.json").write_text(json.dumps({"seed": 0, "size": 48, "n_train": 2, "n_val": 1}))
+    with caplog.at_level("WARNING"):
+        ensure_demo(settings.settings.data)
+    assert "generated with other settings" in caplog.text and "'size': (48, 32)" in caplog.text
