@@ -4,12 +4,14 @@ rescale U(scale_range) -> hflip p .5 -> random crop (zero padding when smaller; 
 [y0, y1, x0, x1] of the real image inside the crop) -> ColorJitter p .8 -> RandomGrayscale p .2
 -> GaussianBlur radius U(blur_radius) -> normalise. The ops are torchvision v2 functionals; the
 parameters are drawn here so a (seed, sample) pair always gives the same view, whatever the
-worker count.
+worker count. Each view also records its ``affine``, the map from the original image into the crop
+(used to carry labels between two views of one image: ``method.view_warp``).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +32,12 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return F.normalize(x, list(mean), list(std))
 
 
+class ViewSample(NamedTuple):
+    image: torch.Tensor  # normalised float 3×S×S
+    img_box: torch.Tensor  # int64 [y0, y1, x0, x1]: the real image inside the crop
+    affine: torch.Tensor  # float32 [sy, oy, sx, ox]: original (y, x) -> crop (sy·y + oy, sx·x + ox)
+
+
 class WeakView:
     def __init__(self, data_settings):
         self.crop = data_settings.crop_size
@@ -41,14 +49,23 @@ class WeakView:
         self.blur = tuple(data_settings.blur_radius)
         self.mean, self.std = tuple(data_settings.mean), tuple(data_settings.std)
 
-    def geometry(self, image: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rescale, flip and crop a uint8 3×H×W image -> (uint8 3×S×S, img_box int64 [y0, y1, x0, x1])."""
+    def geometry(
+        self, image: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rescale, flip and crop a uint8 3×H×W image -> (uint8 3×S×S, img_box int64 [y0, y1, x0, x1],
+        affine float32 [sy, oy, sx, ox]).
+
+        The affine maps continuous original coordinates (pixel i spans [i, i + 1)) to crop
+        coordinates: the resize scales by (nh/h, nw/w) (the bilinear resize's own pixel-centre
+        convention), a flip negates x about the resized width, the paste and crop offsets shift.
+        """
         _, h, w = image.shape
         ratio = _uniform(gen, *self.scale_range)
         nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
         if (nh, nw) != (h, w):
             image = F.resize(image, [nh, nw], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-        if self.hflip and float(torch.rand((), generator=gen)) < 0.5:
+        flipped = self.hflip and float(torch.rand((), generator=gen)) < 0.5
+        if flipped:
             image = F.horizontal_flip(image)
         s = self.crop
         # zero canvas of at least S×S; the image sits at a random place in it when smaller
@@ -61,7 +78,9 @@ class WeakView:
         y0, y1 = max(py - cy, 0), min(py + nh - cy, s)
         x0, x1 = max(px - cx, 0), min(px + nw - cx, s)
         out[:, y0:y1, x0:x1] = image[:, y0 + cy - py : y1 + cy - py, x0 + cx - px : x1 + cx - px]
-        return out, torch.tensor([y0, y1, x0, x1], dtype=torch.int64)
+        sx, ox = (-nw / w, nw + px - cx) if flipped else (nw / w, px - cx)
+        affine = torch.tensor([nh / h, py - cy, sx, ox], dtype=torch.float32)
+        return out, torch.tensor([y0, y1, x0, x1], dtype=torch.int64), affine
 
     def photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """ColorJitter (random order, p), RandomGrayscale, GaussianBlur on float [0,1] 3×S×S."""
@@ -85,7 +104,11 @@ class WeakView:
                 x = F.gaussian_blur(x, [k, k], [sigma, sigma])
         return x
 
-    def __call__(self, image: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        crop, box = self.geometry(to_tensor(image), gen)
+    def sample(self, image: np.ndarray, gen: torch.Generator) -> ViewSample:
+        crop, box, affine = self.geometry(to_tensor(image), gen)
         x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
-        return normalize(x, self.mean, self.std), box
+        return ViewSample(normalize(x, self.mean, self.std), box, affine)
+
+    def __call__(self, image: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised view, img_box)."""
+        return self.sample(image, gen)[:2]
