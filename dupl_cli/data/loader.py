@@ -45,11 +45,20 @@ class SeededSampler(Sampler):
 
 
 class WeakViewDataset(Dataset):
-    def __init__(self, adapter, data_settings, seed: int, indices: Sequence[int] | None = None):
+    """Weak views of the adapter's images. ``views=2`` (method.diff_aug): a second independent view
+    of the same image, drawn from the same generator after the first, so the first view is the one a
+    one-view dataset gives; each view's ``affine`` (``transforms.ViewSample``) comes with it."""
+
+    def __init__(
+        self, adapter, data_settings, seed: int, indices: Sequence[int] | None = None, *, views: int = 1
+    ):
+        if views not in (1, 2):
+            raise ValueError(f"views must be 1 or 2, not {views}")
         self.adapter = adapter
         self.view = WeakView(data_settings)
         self.indices = list(range(len(adapter))) if indices is None else list(indices)
         self.seed = seed
+        self.views = views
         self._fallback: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -66,8 +75,14 @@ class WeakViewDataset(Dataset):
     def __getitem__(self, key) -> dict:
         index, gen = self._generator(key)
         sample = self.adapter[index]
-        image, box = self.view(sample.image, gen)
-        return {"image": image, "labels": torch.from_numpy(sample.labels), "img_box": box, "id": sample.id}
+        first = self.view.sample(sample.image, gen)
+        item = {"image": first.image, "labels": torch.from_numpy(sample.labels), "img_box": first.img_box}
+        item["id"] = sample.id
+        if self.views == 2:
+            second = self.view.sample(sample.image, gen)
+            item.update(image2=second.image, img_box2=second.img_box, affine=first.affine)
+            item["affine2"] = second.affine
+        return item
 
 
 def collate_train(items: list[dict]) -> dict:
@@ -97,12 +112,15 @@ def train_loader(
     drop_last: bool = True,
     sampler: Sampler | None = None,
     indices: Sequence[int] | None = None,
+    views: int = 1,
 ) -> DataLoader:
     """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id, max_present}. Iterate it once per epoch.
 
     ``indices``: the adapter indices to use (e.g. the good ones from ``verify.check_split``).
+    ``views=2``: each image's second weak view too (image2, img_box2) and both views' affines (affine,
+    affine2, B×4 float32: ``transforms.ViewSample``), for ``method.diff_aug``.
     """
-    dataset = WeakViewDataset(adapter, data_settings, seed, indices)
+    dataset = WeakViewDataset(adapter, data_settings, seed, indices, views=views)
     if len(dataset) < (batch_size if drop_last else 1):
         raise DataError(
             f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has {len(dataset)} usable "

@@ -127,3 +127,29 @@ def test_eval_loader_native_and_resized(tmp_path):
     np.testing.assert_array_equal(native["mask"][0].numpy(), va[0].mask)
     resized = next(iter(eval_loader(va, d, size=64, batch_size=3, num_workers=0)))
     assert resized["image"].shape == (3, 3, 64, 64) and resized["mask"].shape == (3, 48, 48)
+
+
+def test_second_view_leaves_the_first_as_it_was(tmp_path):
+    """method.diff_aug's loader: view 1 is today's view, view 2 another draw of the same image."""
+    root = make_folder(tmp_path / "f", n=6)
+    d = settings_for(root, "folder", "data.crop_size=32").data
+    from dupl_cli.data.folder import build
+
+    ad = build(d, "train")
+    one = list(train_loader(ad, d, 2, seed=3, num_workers=0))
+    two = list(train_loader(ad, d, 2, seed=3, num_workers=0, views=2))
+    assert set(one[0]) == {"image", "labels", "img_box", "id", "max_present"}
+    assert set(two[0]) == set(one[0]) | {"image2", "img_box2", "affine", "affine2"}
+    for a, b in zip(one, two, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "labels", "img_box"))
+        assert a["id"] == b["id"] and a["max_present"] == b["max_present"]
+        assert b["image2"].shape == b["image"].shape and b["affine"].shape == b["affine2"].shape == (2, 4)
+        assert not torch.equal(b["image2"], b["image"]) and not torch.equal(b["affine2"], b["affine"])
+    # each affine belongs to its own view: the box is where the affine puts the image, cut to the crop
+    batch = two[0]
+    h, w = ad[ad.ids.index(batch["id"][0])].image.shape[:2]
+    for key, box_key in (("affine", "img_box"), ("affine2", "img_box2")):
+        sy, oy, sx, ox = batch[key][0].tolist()
+        (y0, y1), (x0, x1) = sorted((oy, sy * h + oy)), sorted((ox, sx * w + ox))
+        expected = [max(0, round(y0)), min(32, round(y1)), max(0, round(x0)), min(32, round(x1))]
+        assert batch[box_key][0].tolist() == expected
