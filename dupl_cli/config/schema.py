@@ -279,6 +279,11 @@ class MethodSettings(Section):
         description="2: DuPL's cross-supervised students; 1: the paper's baseline, one network learning from "
         "its own PAR-refined CAM labels (half the work per step)",
     )
+    diff_aug: bool = Field(
+        False,
+        description="Paper Table 6 'Diff. Aug': each student trains on its own weak view of the image and "
+        "learns its partner's label mapped into that view (needs 2 students)",
+    )
     use_dis: bool = Field(
         True, description="Ablation switch +L_dis: the discrepancy loss (off: not computed; needs 2 students)"
     )
@@ -441,5 +446,9 @@ class DuplSettings(BaseSettings):
         if m.students == 1 and m.use_dis:
             raise ValueError(
                 "method.use_dis needs two students; set method.use_dis = false with method.students = 1"
+            )
+        if m.students == 1 and m.diff_aug:
+            raise ValueError(
+                "method.diff_aug needs two students; set method.diff_aug = false with method.students = 1"
             )
         return self

@@ -92,6 +92,7 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
         consistency=ConsistencyConfig(confidence=m.reg.confidence, include_padding=c.reg_include_padding),
         discrepancy=m.discrepancy,
         students=m.students,
+        diff_aug=m.diff_aug,
         ptc_pixel_box=c.ptc_pixel_box,
         mean=tuple(settings.data.mean),
         std=tuple(settings.data.std),

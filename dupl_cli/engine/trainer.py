@@ -264,7 +264,7 @@ class Trainer:
         compile_from_settings(model, t)
         optimizer = build_optimizer(model, t)
         scheduler = build_scheduler(optimizer, t)
-        loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed)
+        loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed, views=self._views())
         module = TrainingModule(model, self.config)
         module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
         state = {"step": 0, "best": None, "bad_in_row": 0}
@@ -283,6 +283,10 @@ class Trainer:
                      classes, palette, run_dir, progress, state)  # fmt: skip
         self._run_recorded(loop, acc, progress, run_dir if main else None)
         return run_dir
+
+    def _views(self) -> int:
+        """Weak views per image the step needs: two with diff_aug (one per student)."""
+        return 2 if self.config.diff_aug else 1
 
     def _mark_started(self, run_dir: Path) -> None:
         run_index.mark_run(run_dir, "running", preset=self.options.preset)
@@ -325,7 +329,7 @@ class Trainer:
         from dupl_cli.data.loader import train_loader
 
         s = self.settings
-        loader = train_loader(train_set, s.data, 2, seed=s.train.seed, num_workers=0)
+        loader = train_loader(train_set, s.data, 2, seed=s.train.seed, num_workers=0, views=self._views())
         batch = next(iter(loader))
         module = acc.prepare(TrainingModule(model, self.config))
         print(dumps(s.model_dump(mode="json")))

@@ -132,6 +132,7 @@ class StepConfig:
     consistency: ConsistencyConfig = field(default_factory=ConsistencyConfig)
     discrepancy: Literal["release", "paper"] = "release"
     students: int = 2  # 1: the paper's baseline (one network, its own labels); the model must match
+    diff_aug: bool = False  # Table 6: each student its own weak view (the batch's image2), labels warped
     ptc_pixel_box: bool = False  # release: token labels sliced with the pixel crop box
     mean: tuple[float, float, float] = IMAGENET_MEAN  # normalisation of the batch's images
     std: tuple[float, float, float] = IMAGENET_STD
@@ -141,3 +142,5 @@ class StepConfig:
             raise ValueError(f"students must be 1 or 2, not {self.students}")
         if self.students == 1 and self.weights.dis > 0:
             raise ValueError("the discrepancy loss needs two students (weights.dis must be 0 with one)")
+        if self.students == 1 and self.diff_aug:
+            raise ValueError("diff_aug gives each of two students its own view: it needs two students")
