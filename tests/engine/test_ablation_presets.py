@@ -2,7 +2,8 @@
 
 Each preset runs a few training steps at tiny-cpu size (test_vit, 64 px), one per stage, and the
 test checks which loss terms are non-zero and which work (second student, discrepancy, DTA, EM,
-strong view) ran. Table 5's sweep values are checked to build valid step configurations.
+strong view) ran. Table 5's sweep values are checked to build valid step configurations, and
+Table 6's "Diff. Aug" preset is checked to give each student its own view.
 """
 
 from __future__ import annotations
@@ -38,15 +39,21 @@ ROWS = {
 TERMS = ("cls", "ptc", "dis", "seg", "reg")
 
 
-def _batch(b=2):
+def _batch(b=2, views=1):
     g = torch.Generator().manual_seed(0)
     labels = torch.zeros(b, CLASSES)
     labels[torch.arange(b), torch.arange(b) + 4] = 1  # classes with a 0.55 DTA target
-    return {
+    batch = {
         "image": torch.randn(b, 3, 64, 64, generator=g),
         "labels": labels,
         "img_box": torch.tensor([[0, 64, 0, 64]] * b),
     }
+    if views == 2:  # the second view: the image 8 px to the right, zero-padded; its affine says so
+        image2 = torch.zeros_like(batch["image"])
+        image2[..., 8:] = batch["image"][..., :-8]
+        batch.update(image2=image2, img_box2=torch.tensor([[0, 64, 8, 64]] * b))
+        batch.update(affine=torch.tensor([[1.0, 0, 1, 0]] * b), affine2=torch.tensor([[1.0, 0, 1, 8]] * b))
+    return batch
 
 
 class Work:
@@ -70,15 +77,17 @@ class Work:
         return wrapped
 
     def watch(self, model, monkeypatch):
-        for student in model.students:
+        self.inputs = [[] for _ in model.students]  # per student, what its backbone saw
+        for k, student in enumerate(model.students):
             f = student.backbone.forward
-            monkeypatch.setattr(student.backbone, "forward", lambda x, f=f: self._seen(x) or f(x))
+            monkeypatch.setattr(student.backbone, "forward", lambda x, f=f, k=k: self._seen(x, k) or f(x))
 
-    def _seen(self, x):
+    def _seen(self, x, k):
         self.images += x.shape[0]
+        self.inputs[k].append(x)
 
 
-def _run(preset, monkeypatch):
+def _run(preset, monkeypatch, views=1):
     settings = load_settings(preset, assignments=TINY, environ={}).settings
     config = step_config(settings, num_classes=CLASSES)
     torch.manual_seed(0)
@@ -92,7 +101,7 @@ def _run(preset, monkeypatch):
     results = {}
     for t in STEPS:
         result = step_module.training_step(
-            model, _batch(), t, config, generator=torch.Generator().manual_seed(t)
+            model, _batch(views=views), t, config, generator=torch.Generator().manual_seed(t)
         )
         result.loss.backward()
         optimizer.step()
@@ -117,6 +126,24 @@ def test_ablation_preset_runs_its_components_only(preset, monkeypatch):
     assert (
         tau < settings.method.tau_high_start if dta else tau == pytest.approx(settings.method.tau_high_start)
     )
+
+
+def test_diff_aug_preset_gives_each_student_its_own_view(monkeypatch):
+    settings, model, results, work = _run("ablation-diff-aug", monkeypatch, views=2)
+    assert presets.description("ablation-diff-aug").startswith('Table 6 row "Diff. Aug"')
+    assert settings.method.diff_aug and step_config(settings, CLASSES).diff_aug
+    last = results[STEPS[-1]]
+    assert {name for name in TERMS if float(last.terms[name]) > 0} == set(TERMS)  # full DuPL otherwise
+    assert work.calls["dis"] == len(STEPS) and work.calls["em"] > 0 and work.calls["strong"] > 0
+    assert float(last.stats["tau_h"]) < settings.method.tau_high_start
+    batch = _batch(views=2)  # every step's first forward: student 1 on view 1, student 2 on view 2
+    for k, key in enumerate(("image", "image2")):
+        firsts = [x for x in work.inputs[k] if x.shape == batch[key].shape and torch.equal(x, batch[key])]
+        assert len(firsts) >= len(STEPS), key
+    # and a student never runs on its partner's view
+    assert not any(torch.equal(x, batch["image2"]) for x in work.inputs[0] if x.shape == batch["image"].shape)
+    with pytest.raises(ValueError, match="batch lacks image2"):
+        step_module.training_step(model, _batch(), 0, step_config(settings, CLASSES))
 
 
 def test_one_student_does_half_the_work_of_two(monkeypatch):
@@ -145,6 +172,8 @@ def test_the_baseline_learns_its_own_labels(monkeypatch):
 def test_switch_mismatches_are_one_line_errors():
     with pytest.raises(UserError, match="method.use_dis needs two students"):
         load_settings("voc-vitb", assignments=["method.students=1"], environ={})
+    with pytest.raises(UserError, match="method.diff_aug needs two students"):
+        load_settings("ablation-baseline", assignments=["method.diff_aug=true"], environ={})
     settings = load_settings("ablation-baseline", assignments=TINY, environ={}).settings
     two = build_dual_student(settings.model, CLASSES, img_size=64, students=2)
     with pytest.raises(ValueError, match="configured for 1 student"):

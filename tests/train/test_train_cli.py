@@ -224,6 +224,14 @@ def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
         assert f"dry run: phase {phase}" in result.output
 
 
+def test_diff_aug_trains_from_the_loaders_two_views(tiny_data, tmp_path):
+    # Table 6: the trainer asks the loader for a second view; the step fails on a batch without one.
+    result = invoke(tiny_args(tiny_data, tmp_path, "--dry-run", "--set", "method.diff_aug=true"))
+    for phase in ("A", "B", "C"):
+        assert f"dry run: phase {phase}" in result.output
+    assert "diff_aug = true" in result.output
+
+
 @pytest.mark.parametrize(
     ("bad", "expected", "code"),
     [
