@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,19 +83,24 @@ def raw_cams_at_scales(
     return out
 
 
+def _random_in_training(module: nn.Module) -> bool:
+    """A dropout or timm DropPath with a non-zero rate in training mode (it draws from the global RNG)."""
+    if not module.training:
+        return False
+    if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        return True
+    return float(getattr(module, "drop_prob", 0.0) or 0.0) > 0
+
+
 def forward_is_reusable(student, output) -> bool:
     """Whether a training forward gives the maps a no-grad pass of the same input would: nothing
     random (dropout, drop-path) and nothing batch-dependent (batch-norm statistics) runs in training mode."""
     if output is None or getattr(output, "aux_features", None) is None:
         return False
     for module in student.modules():
-        if not module.training:
-            continue
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if module.training and isinstance(module, nn.modules.batchnorm._BatchNorm):
             return False
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
-            return False
-        if float(getattr(module, "drop_prob", 0.0) or 0.0) > 0:  # timm DropPath
+        if _random_in_training(module):
             return False
     return True
 
@@ -119,6 +128,50 @@ def multiscale_cam(
     return (normalise_cam(cam) if final else None), normalise_cam(cam_aux)
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def students_in_parallel(students, images: torch.Tensor) -> bool:
+    """Whether the students' CAM passes run concurrently, one thread each: on the CPU when the
+    intra-op threads leave a core set per student idle (measured 1.85x with one intra-op thread on
+    two cores; with all cores busy, threads gain nothing reliable: benchmarks/bench_students.py).
+    Each thread keeps the process's intra-op thread count, so the CAMs are bitwise those of the
+    sequential loop. Not with random modules in training mode (the global RNG's draw order would
+    depend on the threads' timing) nor with compiled backbones (their graphs stay on one thread)."""
+    if len(students) < 2 or images.device.type != "cpu":
+        return False
+    if len(students) * torch.get_num_threads() > available_cores():
+        return False
+    for student in students:
+        if getattr(student.backbone, "_compiled_call_impl", None) is not None:
+            return False
+        if any(_random_in_training(m) for m in student.modules()):
+            return False
+    return True
+
+
+def run_students(jobs, *, parallel: bool, device_type: str = "cpu") -> list:
+    """Each job's result, in order; with ``parallel`` all but the first on their own threads, which
+    inherit the caller's autocast state (grad mode is set by the jobs themselves)."""
+    if not parallel or len(jobs) < 2:
+        return [job() for job in jobs]
+    enabled = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def in_callers_autocast(job):
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return job()
+
+    with ThreadPoolExecutor(max_workers=len(jobs) - 1) as pool:
+        rest = [pool.submit(in_callers_autocast, job) for job in jobs[1:]]
+        first = jobs[0]()
+        return [first, *(f.result() for f in rest)]
+
+
 @torch.no_grad()
 def dual_multiscale_cam(
     model, images: torch.Tensor, *, scales: tuple[float, ...], flip: bool, final: bool = True, forwards=None
@@ -126,13 +179,15 @@ def dual_multiscale_cam(
     """Multi-scale CAMs of every student of ``model``: lists ``[cam_k]``, ``[cam_aux_k]``.
 
     Each student sees all flips of a scale in one batch; the students have separate weights, so
-    they run one after the other. ``final``/``forwards`` (per student, its training forward on
-    ``images``): see :func:`multiscale_cam`.
+    they run one after the other, or concurrently where :func:`students_in_parallel` says it pays
+    (batching them into one ``vmap`` computation was slower: benchmarks/bench_students.py).
+    ``final``/``forwards`` (per student, its training forward on ``images``): see :func:`multiscale_cam`.
     """
-    cams, cams_aux = [], []
     forwards = forwards or [None] * len(model.students)
-    for student, forward in zip(model.students, forwards, strict=True):
-        cam, cam_aux = multiscale_cam(student, images, scales=scales, flip=flip, final=final, forward=forward)
-        cams.append(cam)
-        cams_aux.append(cam_aux)
-    return cams, cams_aux
+    jobs = [
+        functools.partial(multiscale_cam, s, images, scales=scales, flip=flip, final=final, forward=f)
+        for s, f in zip(model.students, forwards, strict=True)
+    ]
+    parallel = students_in_parallel(model.students, images)
+    results = run_students(jobs, parallel=parallel, device_type=images.device.type)
+    return [cam for cam, _ in results], [cam_aux for _, cam_aux in results]
