@@ -4,8 +4,10 @@ For ViT-B/16 (deit_base, random init) at 448 px, batch 4, bf16, without and with
 seconds per training step per phase (forward, losses, backward, AdamW), peak GPU memory, images/s of a
 200-iteration real ``dupl train`` run with data loading (demo data at 448), evaluation images/s
 single-scale and multi-scale + flip, and the projected VOC schedule (20k iterations). ``--dry`` runs
-every part at toy size on the CPU (test_vit, 64 px, a few iterations, the trace-only compile
-backend) so the script cannot rot; its figures mean nothing.
+every part at toy size on the CPU (test_vit with a 16-channel head at 64 px, one timed step per phase,
+a 2-iteration ``dupl train`` on 8 demo images, 2 evaluation images, dynamo's ``eager`` compile
+backend: graph capture only) in well under a minute, so a test keeps the script from rotting; its
+figures mean nothing.
 
 Usage: python benchmarks/gpu_check.py [--dry] [--iters 200]
 """
@@ -25,6 +27,7 @@ import torch
 from step_timing import synthetic_batch, timed_steps
 
 from dupl_cli.config.schema import DuplSettings, ModelSettings
+from dupl_cli.data.demo import write_demo
 from dupl_cli.engine.compile import compile_students
 from dupl_cli.engine.method_config import step_config
 from dupl_cli.engine.optim import build_optimizer
@@ -35,9 +38,13 @@ VOC = PhaseSchedule()  # t_seg 2000, t_anf 8000, 20000 iterations
 PHASES = {"A": 0, "B": VOC.t_seg, "C": VOC.t_anf + 1}
 
 
-def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str | None, steps: int) -> dict:
+def step_times(
+    arch: str, size: int, batch: int, device, *, compile_backend: str | None, steps: int, toy: bool
+) -> dict:
     """Median seconds per step per phase and the peak GPU memory (GiB; nan on CPU)."""
-    settings = DuplSettings(model=ModelSettings(arch=arch, pretrained="none"))
+    model = ModelSettings(arch=arch, pretrained="none", head_channels=16 if toy else 512)
+    # toy: one CAM scale (with its flip), so compilation captures few shapes
+    settings = DuplSettings(model=model, method={"cam_scales": (1.0,)} if toy else {})
     torch.manual_seed(0)
     model = build_dual_student(settings.model, 20, img_size=size).to(device).train()
     if compile_backend:
@@ -51,8 +58,8 @@ def step_times(arch: str, size: int, batch: int, device, *, compile_backend: str
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     for phase, t in PHASES.items():
-        # two warm-ups: compilation of every shape of the phase
-        times = timed_steps(model, data, t, config, opt, gen, steps=steps, warmup=2, bf16=cuda)
+        # warm-up (two on the GPU): compilation of every shape of the phase
+        times = timed_steps(model, data, t, config, opt, gen, steps=steps, warmup=1 if toy else 2, bf16=cuda)
         out[phase] = statistics.median(times)
     out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     return out
@@ -71,19 +78,8 @@ def trainer_and_eval(
     tmp: Path, *, arch: str, size: int, batch: int, iters: int, n_val: int, dry: bool
 ) -> dict:
     data = tmp / "data"
-    n_train = max(batch * 4, 16)
-    _dupl(
-        "data",
-        "demo",
-        "--out",
-        str(data),
-        "--size",
-        str(size),
-        "--n-train",
-        str(n_train),
-        "--n-val",
-        str(n_val),
-    )
+    n_train = batch * 4 if dry else max(batch * 4, 16)
+    write_demo(data, size=size, n_train=n_train, n_val=n_val)
     opts = [
         "--set",
         f"data.options.size={size}",
@@ -103,7 +99,7 @@ def trainer_and_eval(
         "--set",
         f"model.arch={arch}",
         "--set",
-        "model.head_channels=512",
+        f"model.head_channels={16 if dry else 512}",
     ]
     train = [
         *common,
@@ -147,12 +143,14 @@ def main() -> None:
         raise SystemExit("gpu_check: no CUDA device (use --dry to check the script on the CPU)")
     device = torch.device("cuda" if cuda else "cpu")
     arch, size, batch = ("deit_base_patch16_224", 448, 4) if cuda else ("test_vit", 64, 2)
-    iters, steps = (args.iters, args.steps) if cuda else (3, 1)
+    iters, steps = (args.iters, args.steps) if cuda else (2, 1)
     name = torch.cuda.get_device_name() if cuda else "CPU (dry run: figures mean nothing)"
     print(f"gpu-check: {name}; {arch} at {size} px, batch {batch}, {'bf16' if cuda else 'fp32'}")
     rows = {}
-    for label, backend in (("eager", None), ("compiled", "inductor" if cuda else "aot_eager")):
-        rows[label] = step_times(arch, size, batch, device, compile_backend=backend, steps=steps)
+    for label, backend in (("eager", None), ("compiled", "inductor" if cuda else "eager")):
+        rows[label] = step_times(
+            arch, size, batch, device, compile_backend=backend, steps=steps, toy=not cuda
+        )
         r = rows[label]
         mean = statistics.mean(r[k] for k in PHASES)
         voc = VOC.t_seg * r["A"] + (VOC.t_anf - VOC.t_seg) * r["B"] + (VOC.max_iters - VOC.t_anf) * r["C"]
@@ -162,7 +160,7 @@ def main() -> None:
         )
     with tempfile.TemporaryDirectory() as tmp:
         f = trainer_and_eval(
-            Path(tmp), arch=arch, size=size, batch=batch, iters=iters, n_val=100 if cuda else 4, dry=args.dry
+            Path(tmp), arch=arch, size=size, batch=batch, iters=iters, n_val=100 if cuda else 2, dry=args.dry
         )
     print(
         f"trainer: {f['train_images_s']:.1f} images/s over a {iters}-iteration `dupl train` run "
