@@ -4,10 +4,10 @@ For ViT-B/16 (deit_base, random init) at 448 px, batch 4, bf16, without and with
 seconds per training step per phase (forward, losses, backward, AdamW), peak GPU memory, images/s of a
 200-iteration real ``dupl train`` run with data loading (demo data at 448), evaluation images/s
 single-scale and multi-scale + flip, and the projected VOC schedule (20k iterations). ``--dry`` runs
-every part at toy size on the CPU (test_vit with a 16-channel head at 64 px, one timed step per phase,
-a 2-iteration ``dupl train`` on 8 demo images, 2 evaluation images, dynamo's ``eager`` compile
-backend: graph capture only) in well under a minute, so a test keeps the script from rotting; its
-figures mean nothing.
+every part at toy size on the CPU (test_vit with a 16-channel head at 64 px, one CAM scale, one
+timed step per phase, a 2-iteration ``dupl train`` on 8 demo images, 2 evaluation images, dynamo's
+``eager`` compile backend: graph capture only, one intra-op thread) in well under a minute, so a test
+keeps the script from rotting; its figures mean nothing.
 
 Usage: python benchmarks/gpu_check.py [--dry] [--iters 200]
 """
@@ -142,6 +142,9 @@ def main() -> None:
     if not cuda and not args.dry:
         raise SystemExit("gpu_check: no CUDA device (use --dry to check the script on the CPU)")
     device = torch.device("cuda" if cuda else "cpu")
+    if args.dry:  # toy ops gain nothing from intra-op threads, and lose much on a busy machine
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # the dupl subprocesses
     arch, size, batch = ("deit_base_patch16_224", 448, 4) if cuda else ("test_vit", 64, 2)
     iters, steps = (args.iters, args.steps) if cuda else (2, 1)
     name = torch.cuda.get_device_name() if cuda else "CPU (dry run: figures mean nothing)"
