@@ -17,7 +17,7 @@ thread count of ``--threads``. Paths alternate (the order rotates every round); 
 median over rounds; ratios are against ``seq`` in the same run. Every path's CAMs are checked against
 ``seq`` (max abs difference printed).
 
-Usage: python benchmarks/bench_students.py [--rounds 5] [--models fixture,test_vit] [--threads 1,2]
+Usage: python benchmarks/bench_students.py [--rounds 3] [--models fixture,test_vit] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> None:
     import warnings
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--models", default="fixture,test_vit")
     p.add_argument("--threads", default=f"1,{torch.get_num_threads()}", help="intra-op thread counts")
     args = p.parse_args()
