@@ -89,3 +89,5 @@ def test_parallel_only_with_a_core_per_student_thread_and_no_random_module(monke
     assert not students_in_parallel(model.students, images)
     model.eval()  # no draw in eval mode
     assert students_in_parallel(model.students, images)
+    model.students[0].backbone.compile(backend="eager")  # lazy: nothing is traced here
+    assert not students_in_parallel(model.students, images)
