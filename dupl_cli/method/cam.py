@@ -137,8 +137,8 @@ def available_cores() -> int:
 
 def students_in_parallel(students, images: torch.Tensor) -> bool:
     """Whether the students' CAM passes run concurrently, one thread each: on the CPU when the
-    intra-op threads leave a core set per student idle (measured 1.85x with one intra-op thread on
-    two cores; with all cores busy, threads gain nothing reliable: benchmarks/bench_students.py).
+    intra-op threads leave a core set per student idle (1.85x measured with one intra-op thread on two
+    cores otherwise idle; with every core in intra-op use, no reliable gain: benchmarks/bench_students.py).
     Each thread keeps the process's intra-op thread count, so the CAMs are bitwise those of the
     sequential loop. Not with random modules in training mode (the global RNG's draw order would
     depend on the threads' timing) nor with compiled backbones (their graphs stay on one thread)."""
