@@ -10,12 +10,13 @@ worker count. Each view also records its ``affine``, the map from the original i
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
+
+from dupl_cli.data.blur import gaussian_blur
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
@@ -100,8 +101,7 @@ class WeakView:
         if self.blur[1] > 0:
             sigma = _uniform(gen, *self.blur)  # PIL's blur radius is the Gaussian's sigma
             if sigma > 0:
-                k = 2 * math.ceil(3 * sigma) + 1
-                x = F.gaussian_blur(x, [k, k], [sigma, sigma])
+                x = gaussian_blur(x, sigma)  # torchvision's kernel, applied separably
         return x
 
     def sample(self, image: np.ndarray, gen: torch.Generator) -> ViewSample:
