@@ -508,7 +508,9 @@ class _Loop:
         shard = ShardView(
             self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images
         )
-        loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size)
+        # batched at the training batch (the images share the crop size); every rank runs its shard
+        batch = self.s.train.batch_size
+        loader = eval_loader(shard, self.s.data, size=self.s.data.crop_size, batch_size=batch)
         scores = validate(
             self.model,
             loader,
