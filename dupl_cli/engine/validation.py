@@ -39,19 +39,23 @@ def resample_each(
     return F.grid_sample(maps.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def segment_at(student, images: torch.Tensor, out, sizes: torch.Tensor | None = None) -> torch.Tensor:
+def segment_at(
+    student, images: torch.Tensor, out, sizes: torch.Tensor | None = None, *, logits=None
+) -> torch.Tensor:
     """Segmentation logits of ``images`` mapped onto each image's ``sizes`` (default: all ``out``) at
-    the top left of an ``out`` canvas; exact when the stride padded them."""
+    the top left of an ``out`` canvas; exact when the stride padded them. ``logits``: the student's
+    output on the stride-padded images, when a forward already computed them."""
     sizes = torch.tensor([out] * len(images)) if sizes is None else sizes
     stride = int(getattr(student.backbone, "stride", 1) or 1)
     view = tuple(images.shape[-2:])
-    logits = student.segment(pad_to_multiple(images, stride)).float()
-    return resample_each(logits, sizes, out, view=view, padded=padded_size(view, stride))
+    if logits is None:
+        logits = student.segment(pad_to_multiple(images, stride))
+    return resample_each(logits.float(), sizes, out, view=view, padded=padded_size(view, stride))
 
 
 def confusions(model, loader, *, num_classes: int, cam_scales, cam_threshold: float, device) -> dict:
     """This process's confusion matrices (not reduced) for ``{kind}_s{k}``, over its loader."""
-    from dupl_cli.method.cam import multiscale_cam
+    from dupl_cli.method.cam import backbone_stride, multiscale_cam
     from dupl_cli.method.thresholds import cam_to_label
 
     ks = range(1, len(model.students) + 1)
@@ -62,8 +66,13 @@ def confusions(model, loader, *, num_classes: int, cam_scales, cam_threshold: fl
         labels = batch["labels"].to(device, non_blocking=True).float()
         sizes, out = batch["orig_size"], tuple(masks.shape[-2:])
         for k, student in enumerate(model.students, start=1):
-            meters[f"seg_s{k}"].update(segment_at(student, images, out, sizes).argmax(1), masks)
-            cam, cam_aux = multiscale_cam(student, images, scales=tuple(cam_scales), flip=True)
+            # one forward gives the segmentation and the CAMs of the un-flipped view at scale 1
+            output = student(pad_to_multiple(images, backbone_stride(student)))
+            seg = segment_at(student, images, out, sizes, logits=output.seg)
+            meters[f"seg_s{k}"].update(seg.argmax(1), masks)
+            cam, cam_aux = multiscale_cam(
+                student, images, scales=tuple(cam_scales), flip=True, forward=output
+            )
             for kind, value in (("cam", cam), ("aux_cam", cam_aux)):
                 value = resample_each(value, sizes, out)
                 prediction = cam_to_label(value, labels, tau_high=cam_threshold)  # two-way rule

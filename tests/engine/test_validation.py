@@ -79,3 +79,33 @@ def test_resample_each_is_interpolate_per_image(size):
     for b, (h, w) in enumerate(sizes.tolist()):
         want = F.interpolate(maps[b : b + 1], size=(h, w), mode="bilinear", align_corners=False)
         torch.testing.assert_close(canvas[b : b + 1, :, :h, :w], want, atol=1e-5, rtol=0)
+
+
+def test_one_forward_for_segmentation_and_scale_one_cams_changes_nothing(setup):
+    """Validation reuses the student's forward; the separate passes give the same confusions."""
+    from dupl_cli.engine.metrics import confusion_matrix
+    from dupl_cli.engine.validation import segment_at
+    from dupl_cli.method.cam import multiscale_cam
+    from dupl_cli.method.thresholds import cam_to_label
+
+    settings, adapter, model = setup
+    n = len(adapter.classes) + 1
+    loader = eval_loader(adapter, settings.data, size=settings.data.crop_size, batch_size=2)
+    want = {}
+    with torch.no_grad():
+        for batch in loader:
+            masks, sizes = batch["mask"], batch["orig_size"]
+            out = tuple(masks.shape[-2:])
+            for k, student in enumerate(model.students, start=1):
+                seg = segment_at(student, batch["image"], out, sizes).argmax(1)  # its own segment() pass
+                cams = multiscale_cam(student, batch["image"], scales=settings.method.cam_scales, flip=True)
+                found = {"seg": seg}
+                for kind, cam in zip(("cam", "aux_cam"), cams, strict=True):
+                    cam = resample_each(cam, sizes, out)
+                    found[kind] = cam_to_label(cam, batch["labels"], tau_high=settings.eval.cam_threshold)
+                for kind, pred in found.items():
+                    key = f"{kind}_s{k}"
+                    want[key] = want.get(key, 0) + confusion_matrix(pred, masks, n)
+    got = _confusions(settings, adapter, model, 2)
+    for key in got:
+        assert torch.equal(got[key], want[key]), key
