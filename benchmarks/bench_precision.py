@@ -115,11 +115,28 @@ def layouts(student, x01, config, repeats: int) -> list[str]:
     return lines
 
 
-def main() -> None:
+def precision_report(arch: str, size: int, n: int, device, *, camvid=None, repeats: int = 3) -> list[str]:
+    """The printed lines: bf16 vs fp32 per student, then the layout comparison (on the CPU)."""
     from dupl_cli.config.sources import load_settings
     from dupl_cli.engine.method_config import step_config
     from dupl_cli.models.dual import build_dual_student
 
+    settings = load_settings("voc-vitb", assignments=[f"model.arch={arch}", "model.pretrained=none"],
+                             environ={}).settings  # fmt: skip
+    config = step_config(settings)
+    source, images, x01, labels = photos(n, size, camvid)
+    torch.manual_seed(0)
+    model = build_dual_student(settings.model, labels.shape[1], img_size=size).to(device).eval()
+    lines = [f"{device}, {arch} at {size} px, {source}, bf16 autocast vs fp32"]
+    figures = [compare(s, images.to(device), x01.to(device), labels.to(device), config, device)
+               for s in model.students]  # fmt: skip
+    for key in figures[0]:
+        per_student = "  ".join(f"student {k + 1}: {f[key]:.4g}" for k, f in enumerate(figures))
+        lines.append(f"  {key:28s} {per_student}")
+    return lines + layouts(model.students[0].cpu(), x01, config, repeats)
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="test_vit")
     ap.add_argument("--size", type=int, default=224)
@@ -128,19 +145,10 @@ def main() -> None:
     ap.add_argument("--camvid", default=None)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    device = torch.device(args.device)
-    settings = load_settings("voc-vitb", assignments=[f"model.arch={args.arch}", "model.pretrained=none"],
-                             environ={}).settings  # fmt: skip
-    config = step_config(settings)
-    source, images, x01, labels = photos(args.images, args.size, args.camvid)
-    torch.manual_seed(0)
-    model = build_dual_student(settings.model, labels.shape[1], img_size=args.size).to(device).eval()
-    print(f"torch {torch.__version__}, {device}, {args.arch} at {args.size} px, {source}, bf16 vs fp32")
-    figures = [compare(s, images.to(device), x01.to(device), labels.to(device), config, device)
-               for s in model.students]  # fmt: skip
-    for key in figures[0]:
-        print(f"  {key:28s} " + "  ".join(f"student {k + 1}: {f[key]:.4g}" for k, f in enumerate(figures)))
-    for line in layouts(model.students[0].cpu(), x01, config, args.repeats):
+    print(f"torch {torch.__version__}")
+    lines = precision_report(args.arch, args.size, args.images, torch.device(args.device),
+                             camvid=args.camvid, repeats=args.repeats)  # fmt: skip
+    for line in lines:
         print(line)
 
 
