@@ -27,7 +27,16 @@ import numpy as np
 import torch
 
 CAMVID_CLASSES = [
-    "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
+    "Sky",
+    "Building",
+    "Pole",
+    "Road",
+    "Pavement",
+    "Tree",
+    "SignSymbol",
+    "Fence",
+    "Car",
+    "Pedestrian",
     "Bicyclist",
 ]  # fmt: skip; index 11 of the masks is Unlabelled (void)
 

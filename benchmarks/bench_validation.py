@@ -47,8 +47,14 @@ def seconds_per_val_image(model, settings, batches, device, cam_threshold: float
     model.eval()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-        confusions(model, batches[:1], num_classes=20, cam_scales=settings.method.cam_scales,
-                   cam_threshold=cam_threshold, device=device)  # fmt: skip  (warm-up)
+        confusions(
+            model,
+            batches[:1],
+            num_classes=20,
+            cam_scales=settings.method.cam_scales,
+            cam_threshold=cam_threshold,
+            device=device,
+        )  # fmt: skip  (warm-up)
         sync()
         start = time.perf_counter()
         confusions(model, batches, num_classes=20, cam_scales=settings.method.cam_scales,

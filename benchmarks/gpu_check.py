@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_precision import precision_report
+from bench_validation import report as validation_report
+from bench_validation import validation_share
 from step_timing import synthetic_batch, timed_steps
 
 from dupl_cli.config.schema import DuplSettings, ModelSettings
@@ -173,6 +176,13 @@ def main() -> None:
         f"evaluate: {f['eval_single_images_s']:.1f} images/s single-scale, "
         f"{f['eval_ms_flip_images_s']:.1f} images/s multi-scale + flip (start-up included)"
     )
+    print("validation share of a VOC run (bench_validation.py):")
+    share = validation_share(arch, size, device, repeats=1 if args.dry else 3, ranks=8)
+    for line in validation_report(share, 8):
+        print("  " + line)
+    print("bf16 autocast vs fp32 (bench_precision.py):")
+    for line in precision_report(arch, size, 2 if args.dry else 8, device, repeats=1 if args.dry else 5):
+        print("  " + line)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 FINAL_RULE = (
-    "fixed before training: the students are trained symmetrically, "
-    "and no pixel label of any split chose it"
+    "fixed before training: the students are trained symmetrically, and no pixel label of any split chose it"
 )
 
 
