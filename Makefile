@@ -34,7 +34,7 @@ demo: install
 # Most of the suite's time is single-threaded (export tracing, subprocesses, Python), so it runs as
 # one pytest worker per core (at most 8), each with one intra-op thread, rather than one process on all.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 8 ] && n=8; echo $$n)
-PYTEST  := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS)
+PYTEST  := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test: install
 	$(PYTEST) tests $(PLUGIN)/tests

@@ -6,6 +6,9 @@ installed distributions in tests/plugins).
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,21 @@ def run_cli(monkeypatch):
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
     return invoke
+
+
+@pytest.fixture
+def run_worker():
+    """``run_worker(script, *args, timeout=...)``: run a worker script (e.g. a two-process gloo run) in
+    a fresh interpreter on one intra-op thread per process and assert it exits 0."""
+
+    def run(script: Path, *args, timeout: float) -> None:
+        result = subprocess.run(
+            [sys.executable, str(script), *(str(a) for a in args)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+
+    return run

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# accelerate's debug launcher always listens on port 29500: one such test at a time
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("gloo-port-29500")]
 
 WORKER = Path(__file__).with_name("validation_ddp_worker.py")
 
 
-def _run(root: Path, out: Path, mode: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(WORKER), str(root), str(out), mode],
-        env=env, capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def test_two_ranks_each_validate_their_shard_and_agree_with_one_process(tiny_data, tmp_path):
-    _run(tiny_data, tmp_path, "ddp")
-    _run(tiny_data, tmp_path, "single")
+def test_two_ranks_each_validate_their_shard_and_agree_with_one_process(tiny_data, tmp_path, run_worker):
+    run_worker(WORKER, tiny_data, tmp_path, "ddp", timeout=280)
+    run_worker(WORKER, tiny_data, tmp_path, "single", timeout=280)
     ranks = [json.loads((tmp_path / f"ddp-rank{r}.json").read_text()) for r in (0, 1)]
     single = json.loads((tmp_path / "single-rank0.json").read_text())
     assert [r["world"] for r in ranks] == [2, 2] and single["world"] == 1

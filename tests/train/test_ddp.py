@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+# accelerate's debug launcher always listens on port 29500: one such test at a time
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300), pytest.mark.xdist_group("gloo-port-29500")]
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _run(root: Path, out: Path, mode: str) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(WORKER), str(root), str(out), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-
-def test_two_process_cpu_ddp_matches_one_process(tiny_data, tmp_path):
-    _run(tiny_data, tmp_path, "ddp")
+def test_two_process_cpu_ddp_matches_one_process(tiny_data, tmp_path, run_worker):
+    run_worker(WORKER, tiny_data, tmp_path, "ddp", timeout=600)
     rank0 = load_file(str(tmp_path / "ddp-rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "ddp-rank1.safetensors"))
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"ranks diverged at {key}"
 
-    _run(tiny_data, tmp_path, "single")
+    run_worker(WORKER, tiny_data, tmp_path, "single", timeout=600)
     single = load_file(str(tmp_path / "single-rank0.safetensors"))
     gap = max((rank0[key] - single[key]).abs().max().item() for key in rank0)
     assert gap < 1e-4, f"2 processes x 1 image differ from 1 process x 2 images by {gap}"
