@@ -137,7 +137,7 @@ def available_cores() -> int:
 
 def students_in_parallel(students, images: torch.Tensor) -> bool:
     """Whether the students' CAM passes run concurrently, one thread each: on the CPU when the
-    intra-op threads leave a core set per student idle (1.85x measured with one intra-op thread on two
+    intra-op threads leave a core set per student idle (1.78x measured with one intra-op thread on two
     cores otherwise idle; with every core in intra-op use, no reliable gain: benchmarks/bench_students.py).
     Each thread keeps the process's intra-op thread count, so the CAMs are bitwise those of the
     sequential loop. Not with random modules in training mode (the global RNG's draw order would
@@ -181,13 +181,16 @@ def dual_multiscale_cam(
     Each student sees all flips of a scale in one batch; the students have separate weights, so
     they run one after the other, or concurrently where :func:`students_in_parallel` says it pays
     (batching them into one ``vmap`` computation was slower: benchmarks/bench_students.py).
-    ``final``/``forwards`` (per student, its training forward on ``images``): see :func:`multiscale_cam`.
+    ``images``: the batch every student sees, or a list of each student's own view (diff_aug).
+    ``final``/``forwards`` (per student, its training forward on its images): see :func:`multiscale_cam`.
     """
-    forwards = forwards or [None] * len(model.students)
+    students = list(model.students)
+    views = list(images) if isinstance(images, list | tuple) else [images] * len(students)
+    forwards = forwards or [None] * len(students)
     jobs = [
-        functools.partial(multiscale_cam, s, images, scales=scales, flip=flip, final=final, forward=f)
-        for s, f in zip(model.students, forwards, strict=True)
+        functools.partial(multiscale_cam, s, x, scales=scales, flip=flip, final=final, forward=f)
+        for s, x, f in zip(students, views, forwards, strict=True)
     ]
-    parallel = students_in_parallel(model.students, images)
-    results = run_students(jobs, parallel=parallel, device_type=images.device.type)
+    parallel = students_in_parallel(students, views[0])
+    results = run_students(jobs, parallel=parallel, device_type=views[0].device.type)
     return [cam for cam, _ in results], [cam_aux for _, cam_aux in results]

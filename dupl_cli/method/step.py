@@ -14,13 +14,7 @@ import torch
 
 from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
-from dupl_cli.method.cam import (
-    backbone_stride,
-    dual_multiscale_cam,
-    merge_flip,
-    multiscale_cam,
-    normalise_cam,
-)
+from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam, merge_flip, normalise_cam
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.params import PhaseSchedule, StepConfig, ThresholdConfig
 from dupl_cli.method.schedule import Phase, dta_window, phase_at
@@ -265,13 +259,7 @@ def _step_cams(model, images, outs, phase: Phase, config: StepConfig):
     need_aux = phase.w_ptc > 0 or (phase.seg_labels and phase.aux_labels)
     cams, cams_aux = [None] * len(outs), [None] * len(outs)
     own = isinstance(images, list | tuple)  # diff_aug: each student's own view
-    if (need_final or need_aux) and own:
-        pairs = [
-            multiscale_cam(s, x, scales=config.cam.scales, flip=config.cam.flip, final=need_final, forward=o)
-            for s, x, o in zip(model.students, images, outs, strict=True)
-        ]
-        cams, cams_aux = [c for c, _ in pairs], [a for _, a in pairs]
-    elif need_final or need_aux:
+    if need_final or need_aux:
         cams, cams_aux = dual_multiscale_cam(
             model, images, scales=config.cam.scales, flip=config.cam.flip, final=need_final, forwards=outs
         )
