@@ -76,12 +76,12 @@ class WeakViewDataset(Dataset):
         index, gen = self._generator(key)
         sample = self.adapter[index]
         first = self.view.sample(sample.image, gen)
-        item = {"image": first.image, "labels": torch.from_numpy(sample.labels), "img_box": first.img_box}
-        item["id"] = sample.id
+        labels = torch.from_numpy(sample.labels)
+        item = {"image": first.image, "labels": labels, "img_box": first.img_box, "id": sample.id}
         if self.views == 2:
             second = self.view.sample(sample.image, gen)
-            item.update(image2=second.image, img_box2=second.img_box, affine=first.affine)
-            item["affine2"] = second.affine
+            item |= {"image2": second.image, "img_box2": second.img_box}
+            item |= {"affine": first.affine, "affine2": second.affine}
         return item
 
 
