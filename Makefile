@@ -54,6 +54,7 @@ lint: install
 	$(VENV)/bin/ruff check dupl_cli tests benchmarks $(PLUGIN)
 	$(VENV)/bin/ruff format --check dupl_cli tests benchmarks $(PLUGIN)
 	$(VENV)/bin/lint-imports --no-logo
+	$(PY) tests/architecture/import_graph.py
 
 clean:
 	rm -rf .demo runs .pytest_cache

@@ -37,8 +37,9 @@ def scenes(n: int, h: int, w: int, k: int) -> tuple[list[np.ndarray], list[np.nd
 
 
 def methods(images, logits, params, workers: int, batch: int) -> dict:
-    from dupl_cli.engine.crf import CrfPool, crf_segmentation, dense_crf_batch
-    from dupl_cli.engine.crf_torch import segmentation_labels
+    from dupl_cli.crf.dense import dense_crf_batch
+    from dupl_cli.crf.pydensecrf_backend import CrfPool, crf_segmentation
+    from dupl_cli.crf.torch_backend import segmentation_labels
 
     threads = torch.get_num_threads()
 
@@ -90,7 +91,7 @@ def methods(images, logits, params, workers: int, batch: int) -> dict:
 
 def repeatability(image: np.ndarray, logits: np.ndarray, params) -> str:
     """Whether two runs give bitwise equal marginals, per device and splat/slice implementation."""
-    from dupl_cli.engine.crf_torch import marginals, segmentation_unary
+    from dupl_cli.crf.torch_backend import marginals, segmentation_unary
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = []
@@ -136,7 +137,8 @@ def bench_case(h: int, w: int, k: int, args, params) -> None:
 
 
 def main() -> None:
-    from dupl_cli.engine.crf import CrfParams, default_workers
+    from dupl_cli.crf.params import CrfParams
+    from dupl_cli.crf.pydensecrf_backend import default_workers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=2, help="images per case")

@@ -49,9 +49,10 @@ def median_runs(fns: dict, repeats: int) -> dict[str, float]:
 
 
 def main() -> None:
-    from dupl_cli.engine.crf import CrfParams, CrfPool, default_workers
-    from dupl_cli.engine.predict import to_tensor
-    from dupl_cli.engine.tta import TTAConfig, stride_of, tta_logits
+    from dupl_cli.crf.params import CrfParams
+    from dupl_cli.crf.pydensecrf_backend import CrfPool, default_workers
+    from dupl_cli.predict.loop import to_tensor
+    from dupl_cli.predict.tta import TTAConfig, stride_of, tta_logits
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=16)

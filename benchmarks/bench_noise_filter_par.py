@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 
 
 def realistic_losses(n: int, size: int, seed: int = 0):

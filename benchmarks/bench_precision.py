@@ -121,8 +121,8 @@ def layouts(model_settings, x01, config, repeats: int) -> list[str]:
 
 def precision_report(arch: str, size: int, n: int, device, *, camvid=None, repeats: int = 3) -> list[str]:
     """The printed lines: bf16 vs fp32 per student, then the layout comparison (on the CPU)."""
+    from dupl_cli.config.method_params import step_config
     from dupl_cli.config.sources import load_settings
-    from dupl_cli.engine.method_config import step_config
     from dupl_cli.models.dual import build_dual_student
 
     settings = load_settings("voc-vitb", assignments=[f"model.arch={arch}", "model.pretrained=none"],

@@ -14,10 +14,10 @@ import statistics
 import torch
 from step_timing import synthetic_batch, timed_steps
 
+from dupl_cli.config.method_params import step_config
 from dupl_cli.config.schema import VOC_TAU_END_PER_CLASS, DuplSettings, ModelSettings
-from dupl_cli.engine.method_config import step_config
-from dupl_cli.engine.optim import build_optimizer
 from dupl_cli.models.dual import build_dual_student
+from dupl_cli.train.optim import build_optimizer
 
 PHASES = {"A": 0, "B": 4000, "C": 12000}
 

@@ -31,7 +31,7 @@ def one(preset: str, phase: str, iters: int, out: Path) -> None:
     import torch
 
     from dupl_cli.config.sources import load_settings
-    from dupl_cli.engine.trainer import Trainer, TrainOptions
+    from dupl_cli.train.trainer import Trainer, TrainOptions
 
     data_root = out.parent / f"data-{preset}"
     sets = [

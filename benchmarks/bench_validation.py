@@ -23,8 +23,8 @@ VOC_VAL, VOC_ITERS, VOC_VAL_EVERY = 1449, 20000, 2000
 
 
 def _model_and_config(arch: str, size: int, device):
+    from dupl_cli.config.method_params import step_config
     from dupl_cli.config.schema import DuplSettings, ModelSettings
-    from dupl_cli.engine.method_config import step_config
     from dupl_cli.models.dual import build_dual_student
 
     settings = DuplSettings(model=ModelSettings(arch=arch, pretrained="none"))
@@ -42,7 +42,7 @@ def val_batches(b: int, size: int, device, n: int) -> list[dict]:
 
 
 def seconds_per_val_image(model, settings, batches, device, cam_threshold: float) -> float:
-    from dupl_cli.engine.validation import confusions
+    from dupl_cli.train.validation import confusions
 
     model.eval()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -66,7 +66,7 @@ def seconds_per_val_image(model, settings, batches, device, cam_threshold: float
 
 def validation_share(arch: str, size: int, device, *, repeats: int = 3, ranks: int = 8) -> dict:
     """Median t_step, t_img (batch 4 and 1) and the shares of a VOC run; interleaved rounds."""
-    from dupl_cli.engine.optim import build_optimizer
+    from dupl_cli.train.optim import build_optimizer
 
     settings, model, config = _model_and_config(arch, size, device)
     opt = build_optimizer(model, settings.train)

@@ -29,13 +29,13 @@ from bench_validation import report as validation_report
 from bench_validation import validation_share
 from step_timing import synthetic_batch, timed_steps
 
+from dupl_cli.config.method_params import step_config
 from dupl_cli.config.schema import DuplSettings, ModelSettings
 from dupl_cli.data.demo import write_demo
-from dupl_cli.engine.compile import compile_students
-from dupl_cli.engine.method_config import step_config
-from dupl_cli.engine.optim import build_optimizer
 from dupl_cli.method.params import PhaseSchedule
 from dupl_cli.models.dual import build_dual_student
+from dupl_cli.train.compile import compile_students
+from dupl_cli.train.optim import build_optimizer
 
 VOC = PhaseSchedule()  # t_seg 2000, t_anf 8000, 20000 iterations
 PHASES = {"A": 0, "B": VOC.t_seg, "C": VOC.t_anf + 1}

@@ -29,7 +29,7 @@ from dupl_cli.cli import (
     train_cmd,
 )
 from dupl_cli.cli.common import ConfigOpt, GlobalOptions, PresetOpt, SetOpt
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 
 OPTIONAL_VALUE = {"--resume": "latest"}
 """Options whose value may be left out (``--resume`` alone means the latest checkpoint)."""

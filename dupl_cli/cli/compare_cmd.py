@@ -36,7 +36,7 @@ def _setting(value) -> str:
 def table(comparison):
     from rich.table import Table
 
-    from dupl_cli.engine.compare import SEED, RunSummary, ordered
+    from dupl_cli.runs.compare import SEED, RunSummary, ordered
 
     keys = comparison.differing
     result = Table(title="dupl compare (numbers in %)")
@@ -74,7 +74,7 @@ def _write(target: Path, text: str) -> None:
     if str(target) == "-":
         typer.echo(text, nl=False)
         return
-    from dupl_cli.engine.checkpoint import atomic_write_text
+    from dupl_cli.core.atomic import atomic_write_text
 
     atomic_write_text(target, text)
 
@@ -83,7 +83,7 @@ def _csv_text(comparison) -> str:
     import csv
     import io
 
-    from dupl_cli.engine.compare import csv_rows
+    from dupl_cli.runs.compare import csv_rows
 
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(
@@ -113,8 +113,8 @@ def compare(
 ) -> None:
     import json
 
-    from dupl_cli.engine.compare import compare as run_compare
-    from dupl_cli.engine.compare import to_json
+    from dupl_cli.runs.compare import compare as run_compare
+    from dupl_cli.runs.compare import to_json
 
     comparison = run_compare(runs, eval_tags)
     to_stdout = "-" in (str(csv_out), str(json_out))

@@ -39,8 +39,8 @@ def demo(
     """Write the built-in demo dataset in the folder layout."""
     import time
 
+    from dupl_cli.core.errors import UserError
     from dupl_cli.data.demo import write_demo
-    from dupl_cli.errors import UserError
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; choose another --out or delete it")
@@ -132,8 +132,8 @@ def labels_cmd(
     source (VOC annotation XML, the labels file); exit 1 if any image fails."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from dupl_cli.core.errors import DataError, UserError
     from dupl_cli.data.images import labels_from_mask
-    from dupl_cli.errors import DataError, UserError
 
     settings = resolve_settings(ctx, preset, config, sets).settings
     inputs = [
@@ -167,7 +167,7 @@ def labels_cmd(
                 else:
                     sample_id, vec = res
                     rows[sample_id] = " ".join(adapter.classes[k] for k in vec.nonzero()[0])
-    from dupl_cli.engine.checkpoint import atomic_write_text
+    from dupl_cli.core.atomic import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "id,labels\n" + "".join(f"{k},{v}\n" for k, v in rows.items()))

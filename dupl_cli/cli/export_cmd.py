@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
-from dupl_cli.engine.choices import ExportFormat, ExportStudent
+from dupl_cli.predict.choices import ExportFormat, ExportStudent
 
 
 def export(
@@ -54,8 +54,8 @@ def export(
 ) -> None:
     """Export one student for deployment and check it against PyTorch at two input sizes."""
     settings = resolve_settings(ctx, preset, config, sets).settings
-    from dupl_cli.engine.checkpoint import resolve_checkpoint
-    from dupl_cli.engine.export import export_checkpoint
+    from dupl_cli.runs.checkpoint import resolve_checkpoint
+    from dupl_cli.tasks.export import export_checkpoint
 
     path, how = resolve_checkpoint(checkpoint, settings)
     opts = settings.export

@@ -50,7 +50,7 @@ def release(
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    from dupl_cli.errors import UserError
+    from dupl_cli.core.errors import UserError
 
     opts = global_options(ctx)
     if not (preset or config or opts.preset or opts.config):
@@ -58,7 +58,7 @@ def release(
             "dupl import release needs --preset (voc-vitb or coco-vitb): it fixes model and classes"
         )
     resolved = resolve_settings(ctx, preset, config, sets)
-    from dupl_cli.engine.release_import import import_release, preset_classes
+    from dupl_cli.runs.release_import import import_release, preset_classes
 
     classes, palette = preset_classes(resolved.settings)
     result = import_release(file, out, resolved.settings, resolved.sources, classes, palette, student=student)

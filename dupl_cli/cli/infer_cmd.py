@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options
-from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, prepare
+from dupl_cli.cli.prediction import CrfOpt, MultiscaleOpt, StudentOpt, prepare
 
 
 def infer(
@@ -46,14 +46,14 @@ def infer(
 
     Masks never overwrite an input; index.csv in --out says which input became which mask.
     """
-    from dupl_cli.engine.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
+    from dupl_cli.tasks.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
 
     checkpoint = check_checkpoint_arg(checkpoint)
     refuse_run_dirs(paths)  # before --out is created
     check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.infer import describe_checkpoint, run_infer
-    from dupl_cli.engine.tta import TTAConfig
+    from dupl_cli.predict.tta import TTAConfig
+    from dupl_cli.tasks.infer import describe_checkpoint, run_infer
 
     out_console = console(ctx)
     err_console = console(None, stderr=True)

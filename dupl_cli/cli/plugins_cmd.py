@@ -47,7 +47,7 @@ def list_plugins(
     from rich.markup import escape
     from rich.table import Table
 
-    from dupl_cli.errors import UserError
+    from dupl_cli.core.errors import UserError
     from dupl_cli.plugins import GROUPS, discover
     from dupl_cli.plugins import list_plugins as rows
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, global_options
-from dupl_cli.cli.evaluate_cmd import (
+from dupl_cli.cli.prediction import (
     CrfOpt,
     MultiscaleOpt,
     StudentOpt,
@@ -17,7 +17,7 @@ from dupl_cli.cli.evaluate_cmd import (
     prepare,
     print_protocol,
 )
-from dupl_cli.engine.choices import LabelSource
+from dupl_cli.predict.choices import LabelSource
 
 
 def pseudo_label(
@@ -50,8 +50,8 @@ def pseudo_label(
 ) -> None:
     """Write pseudo-labels; already complete files are skipped, writes are atomic."""
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.infer import check_out_dir
-    from dupl_cli.engine.pseudo_label import PseudoLabelRequest, run_pseudo_label
+    from dupl_cli.tasks.infer import check_out_dir
+    from dupl_cli.tasks.pseudo_label import PseudoLabelRequest, run_pseudo_label
 
     out_console = console(ctx)
     split = split or settings.data.train_split

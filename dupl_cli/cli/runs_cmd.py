@@ -40,7 +40,7 @@ def list_cmd(
     size."""
     from rich.table import Column, Table
 
-    from dupl_cli.engine.run_index import list_runs, summary
+    from dupl_cli.runs.run_index import list_runs, summary
 
     root = Path(resolve_settings(ctx, preset, config, sets).settings.train.runs_root)
     rows = [summary(p) for p in list_runs(root)]
@@ -86,8 +86,8 @@ def show_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from dupl_cli.engine.run_index import settings_changed_from_preset, summary, validation_history
-    from dupl_cli.errors import UserError
+    from dupl_cli.core.errors import UserError
+    from dupl_cli.runs.run_index import settings_changed_from_preset, summary, validation_history
 
     if not run.is_dir():
         named = Path(resolve_settings(ctx, preset, config, sets).settings.train.runs_root) / run

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, global_options
-from dupl_cli.cli.evaluate_cmd import CrfOpt, MultiscaleOpt, StudentOpt, build_adapter, prepare
+from dupl_cli.cli.prediction import CrfOpt, MultiscaleOpt, StudentOpt, build_adapter, prepare
 
 SUBMIT_HELP = (
     "Segment the VOC test split and pack results/VOC2012/Segmentation/comp6_test_cls/<id>.png (palette "
@@ -33,8 +33,8 @@ def submit(
     sets: SetOpt = None,
 ) -> None:
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
-    from dupl_cli.engine.submission import run_submission
-    from dupl_cli.engine.tta import TTAConfig
+    from dupl_cli.predict.tta import TTAConfig
+    from dupl_cli.tasks.submit import run_submission
 
     out = out or loaded.path.parent / "submission" / split
     con = console(ctx)

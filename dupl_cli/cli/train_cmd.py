@@ -52,7 +52,7 @@ def train(
             "train.warmup_iters to match)",
             err=True,
         )
-    from dupl_cli.engine.trainer import Trainer, TrainOptions
+    from dupl_cli.train.trainer import Trainer, TrainOptions
 
     options = TrainOptions(
         run_dir=run_dir,

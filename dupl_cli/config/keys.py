@@ -14,7 +14,8 @@ from typing import Any, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from dupl_cli.errors import UserError
+from dupl_cli.config.schema import DuplSettings
+from dupl_cli.core.errors import UserError
 
 Origin = str | Callable[[str], str]  # one origin for a whole table, or one per dotted key
 
@@ -23,8 +24,6 @@ _MOVED = {f"data.demo_{key}": f"data.options.{key}" for key in ("seed", "size", 
 
 
 def _root() -> type[BaseModel]:
-    from dupl_cli.config.schema import DuplSettings
-
     return DuplSettings
 
 

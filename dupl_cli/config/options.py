@@ -13,14 +13,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
+from dupl_cli.core.errors import UserError
+from dupl_cli.plugins import DATASETS, discover
+
 OPTION_ERROR = "dupl_option"  # error type the settings loader turns into a line naming the option
 
 
 def options_model(adapter: str) -> tuple[bool, type[BaseModel] | None]:
     """(installed, options model or None). An adapter that is not installed is reported when built."""
-    from dupl_cli.errors import UserError
-    from dupl_cli.plugins import DATASETS, discover
-
     plugin = discover(DATASETS).get(adapter)
     if plugin is None:
         return False, None

@@ -9,7 +9,7 @@ from typing import Any
 
 import tomllib
 
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 
 
 def _preset_dir():

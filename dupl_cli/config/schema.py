@@ -13,6 +13,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dupl_cli.config.context import active_sources
+from dupl_cli.config.options import validate_options
 from dupl_cli.method.params import STRONG_OPS  # the op list is the method's; torch-free
 
 VOC_TAU_END_PER_CLASS = [
@@ -120,8 +122,6 @@ class DataSettings(Section):
     @field_validator("options")
     @classmethod
     def _adapter_options(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from dupl_cli.config.options import validate_options
-
         adapter = info.data.get("adapter")
         return v if adapter is None else validate_options(adapter, v)
 
@@ -428,8 +428,6 @@ class DuplSettings(BaseSettings):
     ):
         # The sources of the load under way (config.sources.load_settings); none outside one, so a
         # bare DuplSettings() is the defaults plus its arguments, whatever the environment holds.
-        from dupl_cli.config.sources import active_sources
-
         return (init_settings, *active_sources(settings_cls))
 
     @model_validator(mode="after")

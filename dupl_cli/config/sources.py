@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ from pydantic_settings import EnvSettingsSource, PydanticBaseSettingsSource
 from pydantic_settings.exceptions import SettingsError
 
 from dupl_cli.config import keys
-from dupl_cli.config.options import OPTION_ERROR
+from dupl_cli.config.context import loading
+from dupl_cli.config.options import OPTION_ERROR, options_model
 from dupl_cli.config.presets import load_config_file, load_layers
 from dupl_cli.config.schema import DataSettings, DuplSettings
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 
 ENV_PREFIX = "DUPL_"
 
@@ -264,14 +264,6 @@ def scope_options(sources: Sequence[_Layers]) -> list[str]:
     return ignored
 
 
-_ACTIVE: ContextVar[_Load | None] = ContextVar("dupl_settings_load", default=None)
-
-
-def active_sources(settings_cls) -> tuple[PydanticBaseSettingsSource, ...]:
-    load = _ACTIVE.get()
-    return () if load is None else tuple(load.build(settings_cls))
-
-
 def load_settings(
     preset: str | None = None,
     config_file: Path | None = None,
@@ -281,13 +273,11 @@ def load_settings(
 ) -> ResolvedSettings:
     """Settings from the sources asked for; ``card`` is (card file, its settings table)."""
     load = _Load(preset, config_file, list(assignments), os.environ if environ is None else environ, card)
-    token = _ACTIVE.set(load)
     try:
-        settings = DuplSettings()
+        with loading(load.build):
+            settings = DuplSettings()
     except ValidationError as exc:
         raise _value_error(exc, *load.merged()) from None
-    finally:
-        _ACTIVE.reset(token)
     values, sources = load.merged()
     if ":" in str(values.get("model.backbone", "")):
         sources["model.arch"] = sources["model.backbone"]
@@ -322,8 +312,6 @@ def card_settings(card_file: Path, settings: Any) -> DuplSettings:
 
 def explain(resolved: ResolvedSettings) -> list[tuple[str, Any, str, str]]:
     """Rows (dotted key, value, origin, description) for every setting."""
-    from dupl_cli.config.options import options_model
-
     data = resolved.settings.model_dump(mode="json")
     model: type[BaseModel] | None = None
     if resolved.settings.data.options:

@@ -9,13 +9,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from dupl_cli.core.errors import DataError, UserError
+from dupl_cli.core.textfile import read_text
 from dupl_cli.data.images import IMAGE_EXTS, labels_from_mask, read_image, read_mask
-from dupl_cli.errors import DataError, UserError
-from dupl_cli.textfile import read_text
 
 
 @dataclass
@@ -283,10 +283,8 @@ class SubsetAdapter:
 
     def __init__(self, adapter, indices):
         self.adapter, self.indices = adapter, list(indices)
-        self.classes, self.palette, self.split = adapter.classes, adapter.palette, adapter.split
-        self.has_masks = adapter.has_masks
         self.ids = [adapter.ids[i] for i in self.indices]
-        self.source = getattr(adapter, "source", adapter.split)
+        self.source = getattr(adapter, "source", None) or getattr(adapter, "split", None)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -296,3 +294,16 @@ class SubsetAdapter:
 
     def path_of(self, i: int) -> Path:
         return self.adapter.path_of(self.indices[i])
+
+    def __getattr__(self, name: str) -> Any:
+        # classes, palette, split, has_masks and anything else an adapter offers are the wrapped one's
+        if name == "adapter":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.adapter, name)
+
+
+def shard(adapter, rank: int, world: int, limit: int = 0) -> SubsetAdapter:
+    """Every ``world``-th sample of ``adapter`` from ``rank`` (of the first ``limit``, 0 = all):
+    no padding and no duplicates, so the shards of all ranks hold each sample once."""
+    total = len(adapter) if limit <= 0 else min(limit, len(adapter))
+    return SubsetAdapter(adapter, range(rank, total, world))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dupl_cli.core.errors import DataError
 from dupl_cli.data.base import (
     ListAdapter,
     find_with_ext,
@@ -29,7 +30,6 @@ from dupl_cli.data.base import (
     read_labels_table,
 )
 from dupl_cli.data.palette import COCO_CLASSES, palette_for
-from dupl_cli.errors import DataError
 
 LAYOUT = (
     "<root>/train2014/, <root>/val2014/ (images) and <root>/SegmentationClass/{train2014,val2014}/<id>.png "

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dupl_cli.core.errors import DataError, UserError
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.palette import COCO_CLASSES, flat_palette
-from dupl_cli.errors import DataError, UserError
-from dupl_cli.labels import IGNORE_INDEX
 
 INSTALL_HINT = (
     "pycocotools is needed for `dupl data coco-masks`: pip install 'dupl[coco]' (or pip install pycocotools)"

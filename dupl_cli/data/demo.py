@@ -19,11 +19,11 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from dupl_cli.core.errors import UserError
+from dupl_cli.core.labels import IGNORE_INDEX
+from dupl_cli.core.textfile import read_text
 from dupl_cli.data import folder
 from dupl_cli.data.palette import flat_palette
-from dupl_cli.errors import UserError
-from dupl_cli.labels import IGNORE_INDEX
-from dupl_cli.textfile import read_text
 
 log = logging.getLogger(__name__)
 

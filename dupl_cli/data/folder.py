@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dupl_cli.core.errors import DataError
 from dupl_cli.data.base import (
     IMAGE_EXTS,
     ListAdapter,
@@ -32,7 +33,6 @@ from dupl_cli.data.base import (
     read_labels_table,
 )
 from dupl_cli.data.palette import palette_for
-from dupl_cli.errors import DataError
 
 LAYOUT = (
     "<root>/classes.txt, <root>/images/<id>.jpg|png, <root>/labels.csv (id,class names) or labels.json, "

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dupl_cli.core.errors import DataError
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.palette import colors_to_ids
-from dupl_cli.errors import DataError
-from dupl_cli.labels import IGNORE_INDEX
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 """Extensions read as images (lower case; adapters also try the upper-case form)."""

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 from torchvision.transforms.v2 import functional as F
 
+from dupl_cli.core.errors import DataError
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.transforms import WeakView, normalize, to_tensor
-from dupl_cli.errors import DataError
-from dupl_cli.labels import IGNORE_INDEX
 
 
 class SeededSampler(Sampler):

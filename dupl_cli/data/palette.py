@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 
 VOC_CLASSES = [
     "aeroplane",

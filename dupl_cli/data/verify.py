@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from dupl_cli.core.errors import DataError, one_line
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.base import check_id, left_out_note
 from dupl_cli.data.images import labels_from_mask, probe_image
-from dupl_cli.errors import DataError, one_line
-from dupl_cli.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dupl_cli.core.errors import DataError
 from dupl_cli.data.base import (
     ListAdapter,
     find_with_ext,
@@ -30,7 +31,6 @@ from dupl_cli.data.base import (
     read_labels_table,
 )
 from dupl_cli.data.palette import VOC_CLASSES, palette_for
-from dupl_cli.errors import DataError
 
 LAYOUT = (
     "VOCdevkit/VOC2012/ with JPEGImages/<id>.jpg, SegmentationClassAug/ or SegmentationClass/<id>.png, "

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method.params import NoiseFilterConfig
 
 # The first three draws of numpy.random.RandomState(0).random_sample(): the k-means++ first

@@ -1,7 +1,7 @@
 """The method's typed parameters: frozen dataclasses holding every default (docs/method.md).
 
 This is the only place the method's defaults live; the settings layer keeps equal defaults
-(a test holds them together) and ``engine.method_config`` builds these objects from settings.
+(a test holds them together) and ``config.method_params`` builds these objects from settings.
 No torch here, so that the settings (and a torch-free ``dupl --help``) can import the op list.
 Release-compat switches (docs/method.md §10) sit in the part of the method they change.
 """

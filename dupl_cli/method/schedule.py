@@ -1,6 +1,6 @@
 """The three-phase loss schedule, phase names and the warm-up + poly LR factor (docs/method.md §8).
 
-Building the optimiser and the scheduler is the engine's job (``engine.optim``).
+Building the optimiser and the scheduler is the engine's job (``train.optim``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
 from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam, merge_flip, normalise_cam
 from dupl_cli.method.noise_filter import noisy_pixels

@@ -8,7 +8,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method.par import pixel_affinity, propagate
 from dupl_cli.method.params import ParConfig
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 
 
 def _source_index(n: int, src_scale, src_offset, dst_scale, dst_offset) -> torch.Tensor:

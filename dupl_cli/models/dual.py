@@ -10,6 +10,7 @@ import copy
 
 from torch import nn
 
+from dupl_cli.models.backbones import build_backbone
 from dupl_cli.models.student import Student
 
 MAX_STUDENTS = 2
@@ -35,8 +36,6 @@ class DualStudent(nn.Module):
 
 def build_dual_student(model_settings, num_classes: int, img_size: int, students: int = 2) -> DualStudent:
     """Build one backbone, deep-copy it for the second student; heads are initialised independently."""
-    from dupl_cli.models.backbones import build_backbone
-
     if not 1 <= students <= MAX_STUDENTS:
         raise ValueError(f"students must be 1 or 2, got {students}")
     backbone = build_backbone(model_settings, img_size)

@@ -6,6 +6,9 @@ DatasetAdapter``). Built-ins are declared through the same pyproject entry point
 uses; ``register`` adds one in-process. ``load(group, name)`` imports only that plugin and
 returns a callable that builds the object and holds it to the protocol (``check_backbone``,
 ``check_dataset``).
+
+Belongs here: the registry, the protocols factories are held to, and the backbone contract
+(``plugins.backbone``). May import ``core`` only, and no torch at module level.
 """
 
 from dupl_cli.plugins.installed import Broken

@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dupl_cli.errors import UserError, one_line
+from dupl_cli.core.errors import UserError, one_line
+from dupl_cli.plugins.backbone import BackboneFeatures
 
 
 def _positive_int(value: Any) -> bool:
@@ -31,10 +32,8 @@ def check_backbone(backbone: Any, *, plugin: str = "backbone", size: tuple[int, 
     W = 3·stride (non-square, so swapped axes show). The input is built without the global RNG and
     the module's train/eval mode is restored, so a check changes nothing a training run sees.
     """
-    import torch
+    import torch  # here, not at module level: the registry imports this module without torch
     from torch import nn
-
-    from dupl_cli.models.backbones.base import BackboneFeatures
 
     def fail(what: str) -> UserError:
         return UserError(f"{plugin} breaks the backbone protocol: {what}")

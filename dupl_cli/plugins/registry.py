@@ -21,7 +21,7 @@ from difflib import get_close_matches
 from importlib.metadata import EntryPoint
 from typing import Any
 
-from dupl_cli.errors import UserError, one_line
+from dupl_cli.core.errors import UserError, one_line
 from dupl_cli.plugins import installed
 from dupl_cli.plugins.protocol import check_backbone, check_dataset
 

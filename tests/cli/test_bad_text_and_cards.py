@@ -85,8 +85,8 @@ CARD_CASES = [
 @pytest.fixture(scope="module")
 def card_run(tmp_path_factory, tiny_data):
     from dupl_cli.config.sources import load_settings
-    from dupl_cli.engine.checkpoint import save_model
     from dupl_cli.models.dual import build_dual_student
+    from dupl_cli.runs.checkpoint import save_model
 
     settings = load_settings("tiny-cpu", assignments=[f'data.root="{tiny_data}"'], environ={}).settings
     model = build_dual_student(settings.model, num_classes=5, img_size=settings.data.crop_size)

@@ -57,7 +57,7 @@ def test_runs_are_listed_with_status_and_latest_follows_the_newest(run_cli, tiny
 
 
 def test_a_run_whose_process_is_gone_is_crashed(run_cli, tmp_path):
-    from dupl_cli.engine.run_index import mark_run
+    from dupl_cli.runs.run_index import mark_run
 
     run = tmp_path / "runs" / "gone"
     run.mkdir(parents=True)

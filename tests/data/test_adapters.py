@@ -10,10 +10,10 @@ import pytest
 from dataset_builders import make_folder, make_voc, scene, settings_for
 from PIL import Image
 
+from dupl_cli.core.errors import DataError
 from dupl_cli.data import coco, demo, folder, voc
 from dupl_cli.data.base import DatasetAdapter
 from dupl_cli.data.palette import COCO_CLASSES, VOC_CLASSES, voc_colormap
-from dupl_cli.errors import DataError
 
 
 @pytest.mark.parametrize("form", ["devkit", "voc2012", "renamed"])

@@ -11,10 +11,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
+from dupl_cli.core.errors import DataError
 from dupl_cli.data import folder
 from dupl_cli.data.images import read_image, read_mask
 from dupl_cli.data.verify import check_split
-from dupl_cli.errors import DataError
 
 runner = CliRunner()
 

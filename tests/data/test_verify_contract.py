@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dupl_cli.core.errors import DataError
 from dupl_cli.data.base import Sample
 from dupl_cli.data.verify import check_split
-from dupl_cli.errors import DataError
 
 
 class FakeAdapter:

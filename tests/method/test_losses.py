@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from method_oracles import discrepancy_loss
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method import losses as L
 
 

@@ -11,7 +11,7 @@ from method_oracles import fit_two_gaussians, kmeans_1d
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.params import NoiseFilterConfig
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dupl_cli.config.schema import DataSettings, ModelSettings
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.transforms import WeakView
-from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method import losses
 from dupl_cli.method import step as step_module
 from dupl_cli.method.cam import multiscale_cam

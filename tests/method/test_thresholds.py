@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from method_oracles import refine
 
-from dupl_cli.labels import IGNORE_INDEX
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.method.thresholds import (
     box_mask,
     cam_to_label,

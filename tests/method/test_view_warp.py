@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dupl_cli.config.schema import DataSettings
+from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.data.transforms import WeakView
-from dupl_cli.labels import IGNORE_INDEX
 from dupl_cli.method.view_warp import warp_labels
 
 K, C0, S = 6, 3, 48  # ramp step and offset (values stay below 255), crop size

@@ -8,9 +8,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
-from dupl_cli.errors import UserError
-from dupl_cli.models.backbones.base import BackboneFeatures
+from dupl_cli.core.errors import UserError
 from dupl_cli.plugins import BACKBONES, check_backbone, load
+from dupl_cli.plugins.backbone import BackboneFeatures
 
 runner = CliRunner()
 

@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from dupl_cli.config.sources import load_settings
+from dupl_cli.core.errors import DataError, UserError
 from dupl_cli.data.base import Sample
 from dupl_cli.data.verify import check_split, verify
-from dupl_cli.errors import DataError, UserError
 from dupl_cli.plugins import DATASETS, check_dataset, discover, load
 
 

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
 from dupl_cli.config.sources import load_settings
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 
 OPTIONS_DATASET = """
 from pydantic import BaseModel, ConfigDict, Field

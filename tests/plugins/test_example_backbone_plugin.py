@@ -44,7 +44,7 @@ def test_listed_with_its_version(plugin_version):
 def test_tiny_cpu_training_runs_on_the_plugin_backbone(plugin_version, tiny_data, tmp_path):
     from dupl_example_backbone.convnext import ConvNeXtBackbone
 
-    from dupl_cli.engine.checkpoint import load_model
+    from dupl_cli.runs.checkpoint import load_model
 
     run = tmp_path / "run"
     args = [

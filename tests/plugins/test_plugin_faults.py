@@ -107,7 +107,7 @@ def test_a_plugin_exiting_at_import_is_listed_as_failed(fake_distribution, tmp_p
     # Used for real, it is one line and dupl's own exit code, not the plugin's.
     used = runner.invoke(app, ["--set", "model.backbone=quitter", "config", "show", "--preset", "tiny-cpu"])
     assert used.exit_code == 0  # settings alone import no plugin
-    from dupl_cli.errors import UserError
+    from dupl_cli.core.errors import UserError
     from dupl_cli.plugins import load
 
     with pytest.raises(UserError) as err:

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from dupl_cli import plugins
 from dupl_cli.cli.app import app
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.plugins import BACKBONES, DATASETS, discover, load, register, unregister
 
 runner = CliRunner()
@@ -22,7 +22,7 @@ def toy_backbone_factory():
     import torch
     from torch import nn
 
-    from dupl_cli.models.backbones.base import BackboneFeatures
+    from dupl_cli.plugins.backbone import BackboneFeatures
 
     class Toy(nn.Module):
         out_channels, aux_channels, stride = 8, 3, 4

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.plugins import BACKBONES, DATASETS, discover, load
 
 runner = CliRunner()
@@ -103,7 +103,7 @@ def test_dataset_plugin_problems_reach_data_verify(fake_distribution, tmp_path):
         "    def __getitem__(self, i):\n",
         "    def __getitem__(self, i):\n"
         "        if i == 2:\n"
-        "            from dupl_cli.errors import DataError\n"
+        "            from dupl_cli.core.errors import DataError\n"
         "            raise DataError(f'{self.path_of(i)}: cannot decode image')\n",
     )
     assert broken != TOY_DATASET

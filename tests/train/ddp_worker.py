@@ -13,7 +13,7 @@ def train(root: Path, out: Path, batch_size: int, tag: str) -> None:
     from accelerate import PartialState
 
     from dupl_cli.config.sources import load_settings
-    from dupl_cli.engine.trainer import Trainer, TrainOptions
+    from dupl_cli.train.trainer import Trainer, TrainOptions
 
     assignments = [
         f"data.root={root}", f"train.runs_root={out}", f"train.batch_size={batch_size}",

@@ -8,11 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from dupl_cli.config.schema import ModelSettings
-from dupl_cli.engine.compile import compile_students
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.method.params import CamConfig, NoiseFilterConfig, ParConfig, PhaseSchedule, StepConfig
 from dupl_cli.method.step import training_step
 from dupl_cli.models.dual import build_dual_student
+from dupl_cli.train.compile import compile_students
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
-from dupl_cli.engine.run_dir import checkpoint_dirs
+from dupl_cli.runs.run_dir import checkpoint_dirs
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

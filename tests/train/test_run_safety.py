@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
-from dupl_cli.engine.run_dir import checkpoint_dirs
-from dupl_cli.engine.run_lock import holder
+from dupl_cli.runs.run_dir import checkpoint_dirs
+from dupl_cli.runs.run_lock import holder
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 

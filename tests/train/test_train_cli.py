@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
-from dupl_cli.engine.checkpoint import load_model
-from dupl_cli.engine.run_dir import checkpoint_dirs, read_state
+from dupl_cli.runs.checkpoint import load_model
+from dupl_cli.runs.run_dir import checkpoint_dirs, read_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dupl_cli.models.backbones.base import Backbone, BackboneFeatures
+from dupl_cli.plugins import BACKBONES, load
+from dupl_cli.plugins.backbone import Backbone, BackboneFeatures
 
 __all__ = ["Backbone", "BackboneFeatures", "build_backbone"]
 
 
 def build_backbone(model_settings, img_size: int) -> Backbone:
     """Build the backbone named by ``model.backbone`` (entry point) and ``model.arch``."""
-    from dupl_cli.plugins import BACKBONES, load
-
     factory = load(BACKBONES, model_settings.backbone)
     return factory(
         model_settings.arch,

@@ -1,22 +1,13 @@
-"""The backbone contract.
+"""Helpers for backbone factories: weight loading (re-exported from ``weights`` for plugins) and the
+input normalisation pretrained weights expect.
 
-A backbone maps images B×3×H×W to ``BackboneFeatures(final, aux)``: ``final`` (B×D×h×w) feeds
-the classifier, CAM and segmentation head; ``aux`` (B×D'×h'×w', an intermediate map) feeds
-the auxiliary classifier. ``stride`` is the input pixels per cell of ``final``: inputs of any size
-are zero-padded at the bottom and right to a multiple of it, and ``h = ceil(H / stride)``
-(``dupl_cli.models.geometry`` maps such maps back onto the image exactly). dupl pads every input to a
-multiple of ``stride`` before it calls a backbone, so a plugin only has to handle multiples.
-
-Factories registered under the ``dupl.backbones`` entry-point group have the signature
-``build(arch, *, pretrained, img_size, aux_layer) -> Backbone``. Weight loading helpers live in
-``weights`` and are re-exported here for plugins.
+The contract itself (``Backbone``, ``BackboneFeatures``) is ``dupl_cli.plugins.backbone``. dupl pads
+every input to a multiple of the backbone's ``stride`` before it calls it (``models.geometry`` maps the
+maps back onto the image exactly), so a plugin only has to handle multiples. Factories registered
+under ``dupl.backbones`` have the signature ``build(arch, *, pretrained, img_size, aux_layer) -> Backbone``.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple, Protocol, runtime_checkable
-
-import torch
 
 from dupl_cli.models.backbones.weights import (  # noqa: F401  (re-exported for plugins)
     create_timm_model,
@@ -54,19 +45,3 @@ def normalisation_mismatch(backbone, arch: str, pretrained: str, mean, std) -> s
 
 def _fmt(values) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
-
-
-class BackboneFeatures(NamedTuple):
-    final: torch.Tensor
-    aux: torch.Tensor
-
-
-@runtime_checkable
-class Backbone(Protocol):
-    out_channels: int
-    aux_channels: int
-    stride: int
-
-    def __call__(self, x: torch.Tensor) -> BackboneFeatures: ...
-
-    def parameters(self, recurse: bool = True): ...

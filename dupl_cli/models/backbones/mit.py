@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.errors import UserError
-from dupl_cli.models.backbones.base import BackboneFeatures, load_weights
+from dupl_cli.core.errors import UserError
+from dupl_cli.models.backbones.base import load_weights
 from dupl_cli.models.geometry import pad_to_multiple
+from dupl_cli.plugins.backbone import BackboneFeatures
 
 # Stage widths and block counts per variant; heads, reduction ratios and MLP ratio are shared.
 VARIANTS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {

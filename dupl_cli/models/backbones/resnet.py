@@ -6,7 +6,7 @@ dilated); see ``timm_cnn``. Kept as its own name for the ``voc-r50`` preset and 
 
 from __future__ import annotations
 
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.models.backbones.timm_cnn import TimmCNNBackbone, create_cnn
 
 PREFIXES = ("resnet", "resnext", "seresnet", "wide_resnet", "resnest", "test_resnet")

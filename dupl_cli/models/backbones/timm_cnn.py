@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dupl_cli.errors import UserError
-from dupl_cli.models.backbones.base import BackboneFeatures, create_timm_model, pretrained_normalisation
+from dupl_cli.core.errors import UserError
+from dupl_cli.models.backbones.base import create_timm_model, pretrained_normalisation
 from dupl_cli.models.geometry import pad_to_multiple
+from dupl_cli.plugins.backbone import BackboneFeatures
 
 OUTPUT_STRIDE = 16
 # Transformers have one token grid and their own family (position embeddings, prefix tokens).

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.errors import UserError
-from dupl_cli.models.backbones.base import BackboneFeatures, create_timm_model, pretrained_normalisation
+from dupl_cli.core.errors import UserError
+from dupl_cli.models.backbones.base import create_timm_model, pretrained_normalisation
 from dupl_cli.models.geometry import _tracing, pad_to_multiple
+from dupl_cli.plugins.backbone import BackboneFeatures
 
 # timm modules whose models this family runs (checked before anything is built or downloaded).
 TIMM_MODULES = ("vision_transformer", "vision_transformer_hybrid", "deit", "eva")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError, load_reason
 
 HUB_PREFIX = "hf-hub:"
 # What timm itself looks for in a hub repository, in its order (safetensors first).
@@ -51,8 +51,6 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file formats raise many types
-        from dupl_cli.errors import load_reason
-
         raise UserError(f"{path}: cannot read weights ({load_reason(exc)})") from None
     for nest in ("state_dict", "model", "module"):
         if isinstance(state, Mapping) and nest in state and isinstance(state[nest], Mapping):

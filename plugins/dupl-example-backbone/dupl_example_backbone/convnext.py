@@ -12,7 +12,7 @@ its own feature choice by overriding ``forward``. Any timm ConvNeXt name works (
 
 from __future__ import annotations
 
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.models.backbones.timm_cnn import TimmCNNBackbone, create_cnn
 
 

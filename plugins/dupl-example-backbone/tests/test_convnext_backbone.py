@@ -11,7 +11,7 @@ import torch
 from dupl_example_backbone.convnext import ConvNeXtBackbone, build
 from safetensors.torch import save_file
 
-from dupl_cli.errors import UserError
+from dupl_cli.core.errors import UserError
 from dupl_cli.plugins import BACKBONES, list_plugins, load
 
 

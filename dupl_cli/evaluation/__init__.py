@@ -1,0 +1,6 @@
+"""Scoring and pictures: confusion-matrix metrics on the device, class matching by name, palette
+masks, overlays, heat maps, the confusion-matrix PNG, the HTML report and the training curves.
+
+Belongs here: what turns predictions into numbers and images. May import ``core`` and below; never its
+siblings ``crf`` and ``config``.
+"""

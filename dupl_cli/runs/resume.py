@@ -1,0 +1,73 @@
+"""Resume from the newest checkpoint that loads, falling back to older complete ones (and saying so).
+
+A corrupt or hostile file in the newest checkpoint (a truncated model file, an ``optimizer.bin``
+that is not plain tensors) is named in one line and the previous checkpoint is tried; an RNG state
+Accelerate cannot load, which it skips quietly, is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dupl_cli.runs import run_dir as runs
+from dupl_cli.core.errors import UserError, load_reason
+
+
+class _RngSkipped(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.skipped = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.skipped = self.skipped or "Could not load random states" in record.getMessage()
+
+
+def _load_one(acc, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
+    state = runs.read_state(ckpt)
+    logger = logging.getLogger("accelerate.checkpointing")
+    watch, level = _RngSkipped(), logger.level
+    logger.addHandler(watch)
+    logger.setLevel(logging.INFO)  # the skip is only logged at INFO
+    try:
+        acc.load_state(str(ckpt))
+    finally:
+        logger.removeHandler(watch)
+        logger.setLevel(level)
+    if watch.skipped:
+        rng = ckpt / f"random_states_{acc.process_index}.pkl"
+        report(
+            f"warning: {rng}: random state not loaded (missing, corrupt or not plain data); "
+            "continuing with fresh random state, so the run will not match an uninterrupted one"
+        )
+    return state
+
+
+def load_resume(
+    acc, run_dir: Path, newest: Path, report: Callable[[str], None]
+) -> tuple[dict[str, Any], Path]:
+    """(trainer state, checkpoint used): ``newest`` first, then each older complete checkpoint."""
+    older = [path for _, path in reversed(runs.checkpoint_dirs(run_dir)) if path != newest]
+    failures = []
+    for ckpt in [newest, *older]:
+        try:
+            state = _load_one(acc, ckpt, report)
+        except (
+            Exception
+        ) as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
+            failures.append(f"{ckpt}: {load_reason(exc)}")
+            report(f"warning: cannot resume from {failures[-1]}")
+            continue
+        for bad in failures:  # set aside, so rotation never deletes a good checkpoint to keep them
+            path = Path(bad.split(": ", 1)[0])
+            if acc.is_main_process and path.is_dir():
+                path.rename(path.with_name(f"unusable_{path.name}"))
+        if failures:
+            report(
+                f"warning: fell back to {ckpt} (step {state.get('step')}); the newer checkpoint(s) did not "
+                "load and were renamed unusable_step_<n>"
+            )
+        return state, ckpt
+    raise UserError(f"{run_dir}: no checkpoint can be resumed ({'; '.join(failures)})")

@@ -1,0 +1,140 @@
+"""Run directories: resolved config, rotating Accelerate checkpoints written atomically, resume lookup.
+
+A checkpoint ``checkpoints/step_<n>/`` is first written as ``checkpoints/.tmp_step_<n>/`` and renamed
+once complete (``trainer_state.json`` is the last file written), so a kill at any moment leaves the
+previous checkpoint as the latest valid one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from dupl_cli.core.atomic import atomic_write_text
+from dupl_cli.core.errors import UserError
+from dupl_cli.config.toml_writer import dumps
+from dupl_cli.config.keys import flatten
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def new_run_dir(runs_root: Path, run_name: str | None, preset: str | None) -> Path:
+    if run_name:
+        return Path(runs_root) / run_name
+    stem = Path(preset).stem if preset else "run"
+    return Path(runs_root) / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+_PATH_SETTINGS = {
+    "data": ("root", "train_list", "val_list", "labels_file"),
+    "train": ("runs_root",),
+    "eval": ("checkpoint",),
+}
+
+
+def absolute_paths(settings):
+    """``settings`` with every path setting absolute and resolved, so a run's config and cards mean the
+    same files from any working directory."""
+    update = {}
+    for section, keys in _PATH_SETTINGS.items():
+        values = getattr(settings, section)
+        fixed = {k: Path(v).expanduser().resolve() for k in keys if (v := getattr(values, k)) is not None}
+        update[section] = values.model_copy(update=fixed)
+    return settings.model_copy(update=update)
+
+
+def write_config(run_dir: Path, settings_json: dict[str, Any], sources: dict[str, str]) -> None:
+    comments = {key: f"from {origin}" for key, origin in sources.items()}
+    atomic_write_text(run_dir / "config.toml", dumps(settings_json, comments))
+
+
+def changed_settings(run_dir: Path, settings_json: dict[str, Any]) -> list[str]:
+    """Lines ``key: old -> new`` for settings that differ from the run's recorded config."""
+    path = run_dir / "config.toml"
+    if not path.is_file():
+        return []
+
+    old = flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+    lines = []
+    for key, value in flatten(settings_json).items():
+        before = old.get(key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if before != value and not (before is None and value is None):
+            lines.append(f"{key}: {before!r} -> {value!r}")
+    return lines
+
+
+def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    found = []
+    if root.is_dir():
+        for path in root.iterdir():
+            match = _STEP_DIR.match(path.name)
+            if match and (path / STATE_FILE).is_file():
+                found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = checkpoint_dirs(run_dir)
+    return found[-1][1] if found else None
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    path = Path(checkpoint) / STATE_FILE
+    if not path.is_file():
+        raise UserError(f"{checkpoint}: not a complete checkpoint (no {STATE_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Accelerate state + trainer state into ``checkpoints/step_<step>``; prune beyond ``keep``."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for _, old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def find_resume(resume: str, run_dir: Path | None, runs_root: Path) -> tuple[Path, Path]:
+    """(run dir, checkpoint dir) for ``--resume`` (``latest``) or ``--resume PATH``."""
+    if resume != "latest":
+        path = Path(resume)
+        if (path / STATE_FILE).is_file():
+            return path.parent.parent, path
+        if path.is_dir():
+            ckpt = latest_checkpoint(path)
+            if ckpt is None:
+                raise UserError(f"{path}: no complete checkpoint to resume from")
+            return path, ckpt
+        raise UserError(f"{path}: not a run directory or checkpoint")
+    if run_dir is None:
+        runs = [p for p in Path(runs_root).glob("*/") if latest_checkpoint(p) is not None]
+        if not runs:
+            raise UserError(f"--resume: no run with a checkpoint under {runs_root}/")
+        run_dir = max(runs, key=lambda p: latest_checkpoint(p).stat().st_mtime)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise UserError(f"{run_dir}: no complete checkpoint to resume from")
+    return run_dir, ckpt

@@ -1,0 +1,203 @@
+"""The run history: each run's ``run.json`` (status, preset), ``runs/latest``, and what ``dupl runs``
+lists and shows. Torch-free, so listing runs is instant.
+
+Status: ``running`` (written at the start), ``finished`` (the schedule's end), ``stopped`` (--max-iters
+before the end; resumable), ``crashed`` (an exception, or a ``running`` run whose process is gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from dupl_cli.config.keys import flatten
+from dupl_cli.config.sources import load_settings
+
+RUN_FILE = "run.json"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2)
+    os.replace(tmp, path)
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def mark_run(run_dir: Path, status: str, **fields: Any) -> None:
+    """Record ``status`` (and ``fields``) in ``run.json``; keeps what earlier calls recorded."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    info = {**read_run(run_dir), **fields, "status": status, "updated": now}
+    if status == "running":
+        info.update(pid=os.getpid(), host=socket.gethostname(), started=info.get("started", now))
+        info.pop("error", None)
+    _write_json(Path(run_dir) / RUN_FILE, info)
+
+
+def point_latest(runs_root: Path, run_dir: Path) -> None:
+    """Make ``<runs_root>/latest`` a symlink to ``run_dir`` (replaced atomically), when the run lives
+    there."""
+    runs_root, run_dir = Path(runs_root).resolve(), Path(run_dir).resolve()
+    if run_dir.parent != runs_root:
+        return
+    link = runs_root / LATEST
+    if link.exists() and not link.is_symlink():
+        return  # a real folder named "latest" is someone's run: leave it
+    tmp = runs_root / f".{LATEST}.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(run_dir.name, target_is_directory=True)
+        os.replace(tmp, link)
+    except OSError:  # a file system without symlinks: the history still lists the run
+        tmp.unlink(missing_ok=True)
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    if info.get("host") != socket.gethostname():
+        return True  # another machine's process: cannot tell, trust the record
+    try:
+        os.kill(int(info["pid"]), 0)
+    except (KeyError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_status(run_dir: Path) -> str:
+    info = read_run(run_dir)
+    status = info.get("status")
+    if status == "running" and not _alive(info):
+        return "crashed"
+    if status:
+        return status
+    return "finished" if (Path(run_dir) / "final.safetensors").is_file() else "unknown"
+
+
+def _card(run_dir: Path, name: str) -> dict[str, Any]:
+    try:
+        return json.loads((Path(run_dir) / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def run_step(run_dir: Path) -> int | None:
+    steps = [
+        int(m.group(1))
+        for p in (Path(run_dir) / "checkpoints").glob("step_*")
+        if (m := _STEP_DIR.match(p.name))
+    ]
+    final = _card(run_dir, "final").get("step")
+    found = [*steps, *([final] if isinstance(final, int) else [])]
+    return max(found) if found else None
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """One row of ``dupl runs list``."""
+    run_dir = Path(run_dir)
+    info = read_run(run_dir)
+    card = _card(run_dir, "final") or _card(run_dir, "best")
+    settings = card.get("settings") or {}
+    data = settings.get("data", {})
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "preset": info.get("preset"),
+        "dataset": f"{data.get('adapter')} {data.get('root')}" if data else None,
+        "step": run_step(run_dir),
+        "max_iters": settings.get("train", {}).get("max_iters"),
+        "status": run_status(run_dir),
+        "best": best_validation(run_dir),
+        "size_bytes": _size(run_dir),
+        "started": info.get("started"),
+    }
+
+
+def best_validation(run_dir: Path) -> dict[str, Any] | None:
+    """The highest seg mIoU any validation recorded: {step, student, seg_miou}; None without validation.
+    (What the history shows; the checkpoint the run hands on follows train.select.)"""
+    best = None
+    for record in validation_history(run_dir):
+        for student in (1, 2):
+            score = record["validation"].get(f"seg_s{student}")
+            if isinstance(score, int | float) and (best is None or score > best["seg_miou"]):
+                best = {"step": record["step"], "student": student, "seg_miou": score}
+    return best
+
+
+def list_runs(runs_root: Path) -> list[Path]:
+    """Run directories under ``runs_root`` (the ``latest`` link excluded), oldest first."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    found = [
+        p for p in root.iterdir()
+        if p.is_dir() and not p.is_symlink() and ((p / "config.toml").is_file() or (p / RUN_FILE).is_file())
+    ]  # fmt: skip
+    return sorted(found, key=lambda p: (read_run(p).get("started") or "", p.stat().st_mtime))
+
+
+def validation_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The validation records of ``metrics.jsonl``, in order."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if "validation" in record:
+            rows.append(record)
+    return rows
+
+
+def settings_changed_from_preset(run_dir: Path) -> list[tuple[str, Any, Any]]:
+    """(key, preset value, run value) for each setting of the run's config.toml the preset sets otherwise."""
+    import tomllib
+
+    config = Path(run_dir) / "config.toml"
+    if not config.is_file():
+        return []
+    ran = flatten(tomllib.loads(config.read_text(encoding="utf-8")))
+    preset = read_run(run_dir).get("preset")
+    base = flatten(load_settings(preset, environ={}).settings.model_dump(mode="json"))
+    out = []
+    for key, value in ran.items():
+        before = base.get(key)
+        before = list(before) if isinstance(before, tuple) else before
+        if before != value and not _same_relative_path(before, value):
+            out.append((key, before, value))
+    return out
+
+
+def _same_relative_path(before: Any, value: Any) -> bool:
+    """The preset's relative path made absolute by the trainer (its value is not a change)."""
+    if not (isinstance(before, str) and isinstance(value, str)) or Path(before).is_absolute():
+        return False
+    return Path(value).is_absolute() and value.endswith(os.sep + before.removeprefix("./"))
