@@ -33,7 +33,10 @@ def test_an_injected_circle_inside_a_room_is_found(tmp_path):
     package = _copy(tmp_path)
     _append(package, "config/schema.py", "from dupl_cli.config import sources  # noqa")
     found = problems(package)
-    assert any("import circle" in p and "dupl_cli.config.schema" in p and "dupl_cli.config.sources" in p for p in found)
+    assert any(
+        "import circle" in p and "dupl_cli.config.schema" in p and "dupl_cli.config.sources" in p
+        for p in found
+    )
 
 
 def test_an_arrow_up_or_sideways_is_found(tmp_path):
@@ -51,7 +54,9 @@ def test_imports_inside_functions_and_relative_imports(tmp_path):
     (package / "__init__.py").write_text("")
     (package / "a" / "__init__.py").write_text("from . import x\n")
     (package / "a" / "x.py").write_text("def f():\n    from pkg.a import y\n")
-    (package / "a" / "y.py").write_text("from .x import f\ntry:\n    from pkg import a\nexcept ImportError:\n    pass\n")
+    (package / "a" / "y.py").write_text(
+        "from .x import f\ntry:\n    from pkg import a\nexcept ImportError:\n    pass\n"
+    )
     graph = module_graph(package)
     assert graph == {"pkg": set(), "pkg.a": {"pkg.a.x"}, "pkg.a.x": set(), "pkg.a.y": {"pkg.a.x", "pkg.a"}}
     assert circles(graph) == []

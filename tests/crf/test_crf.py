@@ -7,9 +7,8 @@ from pydensecrf.utils import unary_from_labels
 
 from dupl_cli.config.schema import CrfSettings
 from dupl_cli.core.errors import UserError
-from dupl_cli.crf import dense as crf_mod
-from dupl_cli.crf.params import CrfParams
 from dupl_cli.crf import pydensecrf_backend
+from dupl_cli.crf.params import CrfParams
 from dupl_cli.crf.pydensecrf_backend import CrfPool, crf_cam_pseudo_label, crf_segmentation
 
 

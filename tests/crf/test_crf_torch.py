@@ -18,7 +18,6 @@ from pydensecrf.utils import unary_from_labels
 
 from dupl_cli.core.errors import UserError
 from dupl_cli.crf import dense as crf_mod
-from dupl_cli.crf.pydensecrf_backend import INSTALL_HINT
 from dupl_cli.crf import torch_backend as crf_torch
 from dupl_cli.crf.dense import (
     CrfParams,
@@ -30,6 +29,7 @@ from dupl_cli.crf.dense import (
     dense_crf,
     dense_crf_batch,
 )
+from dupl_cli.crf.pydensecrf_backend import INSTALL_HINT
 
 SEG = CrfParams()  # sxy 121, srgb 5 (and the Gaussian sxy 1)
 CAM = CrfParams(10, 3.0, 3.0, 36.0, 3.0, 4.0)  # the CAM pseudo-label kernels
