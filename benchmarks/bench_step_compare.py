@@ -28,7 +28,7 @@ def worker(tree: Path, steps: int) -> dict:
     """In the subprocess: seconds per phase of the tree on PYTHONPATH (checked)."""
     import torch
 
-    sys.path.insert(0, str(tree / "tests" / "method"))
+    sys.path[:0] = [str(tree / "tests"), str(tree / "tests" / "method")]  # release_fixture, then or now
     import release_fixture as rf
     from test_parity_losses import _release_batch, release_config
 

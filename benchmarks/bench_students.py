@@ -43,7 +43,7 @@ SCALES = (1.0, 0.5, 1.5)
 
 
 def fixture_case():
-    sys.path.insert(0, str(ROOT / "tests" / "method"))
+    sys.path.insert(0, str(ROOT / "tests"))
     import release_fixture as rf
 
     from dupl_cli.models.dual import DualStudent

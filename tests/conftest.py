@@ -13,6 +13,26 @@ import sys
 from pathlib import Path
 
 import pytest
+import release_fixture
+
+
+def pytest_configure(config):
+    reason = release_fixture.invalid_env_reason()  # a mistyped fixture folder stops the run at once
+    if reason:
+        raise pytest.UsageError(reason)
+
+
+def pytest_generate_tests(metafunc):
+    if "release_set" in metafunc.fixturenames:
+        sets = release_fixture.set_dirs()
+        metafunc.parametrize("release_set", sets, ids=[s.name for s in sets], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def release_set(request) -> Path:
+    """One recorded release step set (each test using it runs once per set), made the active one."""
+    release_fixture.use(request.param)
+    return request.param
 
 
 @pytest.fixture(scope="session")

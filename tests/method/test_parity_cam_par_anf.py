@@ -20,18 +20,18 @@ from dupl_cli.method.thresholds import (
     token_labels,
 )
 
+pytestmark = pytest.mark.usefixtures("release_set")  # every test here runs once per recorded set
+
 STUDENTS = rf.STUDENTS
 
 
 @pytest.fixture(scope="module")
-def students():
-    rf.require()
+def students(release_set):
     return rf.load_students()
 
 
 @pytest.fixture(scope="module")
-def common():
-    rf.require()
+def common(release_set):
     return rf.tensors("common")
 
 
@@ -55,9 +55,12 @@ def _tau_high(phase: str):
 
 
 def _phases_with(key: str) -> list[str]:
-    if not (rf.configured_dir() / "meta.json").is_file():
-        return ["A", "B", "C"]
-    return [ph for ph in rf.phases() if f"{ph}.{key}.s1" in rf.tensors(f"phase_{ph}")]
+    """Phases whose recording holds ``key`` in any set (collected once for all sets)."""
+    found = set()
+    for folder in rf.set_dirs():
+        rf.use(folder)
+        found |= {ph for ph in rf.phases() if f"{ph}.{key}.s1" in rf.tensors(f"phase_{ph}")}
+    return sorted(found)
 
 
 @pytest.mark.parametrize("student", STUDENTS)

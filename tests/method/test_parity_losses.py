@@ -34,6 +34,8 @@ from dupl_cli.method.params import (
 )
 from dupl_cli.models.dual import DualStudent
 
+pytestmark = pytest.mark.usefixtures("release_set")  # every test here runs once per recorded set
+
 REL = 1e-4
 REL_NORM = 5e-4  # the reference's conv7 weight-gradient norms are 1.2-1.5e-4 from float64 (fp32 sums)
 ABS = 1e-6
@@ -41,8 +43,7 @@ NAMES = {"dis": "sim", "dis_1": "sim_1", "dis_2": "sim_2"}  # our name -> the re
 
 
 @pytest.fixture(scope="module")
-def fx():
-    rf.require()
+def fx(release_set):
     return rf.tensors("common"), rf.meta()
 
 
@@ -111,8 +112,7 @@ def test_anf_losses_and_consistency_masks_targets_and_terms(fx):
 
 
 @pytest.fixture(scope="module")
-def model():
-    rf.require()
+def model(release_set):
     return DualStudent(rf.load_students())
 
 

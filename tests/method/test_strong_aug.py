@@ -109,8 +109,7 @@ def test_undo_on_logits_inverts_flip_and_scale():
     )
 
 
-def test_release_strong_batch_reproduced_bit_exactly():
-    rf.require()
+def test_release_strong_batch_reproduced_bit_exactly(release_set):
     common, meta, strong_hp = rf.tensors("common"), rf.meta(), rf.hyper()["strong_aug"]
     u8 = S.denormalize_u8(common["input.weak"], MEAN, STD)
     assert torch.equal(u8, common["input.weak_denorm_u8"])

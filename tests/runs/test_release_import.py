@@ -17,15 +17,14 @@ import tomllib
 import torch
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "method"))  # release_fixture lives there
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 
 import release_fixture as rf  # noqa: E402
 from dataset_builders import make_voc  # noqa: E402
 
 from dupl_cli.cli.app import app  # noqa: E402
-from dupl_cli.runs.checkpoint import load_model  # noqa: E402
 from dupl_cli.method.cam import multiscale_cam, raw_cams_at_scales  # noqa: E402
+from dupl_cli.runs.checkpoint import load_model  # noqa: E402
 
 runner = CliRunner()
 TINY = ["--preset", "voc-vitb", "--set", "model.arch=test_vit", "--set", "data.crop_size=64"]
@@ -61,8 +60,7 @@ def imported(args: list[str]):
     return result.exit_code, result.output
 
 
-def test_release_checkpoint_reproduces_the_release_cams(tmp_path):
-    rf.require()
+def test_release_checkpoint_reproduces_the_release_cams(tmp_path, release_set):
     file = tmp_path / "checkpoint.pth"
     torch.save({f"module.{k}": v for k, v in rf.state0().items()}, file)  # as DDP saves it
     run = tmp_path / "run"

@@ -1,10 +1,10 @@
 """Tensors recorded from one training step of the DuPL release (a fixture set; see its README).
 
-One way to find a set: ``DUPL_RELEASE_FIXTURES`` when set (an invalid path stops the test run,
-see ``conftest.py``), else ``../shared/fixtures/release-b21990f`` beside the repository root;
-without either, parity tests skip. Everything a test expects (batch, crop, classes, seeds,
-hyper-parameters, counts, flags) is read from the set's ``meta.json``: any set recorded the same
-way must pass unchanged.
+The sets: every folder with a ``meta.json`` under ``tests/fixtures/``, plus each folder named in
+``DUPL_RELEASE_FIXTURES`` (``os.pathsep``-separated; an invalid one stops the test run, see
+``tests/conftest.py``). Parity tests run once per set (the ``release_set`` fixture makes one active).
+Everything a test expects (batch, crop, classes, seeds, hyper-parameters, counts, flags) is read from
+the active set's ``meta.json``: any set recorded the same way must pass unchanged.
 """
 
 from __future__ import annotations
@@ -14,52 +14,64 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 import torch
 
 ENV = "DUPL_RELEASE_FIXTURES"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT = REPO_ROOT.parent / "shared" / "fixtures" / "release-b21990f"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 STUDENTS = (1, 2)
 
 
-def configured_dir() -> Path:
-    value = os.environ.get(ENV)
-    return Path(value) if value else DEFAULT
+def _env_dirs() -> list[Path]:
+    value = os.environ.get(ENV, "")
+    return [Path(part) for part in value.split(os.pathsep) if part]
+
+
+def set_dirs() -> list[Path]:
+    """The one-step sets: the repository's, then the ones ``DUPL_RELEASE_FIXTURES`` adds."""
+    own = sorted(p.parent for p in FIXTURES.glob("*/meta.json"))
+    return own + [p for p in _env_dirs() if p not in own]
 
 
 def invalid_env_reason() -> str | None:
     """Why ``DUPL_RELEASE_FIXTURES`` is unusable, or None when it is unset or valid."""
-    value = os.environ.get(ENV)
-    if not value:
-        return None
-    if not (Path(value) / "meta.json").is_file():
-        return f"{ENV}={value}: not a release fixture folder (no meta.json there)"
+    for folder in _env_dirs():
+        if not (folder / "meta.json").is_file():
+            return f"{ENV}: {folder} is not a release fixture folder (no meta.json there)"
     return None
 
 
+_active: list[Path] = []
+
+
+def use(folder: Path) -> None:
+    """Make ``folder`` the set the functions below read."""
+    _active[:] = [Path(folder)]
+
+
 def require() -> Path:
-    folder = configured_dir()
-    if not (folder / "meta.json").is_file():
-        pytest.skip(f"release fixtures not found at {folder} (set {ENV})")
-    return folder
+    """The active set (the first one when none was chosen)."""
+    return _active[0] if _active else set_dirs()[0]
 
 
 @functools.cache
+def _meta(folder: Path) -> dict:
+    return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+
+
 def meta() -> dict:
-    return json.loads((require() / "meta.json").read_text(encoding="utf-8"))
+    return _meta(require())
 
 
 @functools.cache
-def _tensors(name: str) -> dict[str, torch.Tensor]:
+def _tensors(folder: Path, name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(require() / name))
+    return load_file(str(folder / name))
 
 
 def tensors(file: str) -> dict[str, torch.Tensor]:
     """A fixture file by name ('common', 'units', 'phase_C' or 'phase_C.safetensors'); cached, do not edit."""
-    return _tensors(file if file.endswith(".safetensors") else f"{file}.safetensors")
+    return _tensors(require(), file if file.endswith(".safetensors") else f"{file}.safetensors")
 
 
 def phases() -> list[str]:
@@ -67,8 +79,8 @@ def phases() -> list[str]:
 
 
 def phase_params() -> list[str]:
-    """Phases to parametrize over at collection (placeholders when the set is absent: they skip)."""
-    return phases() if (configured_dir() / "meta.json").is_file() else ["A", "B", "C"]
+    """Phases to parametrize over at collection: those of every set (a set without one skips it)."""
+    return sorted({phase for folder in set_dirs() for phase in _meta(folder)["phases"]})
 
 
 def batch_size() -> int:
