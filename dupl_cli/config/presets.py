@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+from difflib import get_close_matches
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,21 +52,35 @@ def read_text_file(path: Path, what: str) -> str:
         raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
 
 
+def _looks_like_path(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name or (os.sep != "/" and os.sep in name)
+
+
 def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
     """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config
-    file)."""
+    file). A built-in name wins over a file or folder of that name unless the value looks like a path
+    (ends in .toml or holds a separator)."""
     _refuse_url(name)
     path = Path(name)
-    if what == "config file" or path.suffix == ".toml" or "/" in name or path.exists():
+    if what == "config file" or _looks_like_path(name):
+        if path.is_dir() and (_preset_dir() / f"{path.name}.toml").is_file():
+            raise UserError(
+                f"{path}: is a directory, not a {what}; for the built-in preset write --preset {path.name}"
+            )
         return read_text_file(path, what), str(path)
     resource = _preset_dir() / f"{name}.toml"
-    if not resource.is_file():
-        from difflib import get_close_matches
-
-        close = get_close_matches(name, builtin_names(), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UserError(f"unknown preset {name!r} (built-in: {', '.join(builtin_names())}){hint}")
-    return resource.read_text(encoding="utf-8"), f"preset {name}"
+    if resource.is_file():
+        return resource.read_text(encoding="utf-8"), f"preset {name}"
+    if path.is_file():
+        return read_text_file(path, what), str(path)
+    close = get_close_matches(name, builtin_names(), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    found = (
+        f"; ./{name} is a directory, not a preset file (give a .toml path for a file)"
+        if path.is_dir()
+        else ""
+    )
+    raise UserError(f"unknown preset {name!r} (built-in: {', '.join(builtin_names())}){hint}{found}")
 
 
 def description(name: str) -> str:

@@ -357,3 +357,19 @@ def test_options_written_for_another_adapter_do_not_reach_the_chosen_one(tmp_pat
         load_settings(
             "tiny-cpu", assignments=["data.adapter=folder"], environ={"DUPL_DATA__OPTIONS__SIZE": "48"}
         )
+
+
+def test_a_builtin_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    from dupl_cli.config.presets import preset_text
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # `make demo` leaves such folders about
+    text, origin = preset_text("demo")
+    assert origin == "preset demo" and "[model]" in text
+    with pytest.raises(UserError, match=r"demo: is a directory, not a preset file; for the built-in preset write"):
+        preset_text("./demo")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(UserError, match=r"unknown preset 'mine' .*; \./mine is a directory, not a preset file"):
+        preset_text("mine")
+    (tmp_path / "own").write_text('[train]\nmax_iters = 3\n', encoding="utf-8")
+    assert preset_text("own") == ('[train]\nmax_iters = 3\n', "own")  # a file without .toml still reads
