@@ -88,8 +88,8 @@ def _device(x):
 def _to_torch(images, arrays, device):
     import torch
 
-    def conv(a):
-        return (a if _is_torch(a) else torch.from_numpy(np.ascontiguousarray(a))).to(device)
+    def conv(a):  # read-only or strided numpy (np.asarray of a PIL image) is copied, not warned about
+        return (a if _is_torch(a) else torch.from_numpy(np.require(a, requirements=["C", "W"]))).to(device)
 
     return [conv(im) for im in images], [conv(a) for a in arrays]
 

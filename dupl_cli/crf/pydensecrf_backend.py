@@ -33,6 +33,12 @@ def to_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
+def writable_image(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable uint8 copy only when needed: pydensecrf's typed memoryviews refuse
+    read-only buffers, and ``np.asarray(PIL.Image)`` is read-only."""
+    return np.require(image, dtype=np.uint8, requirements=["C", "W"])
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(0, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(0, keepdims=True))
@@ -48,7 +54,7 @@ def _inference(image: np.ndarray, unary: np.ndarray, params: CrfParams) -> np.nd
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image, dtype=np.uint8),
+        rgbim=writable_image(image),
         compat=params.bilateral_compat,
     )
     q = np.asarray(crf.inference(params.iters), dtype=np.float32).reshape(n, h, w)

@@ -3,6 +3,7 @@
 import numpy as np
 import pydensecrf.densecrf as dcrf
 import pytest
+import torch
 from pydensecrf.utils import unary_from_labels
 
 from dupl_cli.config.schema import CrfSettings
@@ -96,3 +97,32 @@ def test_default_workers(monkeypatch):
     assert pydensecrf_backend.default_workers(0) == alone >= 1
     assert pydensecrf_backend.default_workers(0, local_processes=2) == max(1, alone // 2)
     assert pydensecrf_backend.default_workers(0, local_processes=64 * alone) == 1
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # torch warns on a read-only numpy array
+@pytest.mark.parametrize("backend", ["pydensecrf", "torch"])
+def test_read_only_strided_and_tensor_inputs_give_the_same_labels(backend, tmp_path):
+    from PIL import Image
+
+    from dupl_cli.crf.dense import cam_crf_batch, dense_crf
+
+    image, logits = _scene(seed=3)
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    read_only = np.asarray(Image.open(tmp_path / "scene.png"))  # what a user passes first
+    assert not read_only.flags.writeable
+    strided = np.ascontiguousarray(image[:, ::-1])[:, ::-1]  # a reversed view: not C-contiguous
+    assert not strided.flags.c_contiguous
+    params = CrfParams()
+    want = dense_crf(image.copy(), logits, params, backend=backend)
+    for im in (read_only, strided, torch.from_numpy(image.copy())):
+        got = dense_crf(im, logits, params, backend=backend)
+        np.testing.assert_array_equal(np.asarray(got), want)
+    frozen = logits.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(dense_crf(read_only, frozen, params, backend=backend), want)
+    cams = np.clip(logits[1:], 0, None) / max(1e-6, float(logits[1:].max()))
+    ids = [np.array([1, 2])]
+    want_cam = cam_crf_batch([image.copy()], [cams], ids, params, 0.7, 0.25, backend=backend)[0]
+    cams.flags.writeable = False
+    got_cam = cam_crf_batch([read_only], [cams], ids, params, 0.7, 0.25, backend=backend)[0]
+    np.testing.assert_array_equal(got_cam, want_cam)
