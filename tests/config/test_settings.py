@@ -366,10 +366,12 @@ def test_a_builtin_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeyp
     (tmp_path / "demo").mkdir()  # `make demo` leaves such folders about
     text, origin = preset_text("demo")
     assert origin == "preset demo" and "[model]" in text
-    with pytest.raises(UserError, match=r"demo: is a directory, not a preset file; for the built-in preset write"):
+    meant = r"demo: is a directory, not a preset file; for the built-in preset write --preset demo"
+    with pytest.raises(UserError, match=meant):
         preset_text("./demo")
     (tmp_path / "mine").mkdir()
-    with pytest.raises(UserError, match=r"unknown preset 'mine' .*; \./mine is a directory, not a preset file"):
+    found = r"unknown preset 'mine' .*; \./mine is a directory, not a preset file"
+    with pytest.raises(UserError, match=found):
         preset_text("mine")
-    (tmp_path / "own").write_text('[train]\nmax_iters = 3\n', encoding="utf-8")
-    assert preset_text("own") == ('[train]\nmax_iters = 3\n', "own")  # a file without .toml still reads
+    (tmp_path / "own").write_text("[train]\nmax_iters = 3\n", encoding="utf-8")
+    assert preset_text("own") == ("[train]\nmax_iters = 3\n", "own")  # a file without .toml still reads
