@@ -39,6 +39,8 @@ WATER_HUE = 185.0
 WATER_WITHOUT_BOAT_P = 0.1
 FORMAT = "dupl-demo/1"
 
+Hsv = tuple[np.ndarray, np.ndarray, np.ndarray]  # hue (degrees), saturation, value: each S×S float
+
 
 def hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Vectorised HSV (h in degrees, s and v in [0, 1]) -> float RGB in [0, 1], shape (...,3)."""
@@ -117,14 +119,8 @@ def _texture(kind: str, yy, xx, cy, cx, rng, size: int) -> np.ndarray:
     return _smooth_noise(rng, size, max(4, size // 10))  # mottled
 
 
-def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """One (image uint8 S×S×3, mask uint8 S×S) pair; deterministic in (seed, part, index)."""
-    rng = np.random.default_rng([seed, part, index])
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    n_obj = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
-    cls = rng.integers(0, len(CLASSES), n_obj)
-
-    # cluttered, low-saturation background: smooth noise, faint blobs and lines, fine grain
+def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int) -> Hsv:
+    """A cluttered, low-saturation background: smooth noise, faint blobs and lines."""
     hue = np.full((size, size), rng.uniform(0, 360)) + 25 * _smooth_noise(rng, size, 3)
     sat = np.clip(rng.uniform(0.05, 0.2) + 0.08 * _smooth_noise(rng, size, 4), 0, 0.3)
     val = rng.uniform(0.38, 0.62) + 0.1 * _smooth_noise(rng, size, 6)
@@ -144,49 +140,98 @@ def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndar
         a, off = rng.uniform(0, np.pi), rng.uniform(0, size)
         line = np.abs(xx * np.cos(a) + yy * np.sin(a) - off) < rng.uniform(0.5, 1.5) * size / 128
         val = np.where(line, val + rng.uniform(-0.12, 0.12), val)
+    return hue, sat, val
 
-    # context: a water band under boats (and occasionally on its own)
+
+def _add_water(
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, size: int, classes: np.ndarray, hsv: Hsv
+) -> tuple[float, Hsv]:
+    """(water line y, hsv): a water band painted under boats (and occasionally on its own)."""
+    hue, sat, val = hsv
     water_top = rng.uniform(0.55, 0.72) * size
-    if (cls == 0).any() or rng.random() < WATER_WITHOUT_BOAT_P:
+    if (classes == 0).any() or rng.random() < WATER_WITHOUT_BOAT_P:
         water = yy >= water_top + 2 * np.sin(xx / 7 + rng.uniform(0, 6.3))
         waves = np.sin(xx / 3.0 + 2 * np.sin(yy / 4.0)) * 0.07
         hue = np.where(water, WATER_HUE + rng.uniform(-8, 8), hue)
         sat = np.where(water, rng.uniform(0.35, 0.5), sat)
         val = np.where(water, rng.uniform(0.45, 0.6) + waves, val)
+    return water_top, (hue, sat, val)
 
-    mask = np.zeros((size, size), dtype=np.uint8)
-    for c in cls:
-        name, c_hue, texture, shape = CLASSES[c]
-        ry, rx = rng.uniform(0.13, 0.26, 2) * size
-        angle = rng.uniform(0, np.pi)
+
+def _place(
+    rng: np.random.Generator,
+    shape: str,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    size: int,
+    water_top: float,
+    mask: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """(inside S×S bool, cy, cx) of one object: of up to eight random placements, the one that hides
+    least of the objects already in ``mask`` (a hull sits on the water line)."""
+    ry, rx = rng.uniform(0.13, 0.26, 2) * size
+    angle = rng.uniform(0, np.pi)
+    if shape == "hull":
+        rx, ry, angle = max(rx, ry) * 1.2, min(rx, ry) * 0.6, rng.uniform(-0.1, 0.1)
+    best = None
+    for _ in range(8):
+        cy, cx = rng.uniform(0.22, 0.78, 2) * size
         if shape == "hull":
-            rx, ry, angle = max(rx, ry) * 1.2, min(rx, ry) * 0.6, rng.uniform(-0.1, 0.1)
-        best = None
-        for _ in range(8):  # place where it hides least of the objects already there
-            cy, cx = rng.uniform(0.22, 0.78, 2) * size
-            if shape == "hull":
-                cy = water_top - ry * 0.3
-            inside = _shape_mask(shape, yy, xx, cy, cx, ry, rx, angle, rng)
-            overlap = int((inside & (mask > 0)).sum())
-            if best is None or overlap < best[0]:
-                best = (overlap, inside, cy, cx)
-            if overlap == 0:
-                break
-        _, inside, cy, cx = best
+            cy = water_top - ry * 0.3
+        inside = _shape_mask(shape, yy, xx, cy, cx, ry, rx, angle, rng)
+        overlap = int((inside & (mask > 0)).sum())
+        if best is None or overlap < best[0]:
+            best = (overlap, inside, cy, cx)
+        if overlap == 0:
+            break
+    return best[1:]
+
+
+def _add_objects(
+    rng: np.random.Generator,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    size: int,
+    classes: np.ndarray,
+    water_top: float,
+    hsv: Hsv,
+) -> tuple[np.ndarray, Hsv]:
+    """(mask S×S uint8 with class index + 1 per object, hsv with the objects painted in)."""
+    hue, sat, val = hsv
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for c in classes:
+        _, c_hue, texture, shape = CLASSES[c]
+        inside, cy, cx = _place(rng, shape, yy, xx, size, water_top, mask)
         tex = _texture(texture, yy, xx, cy, cx, rng, size)
         hue = np.where(inside, c_hue + rng.uniform(-8, 8) + 4 * tex, hue)
         sat = np.where(inside, rng.uniform(0.65, 0.95) - 0.05 * tex, sat)
         val = np.where(inside, rng.uniform(0.65, 0.9) + 0.14 * tex, val)
         mask[inside] = c + 1
+    return mask, (hue, sat, val)
 
-    rgb = hsv_to_rgb(hue, np.clip(sat, 0, 1), np.clip(val, 0, 1))
-    rgb += rng.normal(0, 0.015, rgb.shape)
-    image = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-    edge = np.zeros_like(mask, dtype=bool)  # thin ignore band on label boundaries, as VOC has
+
+def _ignore_edges(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with a thin ignore band on label boundaries, as VOC has."""
+    edge = np.zeros_like(mask, dtype=bool)
     edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
     edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
     mask[edge] = IGNORE_INDEX
-    return image, mask
+    return mask
+
+
+def generate_image(seed: int, part: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 S×S×3, mask uint8 S×S) pair; deterministic in (seed, part, index)."""
+    rng = np.random.default_rng([seed, part, index])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    n_obj = int(rng.choice([1, 2, 3], p=[0.4, 0.4, 0.2]))
+    classes = rng.integers(0, len(CLASSES), n_obj)
+    hsv = _background(rng, yy, xx, size)
+    water_top, hsv = _add_water(rng, yy, xx, size, classes, hsv)
+    mask, (hue, sat, val) = _add_objects(rng, yy, xx, size, classes, water_top, hsv)
+    rgb = hsv_to_rgb(hue, np.clip(sat, 0, 1), np.clip(val, 0, 1))
+    rgb += rng.normal(0, 0.015, rgb.shape)
+    image = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    return image, _ignore_edges(mask)
 
 
 def write_demo(out: Path, *, seed: int = 0, size: int = 128, n_train: int = 300, n_val: int = 60) -> Path:

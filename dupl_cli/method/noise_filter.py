@@ -244,42 +244,68 @@ def _moments_to_params(comp1, totals, reg):
     return nk, means, variances
 
 
-def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tuple[MixtureFit, _Histogram]:
-    """One two-Gaussian mixture per row of ``x`` (N×P) over ``mask`` (N×P bool), and the histogram."""
-    reg = config.reg
-    hist = _Histogram(x, mask, _FINE_BINS)
-    count, total = hist.count, hist.total
-    acc = count.dtype
-    safe = count.clamp_min(1)
-    fitted = count > config.min_pixels
+class _Gaussians(NamedTuple):
+    """Two 1-D Gaussians per row: each N×2."""
 
-    # EM on coarse bins: each bin's pixels get the responsibility of the bin's mean value, with
-    # the bin's exact Σ1, Σx, Σx² (midpoint rule: the error is second order in the bin width,
-    # ~1e-6 relative at 1/8192 of the range, below float32 per-pixel arithmetic's own).
+    means: torch.Tensor
+    variances: torch.Tensor  # reg included
+    weights: torch.Tensor
+
+
+def _em_bins(x: torch.Tensor, hist: _Histogram) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(stats N×3×B [Σx², Σx, Σ1] per coarse bin, powers N×3×B [m², m, 1] of each bin's mean m,
+    totals N×3 [Σx², Σx, Σ1] per row) for EM on ``_EM_BINS`` coarse bins.
+
+    Each bin's pixels get the responsibility of the bin's mean value, with the bin's exact Σ1, Σx,
+    Σx² (midpoint rule: the error is second order in the bin width, ~1e-6 relative at 1/8192 of the
+    range, below float32 per-pixel arithmetic's own).
+    """
     n_rows = x.shape[0]
     groups = hist.physical(hist.raw.view(3, n_rows, _EM_BINS, -1).sum(3))  # 3×N×B: [Σ1, Σx, Σx²]
     stats = groups.flip(0).transpose(0, 1).contiguous()  # N×3×B: [Σx², Σx, Σ1]
     centre_of_bin = (
         hist.lo
-        + (torch.arange(_EM_BINS, device=x.device, dtype=acc) + 0.5) * (_FINE_BINS // _EM_BINS) / hist.scale
+        + (torch.arange(_EM_BINS, device=x.device, dtype=hist.count.dtype) + 0.5)
+        * (_FINE_BINS // _EM_BINS)
+        / hist.scale
     )
     mean_of_bin = torch.where(stats[:, 2] > 0, stats[:, 1] / stats[:, 2].clamp_min(1), centre_of_bin)
     powers = torch.stack([mean_of_bin.square(), mean_of_bin, torch.ones_like(mean_of_bin)], 1)  # N×3×B
-    totals = total.flip(0).T  # N×3: [Σx², Σx, Σ1]
+    return stats, powers, hist.total.flip(0).T
 
-    # Initial responsibilities: the k-means split at the centres' midpoint (label 1 = nearer c1).
+
+def _kmeans_start(
+    x: torch.Tensor, mask: torch.Tensor, hist: _Histogram, totals: torch.Tensor, reg: float
+) -> _Gaussians:
+    """sklearn's initial mixture: responsibilities split at the k-means centres' midpoint (label 1 =
+    nearer c1), then one M-step. ``totals``: N×3 [Σx², Σx, Σ1] per row."""
     c = _kmeans_centres(x, mask, hist)
     below = hist.below((c.sum(1) / 2).unsqueeze(1)).squeeze(2).flip(0).T  # N×3 of values < midpoint
     comp1 = torch.where((c[:, 1] > c[:, 0]).unsqueeze(1), totals - below, below)
     nk, means, variances = _moments_to_params(comp1, totals, reg)
-    weights = nk / safe.unsqueeze(1)
+    return _Gaussians(means, variances, nk / hist.count.clamp_min(1).unsqueeze(1))
 
+
+def _em(
+    start: _Gaussians,
+    stats: torch.Tensor,
+    powers: torch.Tensor,
+    totals: torch.Tensor,
+    count: torch.Tensor,
+    done: torch.Tensor,
+    config: NoiseFilterConfig,
+) -> tuple[_Gaussians, torch.Tensor]:
+    """(fitted Gaussians, EM iterations run per row N) of up to ``config.iters`` EM passes over the
+    coarse bins (:func:`_em_bins`); rows ``done`` (N bool) from the start keep ``start``."""
+    means, variances, weights = start
+    safe = count.clamp_min(1)
     m1, m2 = totals[:, 1] / safe, totals[:, 0] / safe
     half_log_2pi = 0.5 * math.log(2 * math.pi)
     lower = torch.full_like(count, -math.inf)
-    done = ~fitted
     n_iter = torch.zeros_like(count, dtype=torch.long)
-    resp = torch.empty(n_rows, 2, _EM_BINS, dtype=acc, device=x.device)  # [sigmoid, softplus] of q
+    resp = torch.empty(
+        count.shape[0], 2, _EM_BINS, dtype=count.dtype, device=count.device
+    )  # [sigmoid, softplus] of q
     for _ in range(config.iters):
         coef, prec = _log_odds_coefficients(means, variances, weights)
         q = torch.bmm(coef.unsqueeze(1), powers).squeeze(1)  # log odds of component 1 per bin
@@ -294,7 +320,7 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tupl
             - 0.5 * prec[:, 0] * (m2 - 2 * means[:, 0] * m1 + means[:, 0] ** 2)
         )
         bound = log_w0n0 + sums[:, 2, 1] / safe
-        nk_new, means_new, var_new = _moments_to_params(sums[..., 0], totals, reg)
+        nk_new, means_new, var_new = _moments_to_params(sums[..., 0], totals, config.reg)
         keep = done.unsqueeze(1)
         means = torch.where(keep, means, means_new)
         variances = torch.where(keep, variances, var_new)
@@ -302,7 +328,17 @@ def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tupl
         n_iter = n_iter + (~done).long()
         done = done | ((bound - lower).abs() < config.tol)
         lower = bound
+    return _Gaussians(means, variances, weights), n_iter
 
+
+def _fit(x: torch.Tensor, mask: torch.Tensor, config: NoiseFilterConfig) -> tuple[MixtureFit, _Histogram]:
+    """One two-Gaussian mixture per row of ``x`` (N×P) over ``mask`` (N×P bool), and the histogram."""
+    hist = _Histogram(x, mask, _FINE_BINS)
+    count = hist.count
+    fitted = count > config.min_pixels
+    stats, powers, totals = _em_bins(x, hist)
+    start = _kmeans_start(x, mask, hist, totals, config.reg)
+    (means, variances, weights), n_iter = _em(start, stats, powers, totals, count, ~fitted, config)
     # A component holding less than one pixel's responsibility is an empty k-means cluster
     # (e.g. a single-valued map): its mean is a placeholder, so the fit is not a real split.
     populated = (weights * count.unsqueeze(1)).amin(1) >= 1

@@ -25,53 +25,58 @@ def _shape(value: Any) -> str:
     return "×".join(map(str, shape)) if shape is not None else type(value).__name__
 
 
-def check_backbone(backbone: Any, *, plugin: str = "backbone", size: tuple[int, int] | None = None) -> None:
-    """Raise a one-line ``UserError`` naming ``plugin`` unless ``backbone`` keeps the protocol.
+def _protocol_error(plugin: str, what: str) -> UserError:
+    return UserError(f"{plugin} breaks the backbone protocol: {what}")
 
-    Runs one forward in eval mode without gradients on a 2×3×H×W input, by default H = 2·stride and
-    W = 3·stride (non-square, so swapped axes show). The input is built without the global RNG and
-    the module's train/eval mode is restored, so a check changes nothing a training run sees.
-    """
-    import torch  # here, not at module level: the registry imports this module without torch
-    from torch import nn
 
-    def fail(what: str) -> UserError:
-        return UserError(f"{plugin} breaks the backbone protocol: {what}")
+def _probe_input(backbone: Any, height: int, width: int) -> Any:
+    """A 2×3×H×W ramp on the backbone's device and float dtype (no global RNG draw); None when its
+    weights are not materialised yet (meta tensors: nothing can run)."""
+    import torch
 
-    if not isinstance(backbone, nn.Module):
-        raise fail(f"the factory returned {type(backbone).__name__}, not a torch.nn.Module")
-    for attr in ("out_channels", "aux_channels", "stride"):
-        if not _positive_int(value := getattr(backbone, attr, None)):
-            raise fail(f"{attr} must be a positive int attribute, got {value!r}")
-    stride = backbone.stride
-    height, width = size or (2 * stride, 3 * stride)
     tensor = next(iter(backbone.parameters()), None)
     if tensor is not None and tensor.is_meta:
-        return  # weights not materialised yet: nothing can run
+        return None
     device = tensor.device if tensor is not None else torch.device("cpu")
     dtype = tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32
-    x = (
+    return (
         torch.linspace(-2.0, 2.0, 2 * 3 * height * width, device=device)
         .reshape(2, 3, height, width)
         .to(dtype)
     )
-    where = f"a 2×3×{height}×{width} input"
+
+
+def _forward_once(backbone: Any, x: Any, plugin: str, where: str) -> Any:
+    """``backbone(x)`` in eval mode without gradients, its train/eval mode restored afterwards."""
+    import torch
+
     was_training = backbone.training
     backbone.eval()
     try:
         with torch.no_grad():
-            out = backbone(x)
+            return backbone(x)
     except Exception as exc:  # third-party forward code fails in many ways
-        raise fail(f"forward on {where} raised {one_line(exc)}") from None
+        raise _protocol_error(plugin, f"forward on {where} raised {one_line(exc)}") from None
     finally:
         backbone.train(was_training)
+
+
+def _check_features(out: Any, backbone: Any, size: tuple[int, int], plugin: str, where: str) -> None:
+    """``out`` is BackboneFeatures with final 2×out_channels×H/stride×W/stride and aux
+    2×aux_channels×h×w, both floating-point and finite, for an H×W = ``size`` input."""
+    import torch
+
     if not isinstance(out, BackboneFeatures):
-        raise fail(f"forward must return BackboneFeatures(final, aux), got {type(out).__name__}")
-    want = (2, backbone.out_channels, height // stride, width // stride)
+        raise _protocol_error(
+            plugin, f"forward must return BackboneFeatures(final, aux), got {type(out).__name__}"
+        )
+    stride = backbone.stride
+    want = (2, backbone.out_channels, size[0] // stride, size[1] // stride)
     if not isinstance(out.final, torch.Tensor) or tuple(out.final.shape) != want:
-        raise fail(
+        raise _protocol_error(
+            plugin,
             f"final is {_shape(out.final)} for {where}; expected {'×'.join(map(str, want))} "
-            "(batch, out_channels, H/stride, W/stride)"
+            "(batch, out_channels, H/stride, W/stride)",
         )
     aux = out.aux
     if (
@@ -79,15 +84,41 @@ def check_backbone(backbone: Any, *, plugin: str = "backbone", size: tuple[int, 
         or aux.ndim != 4
         or tuple(aux.shape[:2]) != (2, backbone.aux_channels)
     ):
-        raise fail(
+        raise _protocol_error(
+            plugin,
             f"aux is {_shape(aux)} for {where}; expected 2×{backbone.aux_channels}×h×w "
-            "(batch, aux_channels, h, w)"
+            "(batch, aux_channels, h, w)",
         )
     for part, value in (("final", out.final), ("aux", aux)):
         if not value.is_floating_point():
-            raise fail(f"{part} must be floating-point, got {value.dtype}")
+            raise _protocol_error(plugin, f"{part} must be floating-point, got {value.dtype}")
         if not bool(torch.isfinite(value).all()):
-            raise fail(f"{part} holds NaN or inf for {where}")
+            raise _protocol_error(plugin, f"{part} holds NaN or inf for {where}")
+
+
+def check_backbone(backbone: Any, *, plugin: str = "backbone", size: tuple[int, int] | None = None) -> None:
+    """Raise a one-line ``UserError`` naming ``plugin`` unless ``backbone`` keeps the protocol.
+
+    Runs one forward in eval mode without gradients on a 2×3×H×W input, by default H = 2·stride and
+    W = 3·stride (non-square, so swapped axes show). The input is built without the global RNG and
+    the module's train/eval mode is restored, so a check changes nothing a training run sees.
+    """
+    from torch import nn  # here, not at module level: the registry imports this module without torch
+
+    if not isinstance(backbone, nn.Module):
+        raise _protocol_error(
+            plugin, f"the factory returned {type(backbone).__name__}, not a torch.nn.Module"
+        )
+    for attr in ("out_channels", "aux_channels", "stride"):
+        if not _positive_int(value := getattr(backbone, attr, None)):
+            raise _protocol_error(plugin, f"{attr} must be a positive int attribute, got {value!r}")
+    height, width = size or (2 * backbone.stride, 3 * backbone.stride)
+    x = _probe_input(backbone, height, width)
+    if x is None:
+        return
+    where = f"a 2×3×{height}×{width} input"
+    out = _forward_once(backbone, x, plugin, where)
+    _check_features(out, backbone, (height, width), plugin, where)
 
 
 def _names(value: Any) -> bool:
