@@ -94,6 +94,7 @@ def tiny_run(tmp_path_factory, tiny_data):
     from dupl_cli.config.sources import load_settings
     from dupl_cli.models.dual import build_dual_student
     from dupl_cli.plugins import DATASETS, load
+    from dupl_cli.runs.card import Card
     from dupl_cli.runs.checkpoint import save_model
 
     settings = load_settings(
@@ -106,14 +107,14 @@ def tiny_run(tmp_path_factory, tiny_data):
     model = build_dual_student(
         settings.model, num_classes=len(adapter.classes), img_size=settings.data.crop_size
     )
-    card = {
-        "step": 6,
-        "classes": list(adapter.classes),
-        "palette": [list(c) for c in adapter.palette],
-        "student": 2,
-        "metrics": {"seg_s1": 1.0, "seg_s2": 2.0},
-        "settings": settings.model_dump(mode="json"),
-    }
+    card = Card(
+        classes=list(adapter.classes),
+        palette=list(adapter.palette),
+        settings=settings.model_dump(mode="json"),
+        student=2,
+        step=6,
+        metrics={"seg_s1": 1.0, "seg_s2": 2.0},
+    )
     run_dir = tmp_path_factory.mktemp("checkpoint") / "run"
     save_model(run_dir / "best", model, card)
     return run_dir, tiny_data, settings

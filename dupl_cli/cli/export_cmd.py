@@ -62,7 +62,8 @@ def export(
     result = export_checkpoint(
         path,
         opts,
-        fmt=fmt.value if fmt is not None else opts.format,
+        # Typer checked --format, the schema export.format: both hold ExportFormat's names.
+        fmt=fmt if fmt is not None else ExportFormat(opts.format),
         student=student.value if student is not None else opts.student,
         out=out,
         full=opts.full if full is None else full,

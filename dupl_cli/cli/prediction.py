@@ -36,7 +36,8 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
     training run), still overridden by env and --set.
     """
     from dupl_cli.core.errors import UserError
-    from dupl_cli.runs.checkpoint import card_path, read_card, resolve_checkpoint
+    from dupl_cli.runs.card import read_card
+    from dupl_cli.runs.checkpoint import resolve_checkpoint
 
     if student is not None and student not in ("1", "2", "best", "ensemble"):
         raise UserError(f"--student must be 1, 2, best or ensemble, not {student!r}")
@@ -45,7 +46,7 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
     opts = global_options(ctx)
     if not (preset or config or opts.preset or opts.config):
         card = read_card(path)
-        resolved = resolve_settings(ctx, sets=sets, card=(card_path(path), card.get("settings")))
+        resolved = resolve_settings(ctx, sets=sets, card=(card.file, card.settings))
     settings = resolved.settings
     if use_crf:
         from dupl_cli.crf.dense import check_backend

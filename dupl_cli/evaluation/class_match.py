@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from dupl_cli.core.errors import UserError
-
-IGNORE = 255
+from dupl_cli.core.labels import IGNORE_INDEX
 
 
 def _key(name: str) -> str:
@@ -24,7 +23,7 @@ def _key(name: str) -> str:
 class ClassMap:
     """Dataset ids → checkpoint ids; ``order[j]`` is the dataset index of the checkpoint's class j."""
 
-    lut: np.ndarray  # uint8 256: dataset mask value → checkpoint id (255 stays 255)
+    lut: np.ndarray  # uint8 256: dataset mask value → checkpoint id (IGNORE_INDEX stays IGNORE_INDEX)
     order: np.ndarray  # int64 C
 
     def note(self) -> str:
@@ -50,10 +49,10 @@ def match_classes(model: list[str], data: list[str], model_where: str, data_wher
             "evaluate on the dataset the model was trained for"
         )
     order = np.array([data_keys.index(k) for k in model_keys], dtype=np.int64)
-    lut = np.full(256, IGNORE, dtype=np.uint8)
+    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
     lut[0] = 0
     lut[order + 1] = np.arange(1, len(order) + 1, dtype=np.uint8)
-    valid = np.arange(len(order) + 1, 255)
+    valid = np.arange(len(order) + 1, IGNORE_INDEX)
     lut[valid] = valid.astype(np.uint8)  # out-of-range ids stay out of range (the metrics refuse them)
     return ClassMap(lut, order)
 
@@ -79,10 +78,8 @@ class RemappedAdapter:
 
 def aligned(adapter, loaded, data_where: str):
     """``adapter`` in the checkpoint's class order, and a note when it had to be remapped."""
-    classmap = match_classes(
-        list(loaded.card["classes"]), list(adapter.classes), str(loaded.path), data_where
-    )
+    card = loaded.card
+    classmap = match_classes(list(card.classes), list(adapter.classes), str(loaded.path), data_where)
     if classmap is None:
         return adapter, None
-    palette = [tuple(c) for c in loaded.card["palette"]]
-    return RemappedAdapter(adapter, classmap, loaded.card["classes"], palette), classmap.note()
+    return RemappedAdapter(adapter, classmap, card.classes, list(card.palette)), classmap.note()

@@ -58,6 +58,16 @@ class ConfusionMeter:
         return reduce_across_processes(self.matrix)
 
 
+def class_iou(matrix: torch.Tensor) -> torch.Tensor:
+    """IoU = TP / (TP + FP + FN) per class of a K×(K+1) matrix (float64); NaN for a class neither in the
+    ground truth nor predicted."""
+    m = matrix.detach().double().cpu()
+    k = m.shape[0]
+    tp = torch.diagonal(m[:, :k])
+    union = m.sum(1) + m[:, :k].sum(0) - tp  # GT pixels (uncertain ones included) + predicted - both
+    return torch.where(union > 0, tp / union, torch.tensor(float("nan"), dtype=torch.float64))
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if math.isnan(x) else x
 
@@ -108,9 +118,8 @@ def metrics_from_confusion(matrix: torch.Tensor, class_names: list[str]) -> SegM
     gt_count = m.sum(1)  # includes pixels predicted "uncertain"
     pred_count = m[:, :k].sum(0)
     fp = pred_count - tp
-    fn = gt_count - tp
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    iou = torch.where(tp + fp + fn > 0, tp / (tp + fp + fn), nan)
+    iou = class_iou(m)
     precision = torch.where(pred_count > 0, tp / pred_count, nan)
     recall = torch.where(gt_count > 0, tp / gt_count, nan)
     over = torch.where(pred_count > 0, fp / pred_count, nan)

@@ -1,11 +1,11 @@
 """The one prediction loop under evaluate, pseudo-label and infer.
 
-    items (this process's shard) -> normalise -> every head (TTA logits or CAM) -> sinks.output
+    items (this process's shard) -> normalise -> every route (TTA logits or CAM) -> sinks.output
                                  -> CRF pool or argmax / CAM rule (crf.LabelRouter) -> sinks.label
 
-A head turns an image into an output and routes it to a label (``predict_heads``); sinks accumulate
-confusion matrices, write PNGs or keep report samples (``predict_sinks``). The front ends only pick
-items, heads and sinks and turn what the sinks hold into their typed result. Process index and count
+A route turns an image into an output and then a label (``predict.routes``); sinks accumulate
+confusion matrices, write PNGs or keep report samples (``predict.sinks``). The front ends only pick
+items, routes and sinks and turn what the sinks hold into their typed result. Process index and count
 come from Accelerate's ``PartialState``, never from rank variables.
 """
 
@@ -23,6 +23,7 @@ import torch
 from dupl_cli.crf.dense import CrfRunner, LabelRouter
 from dupl_cli.evaluation.metrics import reduce_across_processes
 from dupl_cli.predict.choices import StudentPick, choose_students
+from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import load_model
 
 
@@ -71,36 +72,28 @@ def make_runtime() -> Runtime:
 @dataclass
 class LoadedModel:
     model: torch.nn.Module
-    card: dict
+    card: Card
     path: Path
     how: str  # how the checkpoint was chosen (given, eval.checkpoint, newest run)
     classes: list[str] = field(init=False)  # background first
     palette: list[tuple[int, int, int]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.classes = ["background", *self.card["classes"]]
-        self.palette = [tuple(c) for c in self.card["palette"]]
-
-    @property
-    def card_student(self) -> int:
-        """1-based student chosen by validation during training."""
-        return int(self.card.get("student", 1))
+        self.classes = ["background", *self.card.classes]
+        self.palette = list(self.card.palette)
 
     @property
     def selection(self) -> str:
         """How the checkpoint was chosen: final, best-val (train.select), import, or unknown."""
-        if "import" in self.card:
+        if self.card.imported is not None:
             return "import"
-        return self.card.get("selection") or {"best": "best-val", "final": "final"}.get(
-            self.path.stem, "unknown"
-        )
+        return self.card.selection or {"best": "best-val", "final": "final"}.get(self.path.stem, "unknown")
 
     def selection_record(self, split: str) -> dict:
         """For protocols and metrics.json: the checkpoint rule, the student rule, and whether
         ``split``'s own pixel labels took part in the choice (best-val validated on it)."""
-        settings = self.card.get("settings") or {}
-        val_split = (settings.get("data") or {}).get("val_split")
-        kind, step = self.selection, self.card.get("step")
+        val_split = (self.card.settings.get("data") or {}).get("val_split")
+        kind, step = self.selection, self.card.step
         peeked = kind == "best-val" and val_split == split
         text = {
             "final": f"final checkpoint (step {step})",
@@ -109,13 +102,13 @@ class LoadedModel:
         }.get(kind, "not recorded in the card")
         if peeked:
             text += f"; optimistic on {split!r}: its pixel labels chose this checkpoint and student"
-        rule = self.card.get("student_rule", "best by validation during training")
+        rule = self.card.rule
         return {"checkpoint": kind, "text": text, "student_rule": rule, "chosen_on_this_split": peeked}
 
     def pick(self, choice) -> StudentPick:
         """The students ``choice`` (``--student``) names in this checkpoint."""
-        rule = self.card.get("student_rule", "best by validation during training")
-        return choose_students(choice, self.card_student, students=len(self.model.students), rule=rule)
+        students = len(self.model.students)
+        return choose_students(choice, self.card.student, students=students, rule=self.card.rule)
 
 
 def load_for_inference(path: Path, how: str, device) -> LoadedModel:
@@ -131,7 +124,7 @@ class Item:
     key: Any  # unique within a run (shard index, output stem)
     name: str  # output file stem
     image: np.ndarray  # uint8 H×W×3
-    labels: np.ndarray | None = None  # image-level multi-hot (CAM heads need it)
+    labels: np.ndarray | None = None  # image-level multi-hot (CAM routes need it)
     mask: np.ndarray | None = None  # ground truth H×W (scoring)
     id: str = ""  # sample id shown in reports (default: name)
 
@@ -139,7 +132,9 @@ class Item:
         self.id = self.id or self.name
 
 
-class Head(Protocol):
+class Route(Protocol):
+    """How one image becomes an output (``forward``) and the output a label (``route``)."""
+
     def forward(self, x: torch.Tensor, item: Item) -> torch.Tensor: ...
     def route(self, router, key, item: Item, output: torch.Tensor) -> None: ...
 
@@ -150,10 +145,10 @@ class Sink:
     def begin(self, item: Item) -> None:
         """Before the item is predicted (in item order)."""
 
-    def output(self, item: Item, head: int, output: torch.Tensor) -> None:
-        """A head's raw output: logits K×H×W or CAM C×H×W, on the device."""
+    def output(self, item: Item, route: int, output: torch.Tensor) -> None:
+        """A route's raw output: logits K×H×W or CAM C×H×W, on the device."""
 
-    def label(self, item: Item, head: int, label: np.ndarray | torch.Tensor) -> None:
+    def label(self, item: Item, route: int, label: np.ndarray | torch.Tensor) -> None:
         """The final H×W label map (uint8 array, or an integer tensor on the device)."""
 
 
@@ -224,21 +219,21 @@ class PredictOptions:
 
 def predict(
     items: Iterable[Item],
-    heads: Sequence[Head],
+    routes: Sequence[Route],
     sinks: Sequence[Sink],
     runtime: Runtime,
     options: PredictOptions,
     bar: ProgressBar,
 ) -> None:
-    """Every head on every item; outputs and labels go to ``sinks`` (labels may come back later,
+    """Every route on every item; outputs and labels go to ``sinks`` (labels may come back later,
     from the CRF pool, so an item is held until its last label is delivered)."""
     in_flight: dict[int, list] = {}  # item number -> [item, labels still due]
 
     def finish(key: tuple[int, int], label) -> None:
-        number, head = key
+        number, route = key
         entry = in_flight[number]
         for sink in sinks:
-            sink.label(entry[0], head, label)
+            sink.label(entry[0], route, label)
         entry[1] -= 1
         if entry[1] == 0:
             del in_flight[number]
@@ -248,12 +243,12 @@ def predict(
             for sink in sinks:
                 sink.begin(item)
             x = to_tensor(item.image, options.mean, options.std, runtime.device)
-            in_flight[number] = [item, len(heads)]
-            for h, head in enumerate(heads):
-                output = head.forward(x, item)
+            in_flight[number] = [item, len(routes)]
+            for r, route in enumerate(routes):
+                output = route.forward(x, item)
                 for sink in sinks:
-                    sink.output(item, h, output)
-                head.route(router, (number, h), item, output)
+                    sink.output(item, r, output)
+                route.route(router, (number, r), item, output)
             bar.advance()
         router.drain()
 

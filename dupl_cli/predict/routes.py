@@ -1,8 +1,9 @@
-"""Heads of the prediction loop: how one image becomes an output and then a label.
+"""Routes of the prediction loop: how one image becomes an output and then a label.
 
-``SegHead``: segmentation logits through TTA, then argmax or the dense CRF.
-``CamHead``: the multi-scale CAM restricted to the image's labels, then the CAM rule
+``SegRoute``: segmentation logits through TTA, then argmax or the dense CRF.
+``CamRoute``: the multi-scale CAM restricted to the image's labels, then the CAM rule
 (``method.thresholds.cam_to_label``, two-way or three-way) or the two-pass CAM CRF.
+(Not to be confused with ``models.heads``, the network's segmentation head.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from dupl_cli.config.method_params import cam_config
 from dupl_cli.crf.params import CrfParams
 from dupl_cli.method.cam import multiscale_cam
 from dupl_cli.method.params import CamConfig
 from dupl_cli.method.thresholds import cam_to_label
+from dupl_cli.models.geometry import pad_to_multiple
 from dupl_cli.predict.tta import TTAConfig, ensemble, stride_of, tta_logits
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -45,7 +48,7 @@ def cam_fn(model, indices: Sequence[int], cam: CamConfig) -> LogitsFn:
     def run(x: torch.Tensor) -> torch.Tensor:
         # Pad so every scaled view has sides divisible by the stride; crop the CAM back.
         h, w = x.shape[-2:]
-        padded = F.pad(x, (0, -w % multiple, 0, -h % multiple))
+        padded = pad_to_multiple(x, multiple)
         cams = [
             multiscale_cam(model.students[i], padded, scales=scales, flip=flip)[0].float() for i in indices
         ]
@@ -61,11 +64,16 @@ def resized_cam(fn: LogitsFn, x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SegHead:
+class SegRoute:
     logits_fn: LogitsFn
     tta: TTAConfig
     multiple: int  # side multiple the backbone needs
     params: CrfParams
+
+    @classmethod
+    def of(cls, model, indices: Sequence[int], settings, tta: TTAConfig) -> SegRoute:
+        """The segmentation head of ``model``'s students ``indices`` (mean for several), CRF from settings."""
+        return cls(seg_fn(model, indices), tta, stride_of(model), CrfParams.for_segmentation(settings.crf))
 
     def forward(self, x: torch.Tensor, item) -> torch.Tensor:
         """Merged float32 logits K×H×W."""
@@ -76,7 +84,7 @@ class SegHead:
 
 
 @dataclass(frozen=True)
-class CamHead:
+class CamRoute:
     """Without CRF the label is ``cam_to_label(tau_high, tau_low)`` (``tau_low`` None: two-way);
     with CRF, the two-pass CAM CRF with background scores ``crf_tau`` (high, low)."""
 
@@ -86,6 +94,16 @@ class CamHead:
     tau_high: float
     tau_low: float | None = None
     resize: int = 0  # square side the image is resized to first; 0 = native
+
+    @classmethod
+    def of(
+        cls, model, indices: Sequence[int], settings, tau_high: float, tau_low: float | None, resize: int = 0
+    ) -> CamRoute:
+        """The multi-scale CAM of ``model``'s students ``indices``; CAM CRF and scales from settings."""
+        crf = settings.crf
+        fn = cam_fn(model, indices, cam_config(settings))
+        crf_tau = (crf.cam.tau_high, crf.cam.tau_low)
+        return cls(fn, CrfParams.for_cams(crf), crf_tau, tau_high, tau_low, resize=resize)
 
     def forward(self, x: torch.Tensor, item) -> torch.Tensor:
         """CAM C×H×W for all classes."""

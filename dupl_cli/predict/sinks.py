@@ -12,7 +12,7 @@ import torch
 
 from dupl_cli.core.atomic import atomic_write, atomic_write_text
 from dupl_cli.evaluation import visualize
-from dupl_cli.evaluation.metrics import ConfusionMeter, SegMetrics
+from dupl_cli.evaluation.metrics import ConfusionMeter, SegMetrics, class_iou, confusion_matrix
 from dupl_cli.evaluation.visualize import confusion_png, overlay, with_legend
 from dupl_cli.predict.loop import Item, Sink
 
@@ -27,17 +27,17 @@ def label_array(label) -> np.ndarray:
 
 
 class ConfusionSink(Sink):
-    """One confusion matrix per head against the item's ground truth, accumulated on ``device``."""
+    """One confusion matrix per route against the item's ground truth, accumulated on ``device``."""
 
-    def __init__(self, num_classes: int, device, heads: int = 1) -> None:
-        self.meters = [ConfusionMeter(num_classes, device) for _ in range(heads)]
+    def __init__(self, num_classes: int, device, routes: int = 1) -> None:
+        self.meters = [ConfusionMeter(num_classes, device) for _ in range(routes)]
 
-    def add(self, prediction: np.ndarray | torch.Tensor, mask: np.ndarray, head: int = 0) -> None:
+    def add(self, prediction: np.ndarray | torch.Tensor, mask: np.ndarray, route: int = 0) -> None:
         pred = prediction if torch.is_tensor(prediction) else torch.from_numpy(np.asarray(prediction))
-        self.meters[head].update(pred, torch.from_numpy(mask.astype(np.int64)))
+        self.meters[route].update(pred, torch.from_numpy(mask.astype(np.int64)))
 
-    def label(self, item: Item, head: int, label) -> None:
-        self.add(label, item.mask, head)
+    def label(self, item: Item, route: int, label) -> None:
+        self.add(label, item.mask, route)
 
 
 class MaskSink(Sink):
@@ -47,7 +47,7 @@ class MaskSink(Sink):
         self.out, self.palette = Path(out), palette
         self.written: list[Path] = []
 
-    def label(self, item: Item, head: int, label) -> None:
+    def label(self, item: Item, route: int, label) -> None:
         path = self.out / f"{item.name}.png"
         self.written.append(visualize.save_mask(path, label_array(label), self.palette))
 
@@ -59,7 +59,7 @@ class OverlaySink(Sink):
     def __init__(self, out: Path, palette, classes: list[str] | None = None) -> None:
         self.out, self.palette, self.classes = Path(out), palette, classes
 
-    def label(self, item: Item, head: int, label) -> None:
+    def label(self, item: Item, route: int, label) -> None:
         mask = label_array(label)
         blended = with_legend(overlay(item.image, mask, self.palette), mask, self.palette, self.classes)
         path = self.out / f"{item.name}_overlay.jpg"
@@ -72,7 +72,7 @@ class ProbsSink(Sink):
     def __init__(self, out: Path, classes: list[str]) -> None:
         self.out, self.classes = Path(out), classes
 
-    def output(self, item: Item, head: int, logits: torch.Tensor) -> None:
+    def output(self, item: Item, route: int, logits: torch.Tensor) -> None:
         save_probs(self.out / f"{item.name}_probs.npz", logits, self.classes)
 
 
@@ -95,20 +95,17 @@ def save_probs(path: Path, logits: torch.Tensor, classes: list[str]) -> None:
 
 
 def image_iou(label: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
-    """Mean IoU of one image over the classes in its ground truth or prediction (255 ignored)."""
-    valid = gt != 255
-    pred = np.where(label[valid] == 255, num_classes, label[valid]).astype(np.int64)  # uncertain: wrong
-    truth = gt[valid].astype(np.int64)
-    n = num_classes + 1
-    cm = np.bincount(truth * n + pred, minlength=n * n).reshape(n, n)[:num_classes]
-    inter = np.diag(cm[:, :num_classes])
-    union = cm.sum(1) + cm[:, :num_classes].sum(0) - inter
-    seen = union > 0
-    return float((inter[seen] / union[seen]).mean()) if seen.any() else float("nan")
+    """Mean IoU of one image over the classes in its ground truth or prediction (``IGNORE_INDEX`` pixels of
+    the ground truth left out; an uncertain prediction counts as a miss)."""
+    prediction, truth = torch.from_numpy(np.asarray(label)), torch.from_numpy(np.asarray(gt))
+    matrix = confusion_matrix(prediction, truth, num_classes)
+    iou = class_iou(matrix)
+    seen = ~iou.isnan()
+    return float(iou[seen].mean()) if bool(seen.any()) else float("nan")
 
 
 class ReportSamples(Sink):
-    """The rows of an HTML report (id, image, labels, ground truth, the first head's label and, with
+    """The rows of an HTML report (id, image, labels, ground truth, the first route's label and, with
     ``keep_cams``, its CAM): with ground truth the ``limit`` images of lowest per-image IoU, worst
     first (``row["iou"]``); without, the first ``limit``."""
 
@@ -136,13 +133,13 @@ class ReportSamples(Sink):
         elif len(self._kept) < self.limit:
             self._kept[item.key] = row
 
-    def output(self, item: Item, head: int, output: torch.Tensor) -> None:
+    def output(self, item: Item, route: int, output: torch.Tensor) -> None:
         row = self._pending.get(item.key) or self._kept.get(item.key)
-        if self.keep_cams and head == 0 and row is not None:
+        if self.keep_cams and route == 0 and row is not None:
             row["cam"] = output.cpu().numpy()
 
-    def label(self, item: Item, head: int, label) -> None:
-        if head != 0:
+    def label(self, item: Item, route: int, label) -> None:
+        if route != 0:
             return
         if item.key in self._kept:
             self._kept[item.key]["label"] = label_array(label)

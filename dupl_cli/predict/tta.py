@@ -15,6 +15,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from dupl_cli.models.geometry import pad_to_multiple
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -64,11 +66,11 @@ def padded_forward(logits_fn: LogitsFn, view: torch.Tensor, multiple: int) -> to
     colour. Returns logits upsampled to the padded size and cropped back to the view's size.
     """
     h, w = view.shape[-2:]
-    ph, pw = -h % multiple, -w % multiple
-    if not ph and not pw:
+    padded = pad_to_multiple(view, multiple)
+    if padded is view:
         return logits_fn(view)
-    logits = logits_fn(F.pad(view, (0, pw, 0, ph)))
-    logits = F.interpolate(logits.float(), size=(h + ph, w + pw), mode="bilinear", align_corners=False)
+    logits = logits_fn(padded)
+    logits = F.interpolate(logits.float(), size=padded.shape[-2:], mode="bilinear", align_corners=False)
     return logits[..., :h, :w]
 
 

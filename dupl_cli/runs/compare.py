@@ -23,7 +23,9 @@ from typing import Any
 
 import tomllib
 
+from dupl_cli.config.keys import flatten
 from dupl_cli.core.errors import UserError
+from dupl_cli.runs.card import Card
 
 SEED = "train.seed"
 NEUTRAL = (
@@ -57,18 +59,6 @@ class RunSummary:
         return self.settings.get(SEED)
 
 
-def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested TOML/JSON tables -> dotted keys (lists stay values)."""
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{dotted}."))
-        else:
-            out[dotted] = value
-    return out
-
-
 def _json_file(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -77,10 +67,10 @@ def _json_file(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _card(run: Path) -> dict[str, Any] | None:
+def _card(run: Path) -> Card | None:
     for name in ("final.json", "best.json"):
         if (run / name).is_file():
-            return _json_file(run / name)
+            return Card.peek(run / name)
     return None
 
 
@@ -92,8 +82,8 @@ def read_settings(run: Path) -> dict[str, Any]:
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise UserError(f"{config}: not valid TOML ({exc})") from None
     card = _card(run)
-    if card is not None and isinstance(card.get("settings"), dict):
-        return flatten(card["settings"])
+    if card is not None:
+        return flatten(card.settings)
     raise UserError(f"{run}: not a run directory (no config.toml, final.json or best.json)")
 
 
@@ -150,8 +140,8 @@ def read_run(path: Path) -> RunSummary:
     record = last_validation(path, run.notes)
     if record is not None:
         card = _card(path)
-        if card is not None and isinstance(card.get("student"), int):
-            run.student, run.student_from = card["student"], "card"
+        if card is not None:
+            run.student, run.student_from = card.student, "card"
         else:
             run.student, run.student_from = record.get("best_student", 1), "validation record"
         run.step = record.get("step")

@@ -23,12 +23,13 @@ from typing import Any
 
 import torch
 
-from dupl_cli.runs.checkpoint import load_model, save_model
 from dupl_cli.core.errors import UserError
-from dupl_cli.runs.run_dir import write_config
-from dupl_cli.models.dual import build_dual_student
 from dupl_cli.data.palette import COCO_CLASSES, VOC_CLASSES, palette_for
+from dupl_cli.models.dual import build_dual_student
 from dupl_cli.plugins import DATASETS, load
+from dupl_cli.runs.card import Card, ImportRecord
+from dupl_cli.runs.checkpoint import load_model, save_model
+from dupl_cli.runs.run_dir import write_config
 
 RENAMES = (
     ("encoder.", "backbone.vit."),
@@ -265,26 +266,25 @@ def import_release(
     )
 
 
-def _card(settings, classes, palette, mapped: MappedState, path: Path, student: int, tensors: int) -> dict:
+def _card(settings, classes, palette, mapped: MappedState, path: Path, student: int, tensors: int) -> Card:
     """The trainer's card fields, plus how many students and where the weights came from."""
-    return {
-        "step": None,
-        "classes": list(classes),
-        "palette": [list(c) for c in palette],
-        "student": student,
-        "student_rule": f"named at import with --student {student}: no validation was run",
-        "students": mapped.students,
-        "metrics": {},
-        "settings": settings.model_dump(mode="json"),
-        "import": {
-            "file": str(path.resolve()),
-            "sha256": file_sha256(path),
-            "layout": mapped.layout,
-            "module_prefix": mapped.prefixed,
-            "tensors": tensors,
-            "dropped": mapped.dropped,
-        },
-    }
+    source = ImportRecord(
+        file=str(path.resolve()),
+        sha256=file_sha256(path),
+        layout=mapped.layout,
+        module_prefix=mapped.prefixed,
+        tensors=tensors,
+        dropped=mapped.dropped,
+    )
+    return Card(
+        classes=list(classes),
+        palette=[tuple(c) for c in palette],
+        settings=settings.model_dump(mode="json"),
+        student=student,
+        students=mapped.students,
+        student_rule=f"named at import with --student {student}: no validation was run",
+        imported=source,
+    )
 
 
 def preset_classes(settings) -> tuple[list[str], list[tuple[int, int, int]]]:

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dupl_cli.runs import run_dir as runs
 from dupl_cli.core.errors import UserError, load_reason
+from dupl_cli.runs import run_dir as runs
 
 
 class _RngSkipped(logging.Handler):

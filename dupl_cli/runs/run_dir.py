@@ -16,10 +16,10 @@ from typing import Any
 
 import tomllib
 
+from dupl_cli.config.keys import flatten
+from dupl_cli.config.toml_writer import dumps
 from dupl_cli.core.atomic import atomic_write_text
 from dupl_cli.core.errors import UserError
-from dupl_cli.config.toml_writer import dumps
-from dupl_cli.config.keys import flatten
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -72,15 +72,22 @@ def changed_settings(run_dir: Path, settings_json: dict[str, Any]) -> list[str]:
     return lines
 
 
+def step_of(checkpoint: Path) -> int | None:
+    """The step of a ``checkpoints/step_<n>`` folder; None for any other name (``.tmp_step_<n>``,
+    ``unusable_step_<n>``)."""
+    match = _STEP_DIR.match(Path(checkpoint).name)
+    return int(match.group(1)) if match else None
+
+
 def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     """Complete checkpoints, oldest first."""
     root = Path(run_dir) / "checkpoints"
     found = []
     if root.is_dir():
         for path in root.iterdir():
-            match = _STEP_DIR.match(path.name)
-            if match and (path / STATE_FILE).is_file():
-                found.append((int(match.group(1)), path))
+            step = step_of(path)
+            if step is not None and (path / STATE_FILE).is_file():
+                found.append((step, path))
     return sorted(found)
 
 

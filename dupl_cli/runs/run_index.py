@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
 from dupl_cli.config.keys import flatten
 from dupl_cli.config.sources import load_settings
+from dupl_cli.runs.card import Card
+from dupl_cli.runs.run_dir import step_of
 
 RUN_FILE = "run.json"
 LATEST = "latest"
-_STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -87,21 +88,14 @@ def run_status(run_dir: Path) -> str:
     return "finished" if (Path(run_dir) / "final.safetensors").is_file() else "unknown"
 
 
-def _card(run_dir: Path, name: str) -> dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / f"{name}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+def _card(run_dir: Path, name: str) -> Card | None:
+    return Card.peek(Path(run_dir) / f"{name}.json")
 
 
 def run_step(run_dir: Path) -> int | None:
-    steps = [
-        int(m.group(1))
-        for p in (Path(run_dir) / "checkpoints").glob("step_*")
-        if (m := _STEP_DIR.match(p.name))
-    ]
-    final = _card(run_dir, "final").get("step")
-    found = [*steps, *([final] if isinstance(final, int) else [])]
+    steps = [step for p in (Path(run_dir) / "checkpoints").glob("step_*") if (step := step_of(p)) is not None]
+    final = _card(run_dir, "final")
+    found = [*steps, *([final.step] if final is not None and final.step is not None else [])]
     return max(found) if found else None
 
 
@@ -121,7 +115,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     info = read_run(run_dir)
     card = _card(run_dir, "final") or _card(run_dir, "best")
-    settings = card.get("settings") or {}
+    settings = card.settings if card is not None else {}
     data = settings.get("data", {})
     return {
         "name": run_dir.name,

@@ -18,11 +18,10 @@ import torch
 from dupl_cli.config.method_params import cam_config
 from dupl_cli.core.errors import UserError
 from dupl_cli.core.writable import check_writable
-from dupl_cli.crf.params import CrfParams
 from dupl_cli.data.base import shard
 from dupl_cli.evaluation.class_match import aligned
 from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
-from dupl_cli.evaluation.visualize import HtmlReport, confusion_png, sample_panels
+from dupl_cli.evaluation.visualize import sample_panels
 from dupl_cli.method.thresholds import cam_to_label
 from dupl_cli.predict.loop import (
     LoadedModel,
@@ -33,9 +32,10 @@ from dupl_cli.predict.loop import (
     predict,
     to_tensor,
 )
-from dupl_cli.predict.routes import CamHead, SegHead, cam_fn, seg_fn
+from dupl_cli.predict.routes import CamRoute, SegRoute, cam_fn
 from dupl_cli.predict.sinks import ConfusionSink, ReportSamples, write_metrics
-from dupl_cli.predict.tta import TTAConfig, stride_of
+from dupl_cli.predict.tta import TTAConfig
+from dupl_cli.tasks.report import Panels, protocol_table, write_report
 
 
 @dataclass
@@ -69,14 +69,12 @@ def variants_for(loaded: LoadedModel, student: str, settings) -> tuple[list[tupl
     return [(pick.text, list(pick.indices))], pick.text
 
 
-def _head(loaded: LoadedModel, indices: list[int], settings, req: EvalRequest, tta: TTAConfig):
-    crf = settings.crf
+def _route(loaded: LoadedModel, indices: list[int], settings, req: EvalRequest, tta) -> CamRoute | SegRoute:
+    """CAMs labelled two-way at eval.cam_threshold (``--cams``), else the segmentation head through TTA."""
     if req.cams:
-        fn = cam_fn(loaded.model, indices, cam_config(settings))
-        crf_tau = (crf.cam.tau_high, crf.cam.tau_low)
-        return CamHead(fn, CrfParams.for_cams(crf), crf_tau, settings.eval.cam_threshold, resize=tta.resize)
-    params = CrfParams.for_segmentation(crf)
-    return SegHead(seg_fn(loaded.model, indices), tta, stride_of(loaded.model), params)
+        threshold = settings.eval.cam_threshold
+        return CamRoute.of(loaded.model, indices, settings, threshold, None, resize=tta.resize)
+    return SegRoute.of(loaded.model, indices, settings, tta)
 
 
 def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest):
@@ -129,14 +127,14 @@ def run_evaluate(
     own_part = shard(adapter, runtime.process_index, runtime.num_processes, limit)
     tta = TTAConfig.from_settings(settings.eval, multiscale=req.multiscale)
     variants, student_text = variants_for(loaded, req.student, settings)
-    heads = [_head(loaded, indices, settings, req, tta) for _, indices in variants]
-    confusion = ConfusionSink(len(loaded.classes), runtime.device, heads=len(heads))
+    routes = [_route(loaded, indices, settings, req, tta) for _, indices in variants]
+    confusion = ConfusionSink(len(loaded.classes), runtime.device, routes=len(routes))
     want_report = req.report is not None and runtime.is_main
     samples = ReportSamples(req.report_samples, num_classes=len(loaded.classes)) if want_report else None
     sinks = [confusion] if samples is None else [confusion, samples]
     options = PredictOptions.from_settings(settings, req.crf)
     with ProgressBar(f"evaluate {req.split}", len(own_part), show_progress and runtime.is_main) as bar:
-        predict(dataset_items(own_part), heads, sinks, runtime, options, bar)
+        predict(dataset_items(own_part), routes, sinks, runtime, options, bar)
 
     results = [metrics_from_confusion(m.reduced(), loaded.classes) for m in confusion.meters]
     best = max(range(len(results)), key=lambda j: np.nan_to_num(results[j].miou, nan=-1.0))
@@ -156,7 +154,10 @@ def run_evaluate(
     if runtime.is_main:
         write_metrics(req.out, results[best], payload)
         if samples is not None:
-            _write_report(req, loaded, settings, runtime, results[best], protocol, samples, variants[best][1])
+            what = "CAM pseudo-labels" if req.cams else "segmentation"
+            panels = _panels(req, loaded, settings, runtime, variants[best][1])
+            title = f"dupl evaluate: {what} on {req.split}"
+            write_report(req.report, title, loaded, protocol, results[best], samples, panels)
     runtime.barrier()
     return EvalResult(results[best], protocol, payload, req.out)
 
@@ -167,18 +168,17 @@ def _protocol(loaded, settings, runtime, req: EvalRequest, tta, student_text, to
         f"CAM scales ({', '.join(f'{s:g}' for s in cam.scales)}), flip {cam.flip}, "
         f"background threshold {settings.eval.cam_threshold}"
     )
-    return {
-        "checkpoint": f"{loaded.path} ({loaded.how})",
-        "selection": loaded.selection_record(req.split)["text"],
-        "split": f"{req.split} ({total} images{', capped' if limit else ''})",
-        "source": "CAM pseudo-labels (multi-scale CAM with ground-truth image labels, docs/method.md §11)"
+    source = (
+        "CAM pseudo-labels (multi-scale CAM with ground-truth image labels, docs/method.md §11)"
         if req.cams
-        else "segmentation head",
-        "student": student_text,
+        else "segmentation head"
+    )
+    details = {
         "scales / flip": cam_views if req.cams else tta.describe(),
         "crf": _crf_text(req, settings) if req.crf else "off",
-        "processes": runtime.num_processes,
     }
+    images = f"{total} images{', capped' if limit else ''}"
+    return protocol_table(loaded, req.split, images, source, student_text, details, runtime)
 
 
 def _crf_text(req: EvalRequest, settings) -> str:
@@ -195,36 +195,25 @@ def _crf_text(req: EvalRequest, settings) -> str:
     )
 
 
-def _write_report(req, loaded, settings, runtime, metrics, protocol, samples: ReportSamples, indices) -> None:
-    """Every sample with its CAMs (of the reported student), CAM pseudo-label, prediction and GT."""
-    what = "CAM pseudo-labels" if req.cams else "segmentation"
-    report = HtmlReport(f"dupl evaluate: {what} on {req.split}", loaded.classes, loaded.palette)
-    report.add_protocol(protocol)
-    report.add_metrics(metrics, confusion_png(np.asarray(metrics.matrix), metrics.class_names))
-    report.add_curves(loaded.path.parent / "curves")
-    report.add_heading(
-        "Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images"
-    )
+def _panels(req: EvalRequest, loaded: LoadedModel, settings, runtime: Runtime, indices) -> Callable:
+    """A sample's pictures: its CAMs (of the reported student), CAM pseudo-label, prediction and GT."""
     fn = cam_fn(loaded.model, indices, cam_config(settings))
-    for s in samples.rows.values():
-        x = to_tensor(s["image"], settings.data.mean, settings.data.std, runtime.device)
+
+    def panels(row: dict) -> Panels:
+        x = to_tensor(row["image"], settings.data.mean, settings.data.std, runtime.device)
         cam = fn(x)
-        present = np.flatnonzero(s["labels"] > 0)
-        labels = torch.from_numpy(s["labels"])[None]
+        present = np.flatnonzero(row["labels"] > 0)
+        labels = torch.from_numpy(row["labels"])[None]
         pseudo = cam_to_label(cam, labels, tau_high=settings.eval.cam_threshold)[0]
-        panels = sample_panels(
-            s["image"],
+        return sample_panels(
+            row["image"],
             loaded.palette,
             loaded.classes,
             cams=cam[0, present].cpu().numpy(),
             cam_classes=present + 1,
             pseudo=None if req.cams else pseudo.cpu().numpy().astype(np.uint8),
-            prediction=s.get("label"),
-            ground_truth=s["gt"],
+            prediction=row.get("label"),
+            ground_truth=row["gt"],
         )
-        report.add_sample(s["id"], panels, note=f"image IoU {_pct(s.get('iou'))}")
-    report.write(req.report)
 
-
-def _pct(x) -> str:
-    return "–" if x is None or x != x else f"{100 * x:.1f}"
+    return panels

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -30,22 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.config.sources import card_settings
+from dupl_cli.core.atomic import atomic_write
 from dupl_cli.core.errors import UserError
 from dupl_cli.core.writable import check_writable
 from dupl_cli.models.backbones import build_backbone
+from dupl_cli.models.geometry import pad_to_multiple
 from dupl_cli.models.student import Student
-from dupl_cli.predict.choices import ExportStudent, choose_students
-from dupl_cli.runs.checkpoint import (
-    atomic_write,
-    atomic_write_text,
-    card_students,
-    load_model,
-    versions,
-)
+from dupl_cli.predict.choices import ExportFormat, ExportStudent, choose_students
+from dupl_cli.runs.card import EXPORT_FORMAT, Card, ExportRecord, export_card_path, read_export_card
+from dupl_cli.runs.checkpoint import load_model, versions
 
-EXPORT_FORMAT = "dupl-export/1"
-SUFFIXES = {"safetensors": ".safetensors", "onnx": ".onnx", "torchscript": ".pt"}
+SUFFIXES = {
+    ExportFormat.safetensors: ".safetensors",
+    ExportFormat.onnx: ".onnx",
+    ExportFormat.torchscript: ".pt",
+}
 INPUT = {
     "name": "image",
     "dtype": "float32",
@@ -104,7 +102,7 @@ class InferenceGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = image.shape[-2], image.shape[-1]
-        padded = F.pad(image, (0, (-width) % self.multiple, 0, (-height) % self.multiple))
+        padded = pad_to_multiple(image, self.multiple)
         final, aux = self.student.backbone(padded)
         seg = self.student.head(final)
         logits = F.interpolate(seg, size=padded.shape[-2:], mode="bilinear", align_corners=False)
@@ -144,9 +142,9 @@ def _logs_to_file(path: Path):
         handler.close()
 
 
-def choose_student(card: dict[str, Any], choice: str) -> int:
+def choose_student(card: Card, choice: str) -> int:
     """1-based student: explicit ``1``/``2``, or ``best`` = the card's choice by validation."""
-    pick = choose_students(choice, int(card.get("student", 1)), ExportStudent, students=card_students(card))
+    pick = choose_students(choice, card.student, ExportStudent, students=card.students)
     return pick.indices[0] + 1
 
 
@@ -156,13 +154,7 @@ def inference_state(student: nn.Module, full: bool) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items() if k.startswith(keep)}
 
 
-def export_card_path(exported: Path) -> Path:
-    """The card of one exported file: its full name + ``.json``, so the ONNX and TorchScript exports of
-    one student do not share (and overwrite) a card."""
-    return Path(exported).with_name(Path(exported).name + ".json")
-
-
-def default_out(checkpoint: Path, fmt: str, student: int) -> Path:
+def default_out(checkpoint: Path, fmt: ExportFormat, student: int) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.student{student}{SUFFIXES[fmt]}")
 
 
@@ -289,24 +281,21 @@ def load_exported_student(path: Path):
     """Rebuild a Student from a safetensors export and its card (``strict``: classifiers only with --full)."""
     from safetensors.torch import load_file
 
-    card_file = export_card_path(path)
-    if not card_file.is_file():
-        raise UserError(f"{card_file}: export card is missing")
-    card = json.loads(card_file.read_text(encoding="utf-8"))
-    if card.get("format") != EXPORT_FORMAT or card["export"]["format"] != "safetensors":
-        raise UserError(f"{card_file}: not a dupl safetensors export card")
-    settings = card_settings(card_file, card.get("settings"))
+    card = read_export_card(path)
+    if card.export is None or card.export.format != ExportFormat.safetensors:
+        raise UserError(f"{card.file}: not a dupl safetensors export card")
+    settings = card.dupl_settings()
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
     backbone = build_backbone(model_settings, settings.data.crop_size)
     student = Student(
         backbone,
-        len(card["classes"]),
+        len(card.classes),
         head_channels=model_settings.head_channels,
         head_dilation=model_settings.head_dilation,
     )
     state = load_file(str(path))
     missing, unexpected = student.load_state_dict(state, strict=False)
-    allowed = () if card["export"]["full"] else ("classifier.", "aux_classifier.")
+    allowed = () if card.export.full else ("classifier.", "aux_classifier.")
     missing = [k for k in missing if not k.startswith(allowed)]
     if missing or unexpected:
         raise UserError(
@@ -319,15 +308,13 @@ def export_checkpoint(
     checkpoint: Path,
     export_settings,
     *,
-    fmt: str,
+    fmt: ExportFormat,
     student: str = "best",
     out: Path | None = None,
     full: bool = False,
 ) -> ExportResult:
     """Export one student of ``checkpoint`` in ``fmt``, verify it, and write its card."""
-    if fmt not in SUFFIXES:
-        raise UserError(f"--format must be one of {', '.join(SUFFIXES)}, not {fmt!r}")
-    if fmt == "onnx":
+    if fmt == ExportFormat.onnx:
         _require_onnx()
     model, source_card = load_model(checkpoint)
     index = choose_student(source_card, student)
@@ -348,8 +335,7 @@ def export_checkpoint(
         out.unlink(missing_ok=True)
         export_card_path(out).unlink(missing_ok=True)
         raise
-    card = _card(source_card, fmt, index, full, checkpoint, checks, export_settings)
-    atomic_write_text(export_card_path(out), json.dumps(card, indent=2))
+    _card(source_card, fmt, index, full, checkpoint, checks, export_settings).write(export_card_path(out))
     return ExportResult(out, export_card_path(out), index, checks, log if log.is_file() else None)
 
 
@@ -357,10 +343,10 @@ def export_checkpoint(
 class _Job:
     """One export: write the artefact in its format, then check it against the PyTorch student."""
 
-    fmt: str
+    fmt: ExportFormat
     out: Path
     checkpoint: Path
-    source_card: dict[str, Any]
+    source_card: Card
     index: int
     full: bool
     chosen: nn.Module
@@ -373,16 +359,17 @@ class _Job:
         graph = InferenceGraph(self.chosen, full=full).eval()
         names = [o["name"] for o in OUTPUTS + (FULL_OUTPUTS if full else [])]
         sizes = [tuple(s) for s in opts.check_sizes]
-        trace_size = int(self.source_card["settings"]["data"]["crop_size"])
-        if self.fmt == "safetensors":
+        trace_size = int(self.source_card.settings["data"]["crop_size"])
+        if self.fmt == ExportFormat.safetensors:
             state = inference_state(self.chosen, full)
             atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT}))
             # Round trip: a Student rebuilt from the file and its card must reproduce the original.
-            draft = _card(self.source_card, self.fmt, self.index, full, self.checkpoint, [], opts)
-            atomic_write_text(export_card_path(out), json.dumps(draft))
+            _card(self.source_card, self.fmt, self.index, full, self.checkpoint, [], opts).write(
+                export_card_path(out)
+            )
             rebuilt = InferenceGraph(load_exported_student(out)[0], full=full).eval()
             return verify(rebuilt, graph, sizes, opts.atol, "safetensors")
-        if self.fmt == "onnx":
+        if self.fmt == ExportFormat.onnx:
             _export_onnx(graph, out, trace_size, opts.opset, names)
             return verify(_run_onnx(out, names), graph, sizes, opts.atol, "ONNX")
         _export_torchscript(graph, out, trace_size)
@@ -390,37 +377,37 @@ class _Job:
 
 
 def _card(
-    source: dict, fmt: str, student: int, full: bool, checkpoint: Path, checks, export_settings
-) -> dict:
-    data = source["settings"]["data"]
-    export: dict[str, Any] = {
-        "format": fmt,
-        "student": student,
-        "full": full,
-        "source": str(checkpoint),
-        "mean": data.get("mean"),
-        "std": data.get("std"),
-        "check": {"atol": export_settings.atol, "results": checks},
-    }
-    if fmt == "safetensors":
-        export["weights"] = (
-            "state dict of dupl_cli.models.student.Student: backbone.*, head.*"
-            + (", classifier.*, aux_classifier.*" if full else "")
-            + "; load with dupl_cli.tasks.export.load_exported_student"
-        )
-    else:
-        export["inputs"] = [INPUT]
-        export["outputs"] = OUTPUTS + (FULL_OUTPUTS if full else [])
-        if fmt == "onnx":
-            export["opset"] = export_settings.opset
-    return {
-        "format": EXPORT_FORMAT,
-        "classes": source["classes"],
-        "palette": source["palette"],
-        "student": student,
-        "step": source.get("step"),
-        "metrics": source.get("metrics"),
-        "export": export,
-        "settings": source["settings"],
-        "versions": versions(),
-    }
+    source: Card, fmt: ExportFormat, student: int, full: bool, checkpoint: Path, checks, export_settings
+) -> Card:
+    data = source.settings["data"]
+    graph = fmt != ExportFormat.safetensors
+    classifiers = ", classifier.*, aux_classifier.*" if full else ""
+    weights = (
+        f"state dict of dupl_cli.models.student.Student: backbone.*, head.*{classifiers}; "
+        "load with dupl_cli.tasks.export.load_exported_student"
+    )
+    export = ExportRecord(
+        format=fmt.value,
+        student=student,
+        full=full,
+        source=str(checkpoint),
+        mean=data.get("mean"),
+        std=data.get("std"),
+        check={"atol": export_settings.atol, "results": checks},
+        weights=None if graph else weights,
+        inputs=[INPUT] if graph else None,
+        outputs=OUTPUTS + (FULL_OUTPUTS if full else []) if graph else None,
+        opset=export_settings.opset if fmt == ExportFormat.onnx else None,
+    )
+    return Card(
+        classes=source.classes,
+        palette=source.palette,
+        settings=source.settings,
+        student=student,
+        students=source.students,
+        step=source.step,
+        metrics=source.metrics,
+        versions=versions(),
+        export=export,
+        format=EXPORT_FORMAT,
+    )

@@ -20,12 +20,11 @@ from dupl_cli.config.presets import _refuse_url
 from dupl_cli.core.atomic import atomic_write_text
 from dupl_cli.core.errors import DataError, UserError
 from dupl_cli.core.writable import check_writable
-from dupl_cli.crf.params import CrfParams
 from dupl_cli.data.images import IMAGE_EXTS, read_image
 from dupl_cli.predict.loop import Item, LoadedModel, PredictOptions, ProgressBar, Runtime, predict
-from dupl_cli.predict.routes import SegHead, seg_fn
+from dupl_cli.predict.routes import SegRoute
 from dupl_cli.predict.sinks import MaskSink, OverlaySink, ProbsSink
-from dupl_cli.predict.tta import TTAConfig, stride_of
+from dupl_cli.predict.tta import TTAConfig
 
 INDEX_FILE = "index.csv"
 OUTPUT_SUFFIXES = (".png", "_overlay.jpg", "_probs.npz")
@@ -69,9 +68,9 @@ def check_checkpoint_arg(arg: Path) -> Path:
 
 def describe_checkpoint(loaded: LoadedModel, limit: int = 12) -> str:
     """``PATH (step N, K classes: a, b, ...; how)`` for the line infer prints before any work."""
-    names = loaded.card["classes"]
+    names = loaded.card.classes
     shown = ", ".join(names[:limit]) + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
-    step = loaded.card.get("step", "?")
+    step = "?" if loaded.card.step is None else loaded.card.step
     return f"{loaded.path} (step {step}, {len(names)} classes: {shown}; {loaded.how})"
 
 
@@ -265,8 +264,7 @@ def run_infer(
     share = slice(runtime.process_index, None, runtime.num_processes)
     out.mkdir(parents=True, exist_ok=True)
     pick = loaded.pick(student)
-    params = CrfParams.for_segmentation(settings.crf)
-    head = SegHead(seg_fn(loaded.model, pick.indices), tta, stride_of(loaded.model), params)
+    route = SegRoute.of(loaded.model, pick.indices, settings, tta)
     masks = MaskSink(out, loaded.palette)
     sinks = [*([ProbsSink(out, loaded.classes)] if probs else []), masks]
     sinks += [OverlaySink(out, loaded.palette, loaded.classes)] if overlay else []
@@ -274,7 +272,7 @@ def run_infer(
     failed: dict[str, str] = {}
     with ProgressBar("infer", len(files[share]), show_progress and runtime.is_main) as bar:
         items = _file_items(files[share], stems[share], failed, bar, log, settings.eval.max_pixels)
-        predict(items, [head], sinks, runtime, options, bar)
+        predict(items, [route], sinks, runtime, options, bar)
     every_failure = _all_failed(runtime, failed)
     if runtime.is_main:
         write_index(out, files, stems, every_failure)

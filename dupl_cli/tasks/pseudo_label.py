@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from dupl_cli.config.method_params import cam_config
-from dupl_cli.crf.params import CrfParams
 from dupl_cli.data.base import shard
 from dupl_cli.evaluation.class_match import aligned
 from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
-from dupl_cli.evaluation.visualize import HtmlReport, confusion_png, load_mask, sample_panels
+from dupl_cli.evaluation.visualize import load_mask, sample_panels
 from dupl_cli.predict.loop import (
     LoadedModel,
     PredictOptions,
@@ -28,9 +27,10 @@ from dupl_cli.predict.loop import (
     dataset_items,
     predict,
 )
-from dupl_cli.predict.routes import CamHead, SegHead, cam_fn, seg_fn
+from dupl_cli.predict.routes import CamRoute, SegRoute
 from dupl_cli.predict.sinks import ConfusionSink, MaskSink, ReportSamples, write_metrics
-from dupl_cli.predict.tta import TTAConfig, stride_of
+from dupl_cli.predict.tta import TTAConfig
+from dupl_cli.tasks.report import Panels, protocol_table, write_report
 
 PNG_END = b"IEND\xaeB`\x82"
 
@@ -70,15 +70,13 @@ def is_complete(path: Path) -> bool:
         return False
 
 
-def _head(loaded: LoadedModel, indices, settings, req: PseudoLabelRequest):
-    crf = settings.crf
+def _route(loaded: LoadedModel, indices, settings, req: PseudoLabelRequest) -> CamRoute | SegRoute:
+    """CAMs labelled three-way at crf.cam's tau_h / tau_l, else the segmentation head through TTA."""
     if req.source == "cam":
-        fn = cam_fn(loaded.model, indices, cam_config(settings))
-        tau = (crf.cam.tau_high, crf.cam.tau_low)
-        return CamHead(fn, CrfParams.for_cams(crf), tau, *tau)
+        tau = settings.crf.cam
+        return CamRoute.of(loaded.model, indices, settings, tau.tau_high, tau.tau_low)
     tta = TTAConfig.from_settings(settings.eval, multiscale=req.multiscale)
-    params = CrfParams.for_segmentation(crf)
-    return SegHead(seg_fn(loaded.model, indices), tta, stride_of(loaded.model), params)
+    return SegRoute.of(loaded.model, indices, settings, tta)
 
 
 def run_pseudo_label(
@@ -113,14 +111,14 @@ def run_pseudo_label(
     samples = ReportSamples(req.report_samples, keep_cams=req.source == "cam", num_classes=ranked)
     sinks = [MaskSink(out, loaded.palette), *([confusion] if scoring else [])]
     sinks += [samples] if want_report else []
-    head = _head(loaded, pick.indices, settings, req)
+    route = _route(loaded, pick.indices, settings, req)
     options = PredictOptions.from_settings(settings, req.crf)
     with ProgressBar(f"pseudo-label {req.split}", len(targets), show_progress and runtime.is_main) as bar:
         if scoring:  # finished files are scored from disk, without decoding their images
             for i in sorted(set(range(len(targets))) - set(todo)):
                 confusion.add(load_mask(targets[i]), own_part[i].mask)
         bar.advance(skipped)
-        predict(dataset_items(own_part, todo), [head], sinks, runtime, options, bar)
+        predict(dataset_items(own_part, todo), [route], sinks, runtime, options, bar)
 
     protocol = _protocol(loaded, settings, runtime, req, pick.text, len(todo), skipped, len(adapter))
     if remap_note:
@@ -131,7 +129,9 @@ def run_pseudo_label(
         write_metrics(out.parent / f"{out.name}_metrics", metrics, payload)
     result = PseudoLabelResult(protocol, out, len(todo), skipped, metrics)
     if want_report:
-        _write_report(req, loaded, result, samples)
+        what = "CAM pseudo-labels" if req.source == "cam" else "segmentation-head pseudo-labels"
+        title = f"dupl pseudo-label: {what} on {req.split}"
+        write_report(req.report, title, loaded, protocol, metrics, samples, _panels(loaded))
     runtime.barrier()
     return result
 
@@ -149,32 +149,17 @@ def _protocol(loaded, settings, runtime, req, student_text, written, skipped, av
         source = f"segmentation head ({tta.describe()}){', dense CRF' if req.crf else ''}"
     shown = available if not req.max_images else min(req.max_images, available)
     process = f" (process {runtime.process_index})" if runtime.num_processes > 1 else ""
-    return {
-        "checkpoint": f"{loaded.path} ({loaded.how})",
-        "selection": loaded.selection_record(req.split)["text"],
-        "split": f"{req.split} ({shown} images)",
-        "source": source,
-        "student": student_text,
-        "written / resumed": f"{written} / {skipped}{process}",
-        "processes": runtime.num_processes,
-    }
+    details = {"written / resumed": f"{written} / {skipped}{process}"}
+    return protocol_table(loaded, req.split, f"{shown} images", source, student_text, details, runtime)
 
 
-def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples) -> None:
-    what = "CAM pseudo-labels" if req.source == "cam" else "segmentation-head pseudo-labels"
-    report = HtmlReport(f"dupl pseudo-label: {what} on {req.split}", loaded.classes, loaded.palette)
-    report.add_protocol(result.protocol)
-    if result.metrics is not None:
-        m = result.metrics
-        report.add_metrics(m, confusion_png(np.asarray(m.matrix), m.class_names))
-    report.add_curves(loaded.path.parent / "curves")
-    report.add_heading(
-        "Images, lowest image IoU first (click an image to enlarge)" if samples.ranked else "Images"
-    )
-    for row in samples.rows.values():
+def _panels(loaded: LoadedModel) -> Callable[[dict], Panels]:
+    """A sample's pictures: its CAMs (CAM source), pseudo-label and ground truth."""
+
+    def panels(row: dict) -> Panels:
         present = np.flatnonzero(row["labels"] > 0)
         cams = row["cam"][present] if "cam" in row else None
-        panels = sample_panels(
+        return sample_panels(
             row["image"],
             loaded.palette,
             loaded.classes,
@@ -183,6 +168,5 @@ def _write_report(req, loaded, result: PseudoLabelResult, samples: ReportSamples
             pseudo=row.get("label"),
             ground_truth=row["gt"],
         )
-        iou = row.get("iou")
-        report.add_sample(row["id"], panels, note=None if iou is None else f"image IoU {100 * iou:.1f}")
-    report.write(req.report)
+
+    return panels

@@ -33,6 +33,7 @@ from dupl_cli.models.dual import build_dual_student
 from dupl_cli.plugins import DATASETS, load
 from dupl_cli.runs import run_dir as runs
 from dupl_cli.runs import run_index
+from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import save_model
 from dupl_cli.runs.resume import load_resume
 from dupl_cli.runs.run_lock import RunLock, clean_leftovers
@@ -150,18 +151,18 @@ def best_val_rule(settings: DuplSettings, step: int) -> str:
 
 def _card(
     settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str
-) -> dict:
-    return {
-        "step": step,
-        "classes": list(classes),
-        "palette": [list(c) for c in palette],
-        "student": student,
-        "students": settings.method.students,
-        "student_rule": rule,
-        "selection": settings.train.select,
-        "metrics": metrics,
-        "settings": settings.model_dump(mode="json"),
-    }
+) -> Card:
+    return Card(
+        classes=list(classes),
+        palette=[tuple(c) for c in palette],
+        settings=settings.model_dump(mode="json"),
+        student=student,
+        students=settings.method.students,
+        step=step,
+        student_rule=rule,
+        selection=settings.train.select,
+        metrics=metrics,
+    )
 
 
 class Trainer:

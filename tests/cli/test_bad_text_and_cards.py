@@ -86,13 +86,14 @@ CARD_CASES = [
 def card_run(tmp_path_factory, tiny_data):
     from dupl_cli.config.sources import load_settings
     from dupl_cli.models.dual import build_dual_student
+    from dupl_cli.runs.card import Card
     from dupl_cli.runs.checkpoint import save_model
 
     settings = load_settings("tiny-cpu", assignments=[f'data.root="{tiny_data}"'], environ={}).settings
     model = build_dual_student(settings.model, num_classes=5, img_size=settings.data.crop_size)
-    card = {"step": 3, "classes": ["boat", "balloon", "tree", "sign", "flower"], "student": 1,
-            "palette": [[0, 0, 0], [1, 1, 1], [2, 2, 2], [3, 3, 3], [4, 4, 4], [5, 5, 5]],
-            "metrics": {}, "settings": settings.model_dump(mode="json")}  # fmt: skip
+    classes = ["boat", "balloon", "tree", "sign", "flower"]
+    palette = [(k, k, k) for k in range(len(classes) + 1)]
+    card = Card(classes, palette, settings.model_dump(mode="json"), step=3)
     run = tmp_path_factory.mktemp("cards") / "good"
     save_model(run / "best", model, card)
     return run

@@ -28,6 +28,7 @@ from dupl_cli.models.backbones.vit import ViTBackbone
 from dupl_cli.models.dual import build_dual_student
 from dupl_cli.models.geometry import pad_to_multiple
 from dupl_cli.predict.tta import padded_forward
+from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import save_model
 
 slow = pytest.mark.slow
@@ -239,14 +240,8 @@ def _checkpoint(root: Path, family: str):
     settings = settings_for(family, "data.crop_size=64")
     torch.manual_seed(0)
     model = build_dual_student(settings.model, num_classes=3, img_size=64)
-    card = {
-        "step": 1,
-        "classes": ["a", "b", "c"],
-        "palette": [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]],
-        "student": 1,
-        "metrics": {},
-        "settings": settings.model_dump(mode="json"),
-    }
+    palette = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
+    card = Card(["a", "b", "c"], palette, settings.model_dump(mode="json"), step=1)
     save_model(root / "run" / "best.safetensors", model, card)
     return root / "run", model.eval()
 

@@ -61,7 +61,7 @@ def test_tiny_cpu_trains_every_family(family, demo_data, tmp_path):
     assert {"B", "C"} <= {r["phase"] for r in records if "phase" in r}
     assert any("validation" in r for r in records)
     model, card = load_model(run / "final.safetensors")
-    assert card["settings"]["model"]["arch"] == arch
+    assert card.settings["model"]["arch"] == arch
     assert model.students[0].backbone.stride == stride
 
 

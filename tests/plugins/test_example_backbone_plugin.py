@@ -64,5 +64,5 @@ def test_tiny_cpu_training_runs_on_the_plugin_backbone(plugin_version, tiny_data
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert {"A", "B", "C"} <= {r["phase"] for r in records if "phase" in r}
     model, card = load_model(run / "final.safetensors")
-    assert card["settings"]["model"]["backbone"] == "convnext"
+    assert card.settings["model"]["backbone"] == "convnext"
     assert all(isinstance(s.backbone, ConvNeXtBackbone) for s in model.students)

@@ -1,7 +1,8 @@
-"""The prediction loop: every head's label reaches the sinks (argmax, CAM rule and CRF pool), the one
+"""The prediction loop: every route's label reaches the sinks (argmax, CAM rule and CRF pool), the one
 student parser, sharding across processes, the Typer choices."""
 
 import typing
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from dupl_cli.crf.pydensecrf_backend import crf_segmentation
 from dupl_cli.method.thresholds import cam_to_label
 from dupl_cli.predict.choices import ExportFormat, ExportStudent, LabelSource, StudentChoice, choose_students
 from dupl_cli.predict.loop import Item, PredictOptions, ProgressBar, Runtime, Sink, predict
-from dupl_cli.predict.routes import CamHead, SegHead
+from dupl_cli.predict.routes import CamRoute, SegRoute
 from dupl_cli.predict.tta import TTAConfig
 
 CPU = Runtime(torch.device("cpu"))
@@ -29,14 +30,14 @@ class Recorder(Sink):
     def begin(self, item):
         self.events.append(("begin", item.key))
 
-    def output(self, item, head, output):
-        self.events.append(("output", item.key, head))
-        self.outputs[item.key, head] = output.clone()
+    def output(self, item, route, output):
+        self.events.append(("output", item.key, route))
+        self.outputs[item.key, route] = output.clone()
 
-    def label(self, item, head, label):
-        self.events.append(("label", item.key, head))
-        assert (item.key, head) not in self.labels, "a label delivered twice"
-        self.labels[item.key, head] = np.asarray(label.cpu() if torch.is_tensor(label) else label)
+    def label(self, item, route, label):
+        self.events.append(("label", item.key, route))
+        assert (item.key, route) not in self.labels, "a label delivered twice"
+        self.labels[item.key, route] = np.asarray(label.cpu() if torch.is_tensor(label) else label)
 
 
 def _items(n, h=20, w=27):
@@ -47,39 +48,39 @@ def _items(n, h=20, w=27):
         yield Item(i, f"img{i}", image, labels=np.array([1.0, 0.0, 1.0], np.float32))
 
 
-def _seg_heads():
+def _seg_routes():
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3, padding=1)
     params = CrfParams(iters=3)
-    return [SegHead(conv, TTAConfig(), 1, params), SegHead(lambda x: -2 * conv(x), TTAConfig(), 1, params)]
+    return [SegRoute(conv, TTAConfig(), 1, params), SegRoute(lambda x: -2 * conv(x), TTAConfig(), 1, params)]
 
 
-def _run(heads, crf, n=5):
+def _run(routes, crf, n=5):
     sink = Recorder()
     options = PredictOptions(OPTIONS.mean, OPTIONS.std, crf=crf, crf_workers=2)
     with torch.no_grad(), ProgressBar("test", n, enabled=False) as bar:
-        predict(_items(n), heads, [sink], CPU, options, bar)
+        predict(_items(n), routes, [sink], CPU, options, bar)
     return sink
 
 
-def test_argmax_labels_come_at_once_per_item_and_head():
-    sink = _run(_seg_heads(), crf=False)
+def test_argmax_labels_come_at_once_per_item_and_route():
+    sink = _run(_seg_routes(), crf=False)
     first = [("begin", 0), ("output", 0, 0), ("label", 0, 0), ("output", 0, 1), ("label", 0, 1)]
     assert sink.events[:6] == [*first, ("begin", 1)]
     assert len(sink.labels) == 10
-    for (key, head), label in sink.labels.items():
+    for (key, route), label in sink.labels.items():
         assert label.dtype == np.uint8
-        np.testing.assert_array_equal(label, sink.outputs[key, head].argmax(0).numpy())
-    assert not np.array_equal(sink.labels[0, 0], sink.labels[0, 1])  # two heads, two answers
+        np.testing.assert_array_equal(label, sink.outputs[key, route].argmax(0).numpy())
+    assert not np.array_equal(sink.labels[0, 0], sink.labels[0, 1])  # two routes, two answers
 
 
-def test_crf_labels_reach_the_right_item_and_head():
-    sink = _run(_seg_heads(), crf=True)
+def test_crf_labels_reach_the_right_item_and_route():
+    sink = _run(_seg_routes(), crf=True)
     assert len(sink.labels) == 10 and sink.events.count(("begin", 4)) == 1
     params = CrfParams(iters=3)
     items = list(_items(5))
-    for (key, head), label in sink.labels.items():
-        expected = crf_segmentation(items[key].image, sink.outputs[key, head].numpy(), params)
+    for (key, route), label in sink.labels.items():
+        expected = crf_segmentation(items[key].image, sink.outputs[key, route].numpy(), params)
         np.testing.assert_array_equal(label, expected)
     assert any(
         not np.array_equal(label, sink.outputs[k].argmax(0).numpy()) for k, label in sink.labels.items()
@@ -87,10 +88,10 @@ def test_crf_labels_reach_the_right_item_and_head():
 
 
 @pytest.mark.parametrize("tau_low", [None, 0.3])
-def test_cam_head_applies_the_cam_rule(tau_low):
+def test_cam_route_applies_the_cam_rule(tau_low):
     cam = torch.rand(1, 3, 20, 27, generator=torch.Generator().manual_seed(1))
-    head = CamHead(lambda x: cam, CrfParams(), (0.7, 0.25), tau_high=0.6, tau_low=tau_low)
-    sink = _run([head], crf=False, n=2)
+    route = CamRoute(lambda x: cam, CrfParams(), (0.7, 0.25), tau_high=0.6, tau_low=tau_low)
+    sink = _run([route], crf=False, n=2)
     labels = torch.tensor([[1.0, 0.0, 1.0]])
     expected = cam_to_label(cam, labels, tau_high=0.6, tau_low=tau_low)[0].numpy()
     np.testing.assert_array_equal(sink.labels[1, 0], expected)
@@ -181,7 +182,7 @@ def test_selection_comes_from_the_card_or_the_file_name(loaded, tmp_path):
     assert on_val["chosen_on_this_split"] and "optimistic on 'val'" in on_val["text"]
     assert not on_train["chosen_on_this_split"] and "optimistic" not in on_train["text"]
     final = LoadedModel(
-        model.model, {**model.card, "selection": "final"}, tmp_path / "best.safetensors", "given"
+        model.model, replace(model.card, selection="final"), tmp_path / "best.safetensors", "given"
     )
     assert final.selection_record("val") == {
         "checkpoint": "final",

@@ -12,7 +12,7 @@ import typer
 
 from dupl_cli.config import keys
 from dupl_cli.config.sources import load_settings
-from dupl_cli.runs.checkpoint import card_path
+from dupl_cli.runs.card import card_path
 
 
 def _forbid_temp_files(monkeypatch):

@@ -10,8 +10,9 @@ import pytest
 
 from dupl_cli.config.schema import DuplSettings
 from dupl_cli.core.atomic import atomic_write, atomic_write_text
-from dupl_cli.runs.checkpoint import read_card, resolve_checkpoint
 from dupl_cli.core.errors import UserError
+from dupl_cli.runs.card import read_card
+from dupl_cli.runs.checkpoint import resolve_checkpoint
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):

@@ -16,7 +16,9 @@ from typer.testing import CliRunner
 
 from dupl_cli.cli.app import app
 from dupl_cli.config.sources import load_settings
+from dupl_cli.data.palette import palette_for
 from dupl_cli.evaluation.metrics import metrics_from_confusion
+from dupl_cli.runs.card import Card
 from dupl_cli.runs.run_dir import write_config
 
 runner = CliRunner()
@@ -46,15 +48,9 @@ def make_run(
     lines += [json.dumps({"step": step, "validation": v, "best_student": 2}) for step, v in validations]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if card_student is not None:
-        card = {
-            "format": "dupl-checkpoint/1",
-            "step": 6,
-            "classes": CLASSES[1:],
-            "student": card_student,
-            "metrics": {},
-            "settings": settings.model_dump(mode="json"),
-        }
-        (run / "final.json").write_text(json.dumps(card))
+        palette = palette_for(len(CLASSES) - 1)
+        card = Card(CLASSES[1:], palette, settings.model_dump(mode="json"), card_student, step=6)
+        card.write(run / "final.json")
     for tag, matrix in (evals or {}).items():
         (run / "eval" / tag).mkdir(parents=True)
         payload = metrics_from_confusion(torch.tensor(matrix), CLASSES).to_json()

@@ -79,8 +79,8 @@ def test_release_checkpoint_reproduces_the_release_cams(tmp_path, release_set):
     )
     assert code == 0, output
     model, card = load_model(run / "final.safetensors")
-    assert card["students"] == 2 and card["import"]["module_prefix"] is True
-    assert sorted(card["import"]["dropped"]) == [
+    assert card.students == 2 and card.imported.module_prefix is True
+    assert sorted(card.imported.dropped) == [
         f"branch{k}.encoder.head.{p}" for k in (1, 2) for p in ("bias", "weight")
     ]
     common, scales = rf.tensors("common"), [float(s) for s in rf.hyper()["cam_scales"]]
@@ -119,9 +119,9 @@ def test_import_maps_every_tensor_and_writes_a_run(tmp_path):
     model, card = load_model(run / "final.safetensors")
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
-    assert card["student"] == 2 and "named at import" in card["student_rule"]
-    assert card["import"]["tensors"] == len(state)
-    assert list(card["import"]["dropped"]) == ["branch1.encoder.head.weight"]
+    assert card.student == 2 and "named at import" in card.student_rule
+    assert card.imported.tensors == len(state)
+    assert list(card.imported.dropped) == ["branch1.encoder.head.weight"]
     config = tomllib.loads((run / "config.toml").read_text())
     assert config["model"]["arch"] == "test_vit" and config["data"]["adapter"] == "voc"
     assert sorted(p.name for p in run.parent.iterdir()) == ["release"]  # no staging folder left
@@ -231,12 +231,8 @@ def toco_run(tmp_path_factory):
 def test_one_network_import_is_a_one_student_run(toco_run):
     run, _, state = toco_run
     model, card = load_model(run / "final.safetensors")
-    assert (
-        card["students"] == 1
-        and len(model.students) == 1
-        and card["import"]["layout"].startswith("one network")
-    )
-    assert sorted(card["import"]["dropped"]) == [
+    assert card.students == 1 and len(model.students) == 1 and card.imported.layout.startswith("one network")
+    assert sorted(card.imported.dropped) == [
         "encoder.head.bias",
         "encoder.head.weight",
         "proj_head.mlp.0.weight",

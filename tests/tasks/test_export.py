@@ -16,8 +16,9 @@ from dupl_cli.cli.app import app
 from dupl_cli.config.sources import load_settings
 from dupl_cli.models.dual import build_dual_student
 from dupl_cli.predict.tta import padded_forward
+from dupl_cli.runs.card import Card, export_card_path
 from dupl_cli.runs.checkpoint import save_model
-from dupl_cli.tasks.export import export_card_path, load_exported_student
+from dupl_cli.tasks.export import load_exported_student
 
 runner = CliRunner()
 CLASSES = ["cat", "dog", "bird"]
@@ -33,14 +34,8 @@ def make_checkpoint(root, crop_size=64, best=2, arch="test_vit", backbone="vit")
     ).settings
     torch.manual_seed(0)
     model = build_dual_student(settings.model, num_classes=len(CLASSES), img_size=crop_size)
-    card = {
-        "step": 6,
-        "classes": CLASSES,
-        "palette": [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]],
-        "student": best,
-        "metrics": {"miou": 0.1},
-        "settings": settings.model_dump(mode="json"),
-    }
+    palette = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0)]
+    card = Card(CLASSES, palette, settings.model_dump(mode="json"), best, step=6, metrics={"miou": 0.1})
     run = root / "run"
     save_model(run / "best.safetensors", model, card)
     return run, model.eval()

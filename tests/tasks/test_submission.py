@@ -20,6 +20,7 @@ from dupl_cli.cli.app import app  # noqa: E402
 from dupl_cli.config.sources import load_settings  # noqa: E402
 from dupl_cli.data.palette import VOC_CLASSES, palette_for  # noqa: E402
 from dupl_cli.models.dual import build_dual_student  # noqa: E402
+from dupl_cli.runs.card import Card  # noqa: E402
 from dupl_cli.runs.checkpoint import save_model  # noqa: E402
 
 runner = CliRunner()
@@ -35,14 +36,7 @@ def voc_model(path: Path, classes=VOC_CLASSES) -> Path:
     ).settings
     torch.manual_seed(0)
     model = build_dual_student(settings.model, len(classes), img_size=64)
-    card = {
-        "step": 1,
-        "classes": list(classes),
-        "palette": [list(c) for c in palette_for(len(classes))],
-        "student": 1,
-        "metrics": {},
-        "settings": settings.model_dump(mode="json"),
-    }
+    card = Card(list(classes), palette_for(len(classes)), settings.model_dump(mode="json"), step=1)
     return save_model(path / "final", model, card)
 
 

@@ -103,7 +103,7 @@ def test_checkpoint_cards_load_without_pickle(tiny_data, tmp_path, monkeypatch):
     state = load_file(str(run / "final.safetensors"))
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, state[key])
-    assert card["step"] == 2
+    assert card.step == 2
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
