@@ -18,6 +18,7 @@ from dupl_cli.cli.common import (
 from dupl_cli.cli.prediction import (
     CrfOpt,
     MultiscaleOpt,
+    ReportOpt,
     StudentOpt,
     build_adapter,
     metrics_table,
@@ -48,9 +49,7 @@ def evaluate(
         bool,
         typer.Option("--cams", help="Evaluate the CAM pseudo-labels (GT image labels) instead of the head."),
     ] = False,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Write a self-contained HTML report here.")
-    ] = None,
+    report: ReportOpt = None,
     preset: PresetOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,

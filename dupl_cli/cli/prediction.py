@@ -27,6 +27,7 @@ CrfOpt = Annotated[
 MultiscaleOpt = Annotated[
     bool, typer.Option("--multiscale", help="Multi-scale + flip TTA (eval.scales, eval.flip).")
 ]
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write a self-contained HTML report here.")]
 
 
 def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: StudentChoice | None, use_crf: bool):

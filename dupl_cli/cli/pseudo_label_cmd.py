@@ -11,6 +11,7 @@ from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, con
 from dupl_cli.cli.prediction import (
     CrfOpt,
     MultiscaleOpt,
+    ReportOpt,
     StudentOpt,
     build_adapter,
     metrics_table,
@@ -38,9 +39,7 @@ def pseudo_label(
         bool,
         typer.Option("--evaluate", help="Score the pseudo-labels against ground-truth masks when present."),
     ] = False,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Write a self-contained HTML report here.")
-    ] = None,
+    report: ReportOpt = None,
     max_images: Annotated[
         int, typer.Option("--max-images", min=0, help="Only the first N images (0 = all).")
     ] = 0,
