@@ -1,10 +1,12 @@
-"""``dupl config show``: the resolved settings, optionally with the source and description of every value."""
+"""``dupl config show``: the resolved settings, optionally with the source and description of every value;
+``dupl config reference``: every setting of the schema, as docs/settings.md."""
 
 from __future__ import annotations
 
 import json
 import textwrap
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -59,3 +61,25 @@ def show(
             out.print(escape(wrapped), style="dim", soft_wrap=True)
     for note in resolved.ignored:
         out.print(f"ignored: {escape(note)}", style="dim")
+
+
+@app.command("reference")
+def reference(
+    ctx: typer.Context,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Write the Markdown to this file (docs/settings.md) instead of printing it."
+        ),
+    ] = None,
+) -> None:
+    """The settings reference: every key with its type, default and description, from the schema."""
+    from dupl_cli.config.reference import settings_reference
+    from dupl_cli.core.atomic import atomic_write_text
+
+    text = settings_reference()
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(out, text)
+    console(ctx).print(f"wrote {out}")
