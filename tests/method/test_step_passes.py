@@ -102,7 +102,7 @@ def test_phase_a_ptc_labels_match_the_full_pass():
     images = batch["image"]
     outs = [s(images) for s in model.students]
     phase = phase_at(0, config.schedule, config.weights)
-    cams, cams_aux = step_module._step_cams(model, images, outs, phase, config)
+    cams, cams_aux = step_module._step_cams(model, [images] * 2, outs, phase, config)
     _, ref_aux = dual_multiscale_cam(model, images, scales=SCALES, flip=True)
     for g, r in zip(cams_aux, ref_aux, strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-5)
