@@ -24,6 +24,9 @@ class Phase:
     seg_labels: bool  # PAR-refined pseudo-labels are needed (seg loss, or ANF feeding it)
     anf: bool  # adaptive noise filtering on the refined labels
     aux_labels: bool  # COCO release stage: seg labels from the auxiliary CAM at a fixed tau
+    # The release computes the seg term with weight 0 from t_seg until its weight applies: the seg
+    # path's parameters get zero gradients, so AdamW decays them and counts a step (delayed_weights).
+    seg_zero_grad: bool = False
 
 
 def phase_name(t: int, schedule: PhaseSchedule) -> str:
@@ -46,7 +49,8 @@ def phase_at(t: int, schedule: PhaseSchedule, weights: LossWeights) -> Phase:
     """Loss weights and active stages at iteration ``t``.
 
     Each term is weighted from its start (:func:`term_starts`); with ``schedule.delayed_weights``
-    the seg and reg terms default to one iteration after their stage starts, as the release does.
+    the seg and reg terms default to one iteration after their stage starts, as the release does,
+    and the seg path gets the zero gradients of the release's weight-0 seg term in between.
     A zero-weight term is skipped, and so is every label stage no weighted term needs.
     """
     starts = term_starts(schedule)
@@ -63,6 +67,7 @@ def phase_at(t: int, schedule: PhaseSchedule, weights: LossWeights) -> Phase:
         seg_labels=seg_on and needs_labels,
         anf=schedule.noise_filter and t >= schedule.t_anf and needs_labels,
         aux_labels=seg_on and t < schedule.aux_seg_until,
+        seg_zero_grad=schedule.delayed_weights and schedule.t_seg <= t < starts["seg"],
     )
 
 

@@ -27,6 +27,20 @@ def test_delayed_weights_switch_on_one_iteration_late():
     assert schedule.phase_at(8001, s, W).w_reg == 0.05
 
 
+def test_the_release_s_weight_zero_seg_iterations_are_marked_only_with_delayed_weights():
+    delayed = PhaseSchedule(delayed_weights=True)
+    marked = [t for t in range(1990, 2010) if schedule.phase_at(t, delayed, W).seg_zero_grad]
+    assert marked == [2000]  # computed from t_seg, weighted from t_seg + 1
+    coco_like = PhaseSchedule(t_seg=8000, seg_start=8003, delayed_weights=True)
+    assert [t for t in range(7990, 8010) if schedule.phase_at(t, coco_like, W).seg_zero_grad] == [
+        8000,
+        8001,
+        8002,
+    ]
+    fixed = PhaseSchedule(t_seg=8000, seg_start=8003)
+    assert not any(schedule.phase_at(t, fixed, W).seg_zero_grad for t in range(7990, 8010))
+
+
 def test_zero_weight_terms_switch_work_off():
     p = schedule.phase_at(10000, PhaseSchedule(), LossWeights(seg=0.0, reg=0.0))
     assert not p.seg_labels and not p.anf
