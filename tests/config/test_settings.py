@@ -375,3 +375,17 @@ def test_a_builtin_preset_name_wins_over_a_folder_of_that_name(tmp_path, monkeyp
         preset_text("mine")
     (tmp_path / "own").write_text("[train]\nmax_iters = 3\n", encoding="utf-8")
     assert preset_text("own") == ("[train]\nmax_iters = 3\n", "own")  # a file without .toml still reads
+
+
+def test_the_release_preset_is_voc_vitb_with_every_compat_switch_on():
+    from dupl_cli.config.keys import flatten
+    from dupl_cli.config.schema import CompatSettings
+
+    release = load_settings("voc-vitb-release", environ={}).settings  # the run behind the paper's table
+    fixed = load_settings("voc-vitb", environ={}).settings
+    assert all(getattr(release.compat, name) is True for name in CompatSettings.model_fields)
+    assert not any(getattr(fixed.compat, name) for name in CompatSettings.model_fields)
+    ours, theirs = flatten(release.model_dump(mode="json")), flatten(fixed.model_dump(mode="json"))
+    differ = {key for key in ours if ours[key] != theirs[key]}
+    assert differ == {f"compat.{name}" for name in CompatSettings.model_fields} | {"train.precision"}
+    assert release.train.precision == "no"  # the release trains in float32
