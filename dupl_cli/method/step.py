@@ -206,7 +206,10 @@ def training_step(
     size = tuple(views.images[0].shape[-2:])
     tau_low = config.thresholds.tau_low
     visuals = _visuals(images_u8[0], cams[0], labels, seg_weak[0], pseudo, learned, size, tau_low)
-    return StepResult(weighted_loss(terms, phase), logged_terms(terms, zero), stats, visuals)
+    loss = weighted_loss(terms, phase)
+    if phase.seg_zero_grad:
+        loss = loss + release_zero_weight_seg(seg_weak)
+    return StepResult(loss, logged_terms(terms, zero), stats, visuals)
 
 
 def loss_terms(
@@ -245,6 +248,14 @@ def weighted_loss(terms: LossTerms, phase: Phase) -> torch.Tensor:
         if term is not None:
             total = total + getattr(phase, f"w_{name}") * term.total
     return total
+
+
+def release_zero_weight_seg(seg_weak: list[torch.Tensor]) -> torch.Tensor:
+    """0 with the seg path's graph: the release adds its seg loss times a weight of 0 from t_seg until
+    the weight applies, so the heads get zero gradients and AdamW decays them and counts a step.
+    Zero times the logits gives the same gradients without computing the labels (0·inf is NaN there
+    too)."""
+    return 0.0 * sum(logits.float().sum() for logits in seg_weak)
 
 
 def logged_terms(terms: LossTerms, zero: torch.Tensor) -> dict[str, torch.Tensor]:

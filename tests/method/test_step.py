@@ -111,8 +111,19 @@ def test_consistency_learns_confident_discarded_pixels():
 
 def test_delayed_weights_skip_the_seg_term_on_its_first_iteration():
     model = _model()
-    _, has = _grads(model, T_SEG, _config(delayed_weights=True))
+    result, has = _grads(model, T_SEG, _config(delayed_weights=True))
     assert not _any(has, "students.0.head") and not _any(has, "students.1.head")
+    # As the release's seg loss times 0: every head parameter has a gradient, all zeros (AdamW then
+    # decays it and counts a step), and the loss is the weighted terms alone.
+    heads = [p.grad for k in (0, 1) for p in model.students[k].head.parameters()]
+    assert heads and all(g is not None and not g.any() for g in heads)
+    assert result.terms["seg"] == 0
+    # dupl's own late start (seg_start, no compat switch) leaves the heads out of the step entirely
+    late = _config()
+    late = dataclasses.replace(late, schedule=dataclasses.replace(late.schedule, seg_start=T_SEG + 1))
+    model_b = _model()
+    _grads(model_b, T_SEG, late)
+    assert all(p.grad is None for k in (0, 1) for p in model_b.students[k].head.parameters())
 
 
 def test_strong_view_is_reproducible_with_a_generator():
