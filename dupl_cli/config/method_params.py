@@ -18,6 +18,7 @@ from dupl_cli.method.params import (
     StrongViewConfig,
     ThresholdConfig,
 )
+from dupl_cli.method.stage2 import Stage2Config
 
 
 def cam_config(settings) -> CamConfig:
@@ -40,6 +41,34 @@ def schedule_config(settings) -> PhaseSchedule:
         reg_start=m.reg_start,
         dta_start=m.dta_start,
         noise_filter=m.use_anf,
+    )
+
+
+def noise_config(settings) -> NoiseFilterConfig:
+    """The adaptive noise filter's parameters (stage 1's ANF, and stage 2's with method.stage2_anf)."""
+    m, c = settings.method, settings.compat
+    return NoiseFilterConfig(
+        gamma=m.anf.gamma,
+        eta=m.anf.eta,
+        min_pixels=m.anf.min_pixels,
+        loss_floor=m.anf.loss_floor,
+        iters=m.anf.iters,
+        tol=m.anf.tol,
+        reg=m.anf.reg,
+        one_sided=not c.anf_two_sided,
+    )
+
+
+def stage2_config(settings) -> Stage2Config:
+    """The second stage's step parameters (docs/method.md §12)."""
+    m = settings.method
+    return Stage2Config(
+        weights=m.stage2_weights,
+        anf=m.stage2_anf,
+        anf_start=m.stage2_anf_start,
+        noise=noise_config(settings),
+        mean=tuple(settings.data.mean),
+        std=tuple(settings.data.std),
     )
 
 
@@ -72,16 +101,7 @@ def step_config(settings, num_classes: int | None = None) -> StepConfig:
             w_color=m.par.w_color,
             w_pos=m.par.w_pos,
         ),
-        noise=NoiseFilterConfig(
-            gamma=m.anf.gamma,
-            eta=m.anf.eta,
-            min_pixels=m.anf.min_pixels,
-            loss_floor=m.anf.loss_floor,
-            iters=m.anf.iters,
-            tol=m.anf.tol,
-            reg=m.anf.reg,
-            one_sided=not c.anf_two_sided,
-        ),
+        noise=noise_config(settings),
         strong=StrongViewConfig(
             ops=tuple(m.strong.ops),
             n=m.strong.n,

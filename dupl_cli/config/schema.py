@@ -49,8 +49,23 @@ class ModelSettings(Section):
         description="Block whose output (no norm) feeds the auxiliary classifier (ViT: -3 = block 10 of 12; "
         "CNNs use the level before the last)",
     )
-    head_channels: int = Field(512, ge=1, description="Channels of the LargeFOV segmentation head")
+    head_channels: int = Field(
+        512,
+        ge=1,
+        description="Width of the segmentation head: LargeFOV's channels, DeepLab-V3+/SegFormer's decoder",
+    )
     head_dilation: int = Field(5, ge=1, description="Dilation of the LargeFOV 3x3 convolutions")
+    head: Literal["largefov", "deeplabv2", "deeplabv3plus", "segformer"] = Field(
+        "largefov",
+        description="Segmentation head: largefov (DuPL's); stage 2 (data.pseudo_labels) also deeplabv2 "
+        "(ASPP 6/12/18/24), deeplabv3plus, segformer (all-MLP); head_channels sets their width",
+    )
+    head_rates: tuple[int, ...] | None = Field(
+        None, description="ASPP dilation rates (unset: deeplabv2 6, 12, 18, 24; deeplabv3plus 6, 12, 18)"
+    )
+    output_stride: Literal[8, 16, 32] | None = Field(
+        None, description="Backbone output stride (unset: the family's, 16; timm CNNs 8/16/32, MiT 16/32)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -106,6 +121,11 @@ class DataSettings(Section):
     val_fraction: float = Field(
         0.2, gt=0, lt=1, description="Share of images put in val by the deterministic split"
     )
+    pseudo_labels: Path | None = Field(
+        None,
+        description="Stage 2: train a fully supervised segmenter on this folder of `dupl pseudo-label` "
+        "masks (255 ignored) instead of DuPL; val_split's ground truth stays the validation target",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         validate_default=True,  # so an adapter's option defaults are filled in (and shown) too
@@ -141,6 +161,10 @@ class TrainSettings(Section):
         10.0, gt=0, description="LR multiplier for classifiers and the segmentation head"
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (every group)")
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw", description="adamw (DuPL, SegFormer) or sgd with momentum (DeepLab); same LR groups"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (train.optimizer = sgd)")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon")
     warmup_iters: int = Field(1500, ge=0, description="Linear warm-up iterations")
@@ -296,6 +320,15 @@ class MethodSettings(Section):
     use_reg: bool = Field(
         True, description="Ablation switch +L_reg: the consistency loss (off: no strong view)"
     )
+    stage2_weights: Literal["none", "confidence"] = Field(
+        "none",
+        description="Stage 2 loss: 'none' = plain CE over the certain pixels (255 ignored); 'confidence' = "
+        "each pixel weighted by the confidence PNG `dupl pseudo-label --confidence` wrote",
+    )
+    stage2_anf: bool = Field(
+        False, description="Stage 2: the adaptive noise filter (method.anf) drops noisy labels online"
+    )
+    stage2_anf_start: int = Field(0, ge=0, description="Stage 2: first iteration of method.stage2_anf")
     par: ParSettings = Field(
         default_factory=ParSettings, description="Pixel-adaptive refinement of CAM labels"
     )

@@ -7,18 +7,22 @@ import typing
 import pytest
 from pydantic import BaseModel
 
-from dupl_cli.config.method_params import cam_config, step_config
+from dupl_cli.config.method_params import cam_config, stage2_config, step_config
 from dupl_cli.config.schema import DuplSettings
 from dupl_cli.core.errors import UserError
 from dupl_cli.method.params import StepConfig
+from dupl_cli.method.stage2 import Stage2Config
 
 # Settings the method's step does not read (the engine does), by dotted path.
 NOT_METHOD = {"compat.eval_gt_student"}
+# Settings of the second stage (docs/method.md §12): read into Stage2Config, not the DuPL step.
+STAGE2 = {"method.stage2_weights", "method.stage2_anf", "method.stage2_anf_start"}
 
 
 def test_default_settings_give_the_default_step_config():
     # The dataclasses hold the method's defaults; the settings must not drift from them.
     assert step_config(DuplSettings()) == StepConfig()
+    assert stage2_config(DuplSettings()) == Stage2Config()
     assert cam_config(DuplSettings()) == StepConfig().cam
 
 
@@ -79,7 +83,15 @@ def test_every_method_setting_reaches_the_step_config(path, value, annotation):
         changed = _with(base, path, [0.5, 0.5, 0.5])
     else:
         changed = _with(base, path, _other_value(value, annotation))
-    assert step_config(changed) != step_config(base), f"{path} is not read by the adapter"
+    adapter = stage2_config if path in STAGE2 else step_config
+    assert adapter(changed) != adapter(base), f"{path} is not read by the adapter"
+
+
+@pytest.mark.parametrize("path", ["method.anf.gamma", "method.anf.min_pixels", "compat.anf_two_sided"])
+def test_the_noise_filter_settings_reach_stage_two_too(path):
+    base = DuplSettings()
+    value = {"method.anf.gamma": 0.5, "method.anf.min_pixels": 7, "compat.anf_two_sided": True}[path]
+    assert stage2_config(_with(base, path, value)) != stage2_config(base)
 
 
 def test_per_class_targets_become_a_tuple_and_must_match_the_classes():

@@ -16,7 +16,7 @@ def test_the_committed_reference_is_not_stale():
 
 
 def test_every_setting_has_one_row_with_a_description():
-    rows = re.findall(r"^\| `([a-z_.]+)` \| (.*) \| `(.*)` \| (.*) \|$", settings_reference(), re.M)
+    rows = re.findall(r"^\| `([a-z0-9_.]+)` \| (.*) \| `(.*)` \| (.*) \|$", settings_reference(), re.M)
     documented = [key for key, *_ in rows]
     schema = [key for key in keys.leaf_keys() if not key.startswith("data.options.")]
     assert sorted(k for k in documented if not k.startswith("data.options.")) == sorted(schema)

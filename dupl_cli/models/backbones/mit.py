@@ -158,6 +158,7 @@ class MixVisionTransformer(nn.Module):
         )
         self.out_channels = dims[3]
         self.aux_channels = dims[2]
+        self.pyramid_channels = tuple(dims)  # forward_pyramid: strides 4, 8, 16, 16 (or 32)
         self.stride = output_stride
         self.apply(_init_weights)
 
@@ -167,6 +168,13 @@ class MixVisionTransformer(nn.Module):
         for stage in self.stages[:3]:
             x = stage(x)
         return BackboneFeatures(final=self.stages[3](x), aux=x)
+
+    def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four stages' maps, finest first (SegFormer's decoder input); the last is ``final``."""
+        maps = [pad_to_multiple(x, self.stride)]
+        for stage in self.stages:
+            maps.append(stage(maps[-1]))
+        return maps[1:]
 
 
 def _init_weights(module: nn.Module) -> None:
