@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from dupl_cli.config.schema import DuplSettings
-from dupl_cli.core.errors import UserError
+from dupl_cli.core.errors import UserError, clip, shown
 
 Origin = str | Callable[[str], str]  # one origin for a whole table, or one per dotted key
 
@@ -119,25 +119,25 @@ def check_table(
     model = model or _root()
     for key, value in table.items():
         dotted = f"{prefix}{key}"
-        where = origin_of(origin, dotted)
+        where = clip(origin_of(origin, dotted))
         field = model.model_fields.get(key)
         if field is None:
             hint = _hint(dotted, where, table=not prefix or isinstance(value, Mapping))
             if not prefix:
                 sections = ", ".join(model.model_fields)
                 raise UserError(
-                    f"unknown settings section {key!r} (from {where}; sections: {sections}){hint}"
+                    f"unknown settings section {shown(key)} (from {where}; sections: {sections}){hint}"
                 )
             if isinstance(value, Mapping):
-                raise UserError(f"unknown settings section {dotted!r} (from {where}){hint}")
-            raise UserError(f"unknown setting {dotted} = {value!r} (from {where}){hint}")
+                raise UserError(f"unknown settings section {shown(dotted)} (from {where}){hint}")
+            raise UserError(f"unknown setting {clip(dotted)} = {shown(value)} (from {where}){hint}")
         sub = section_type(field)
         if sub is not None:
             if not isinstance(value, Mapping):
-                raise UserError(f"{dotted} must be a table of settings (from {where}), got {value!r}")
+                raise UserError(f"{dotted} must be a table of settings (from {where}), got {shown(value)}")
             check_table(value, origin, sub, f"{dotted}.")
         elif isinstance(value, Mapping) and not _is_table(field):
             inner = next(iter(flatten(value, f"{dotted}.")), dotted)
             raise UserError(
-                f"unknown setting {inner} (from {where}): {dotted} is a single value, not a table"
+                f"unknown setting {clip(inner)} (from {where}): {dotted} is a single value, not a table"
             )

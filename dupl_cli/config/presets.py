@@ -9,9 +9,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import tomllib
+from dupl_cli.core.errors import UserError, clip, shown
+from dupl_cli.core.textfile import MAX_STRUCTURED_BYTES, parse_toml
 
-from dupl_cli.core.errors import UserError
+PATH_MAX = 4096
 
 
 def _preset_dir():
@@ -22,11 +23,9 @@ def builtin_names() -> list[str]:
     return sorted(p.name[: -len(".toml")] for p in _preset_dir().iterdir() if p.name.endswith(".toml"))
 
 
-def _read_toml(text: str, origin: str) -> dict[str, Any]:
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{origin}: not valid TOML: {exc}") from None
+def _read_toml(text: str, origin: str, what: str) -> dict[str, Any]:
+    """A preset's or config file's TOML; nested thousands deep, huge numbers: one line naming it."""
+    return parse_toml(text, origin, what)
 
 
 def _refuse_url(name: str) -> None:
@@ -43,6 +42,9 @@ def read_text_file(path: Path, what: str) -> str:
     if not path.is_file():
         raise UserError(f"{path}: {what} does not exist")
     try:
+        if (size := path.stat().st_size) > MAX_STRUCTURED_BYTES:
+            limit = MAX_STRUCTURED_BYTES
+            raise UserError(f"{path}: {what} is {size:,} bytes, more than the {limit:,} one may have")
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UserError(
@@ -60,6 +62,8 @@ def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
     """Return (text, origin) of a built-in preset name or a path to a TOML file (always, for a config
     file). A built-in name wins over a file or folder of that name unless the value looks like a path
     (ends in .toml or holds a separator)."""
+    if len(name) > PATH_MAX:  # the OS would refuse it in a message quoting all of it
+        raise UserError(f"{clip(name)}: too long for a {what} name or path (at most {PATH_MAX} characters)")
     _refuse_url(name)
     path = Path(name)
     if what == "config file" or _looks_like_path(name):
@@ -80,7 +84,7 @@ def preset_text(name: str, what: str = "preset file") -> tuple[str, str]:
         if path.is_dir()
         else ""
     )
-    raise UserError(f"unknown preset {name!r} (built-in: {', '.join(builtin_names())}){hint}{found}")
+    raise UserError(f"unknown preset {shown(name)} (built-in: {', '.join(builtin_names())}){hint}{found}")
 
 
 def description(name: str) -> str:
@@ -99,13 +103,13 @@ def load_layers(
     if name in _seen:
         raise UserError(f"preset {name!r}: circular base chain {' -> '.join((*_seen, name))}")
     text, origin = preset_text(name, what)
-    table = _read_toml(text, origin)
+    table = _read_toml(text, origin, what)
     base = table.pop("base", None)
     table.pop("description", None)
     layers: list[tuple[str, dict[str, Any]]] = []
     if base is not None:
         if not isinstance(base, str):
-            raise UserError(f"{origin}: base must be a preset name or path, got {base!r}")
+            raise UserError(f"{origin}: base must be a preset name or path, got {shown(base)}")
         layers = load_layers(base, (*_seen, name))
     layers.append((origin, table))
     return layers

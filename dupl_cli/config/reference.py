@@ -36,7 +36,8 @@ do not edit by hand (a test fails when this file is stale). Defaults are the rel
 A setting `section.key` is set, highest priority first, by `--set section.key=value` (a TOML literal),
 the environment variable `DUPL_SECTION__KEY`, a `--config` TOML file, a preset, or a checkpoint's card;
 in a TOML file it is `key = value` under `[section]`. `dupl config show --explain` prints the resolved
-value of every key with its source.
+value of every key with its source. Every number is finite: `inf` and `nan` are refused for any
+float, alone or in a list.
 """
 
 

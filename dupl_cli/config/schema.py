@@ -2,11 +2,13 @@
 
 Sections are frozen pydantic models with ``extra="forbid"`` so an unknown key is an error, not a
 silent no-op, and loaded settings cannot drift (derive new ones with ``model_copy(update=...)``).
+Every float is finite (``allow_inf_nan=False``): ``inf`` and ``nan`` are refused from any source.
 ``DuplSettings`` is the pydantic-settings root; its sources live in ``config.sources``.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,8 +26,29 @@ VOC_TAU_END_PER_CLASS = [
 """The release's per-class DTA targets: 0.70 for aeroplane, bicycle, bird, boat, chair, train."""
 
 
+PATH_MAX, NAME_MAX = 4096, 255
+"""Longest text or path setting, and longest file or folder name in a path (bytes, as Linux counts)."""
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float of every section (alone, in a tuple or a list) is finite; inf
+    # passes ``gt=0`` and would reach the optimiser, the losses or the CRF kernels.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _usable_text(cls, v: Any) -> Any:
+        """A text or path no file system takes is the setting's error, not the dataset plugin's or the
+        backbone's that would try to open it."""
+        if isinstance(v, str | Path):
+            size = len(os.fsencode(str(v)))
+            if size > PATH_MAX:
+                raise ValueError(f"too long ({size:,} bytes; at most {PATH_MAX})")
+            if isinstance(v, Path) and (name := max(v.parts, key=len, default="")) and len(name) > NAME_MAX:
+                raise ValueError(
+                    f"holds a name of {len(name):,} characters; a file or folder name has at most {NAME_MAX}"
+                )
+        return v
 
 
 class ModelSettings(Section):

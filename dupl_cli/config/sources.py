@@ -26,7 +26,8 @@ from dupl_cli.config.context import loading
 from dupl_cli.config.options import OPTION_ERROR, options_model
 from dupl_cli.config.presets import load_config_file, load_layers
 from dupl_cli.config.schema import DataSettings, DuplSettings
-from dupl_cli.core.errors import UserError
+from dupl_cli.core.errors import QUOTE_LIMIT, UserError, clip, shown
+from dupl_cli.core.textfile import check_depth, too_deep
 
 ENV_PREFIX = "DUPL_"
 
@@ -155,8 +156,26 @@ class EnvSource(_Layers, EnvSettingsSource):
             data = super().__call__()
         except SettingsError as exc:
             raise UserError(self._parse_error(exc)) from None
+        except RecursionError:  # a JSON value nested thousands deep
+            self._check_values()
+            raise
+        self._check_values()  # nested deeper than any setting: refused before pydantic walks it
         keys.check_table(data, self.origin)
         return data
+
+    def _check_values(self) -> None:
+        """One line naming the first DUPL_ variable whose JSON value is nested too deeply."""
+        for lower, value in self.env_vars.items():
+            if not (lower.startswith(ENV_PREFIX.lower()) and value.lstrip()[:1] in ("[", "{")):
+                continue
+            source = f"env {clip(self.names[lower])}"
+            try:
+                parsed = json.loads(value)
+            except ValueError:
+                continue  # not JSON: _parse_error names it
+            except RecursionError:
+                raise too_deep(source, "value") from None
+            check_depth(parsed, source, "value")
 
     def __call__(self) -> dict[str, Any]:
         return self.merged()
@@ -173,19 +192,24 @@ class EnvSource(_Layers, EnvSettingsSource):
             except ValueError:
                 name = self.names[lower]
                 return (
-                    f"invalid value for {dotted} = {value!r} (from env {name}): "
+                    f"invalid value for {dotted} = {shown(value)} (from env {name}): "
                     "lists and tables are written as JSON"
                 )
-        return f"cannot read the {ENV_PREFIX} environment variables: {exc} ({exc.__cause__})"
+        return clip(f"cannot read the {ENV_PREFIX} environment variables: {exc} ({exc.__cause__})", 400)
 
 
-def parse_literal(text: str) -> Any:
+def parse_literal(text: str, source: str = "--set") -> Any:
     """A --set value as a TOML literal (number, bool, array, inline table, quoted string); else the raw
-    string."""
+    string. Nested thousands deep or a number of thousands of digits: one line naming ``source``."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise too_deep(source, "value") from None
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        raise UserError(f"{source}: value holds a number too long to read ({clip(text, 40)})") from None
+    return check_depth(value, source, "value")
 
 
 def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
@@ -195,13 +219,13 @@ def parse_assignments(assignments: Sequence[str]) -> dict[str, Any]:
         dotted, eq, raw = item.partition("=")
         parts = dotted.strip().split(".")
         if not eq or len(parts) < 2 or not all(parts):
-            raise UserError(f"--set expects section.key=value, got {item!r}")
+            raise UserError(f"--set expects section.key=value, got {shown(item)}")
         node = table
         for part in parts[:-1]:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node[parts[-1]] = parse_literal(raw.strip())
+        node[parts[-1]] = parse_literal(raw.strip(), f"--set {clip(dotted.strip())}")
     return table
 
 
@@ -284,24 +308,32 @@ def load_settings(
     return ResolvedSettings(settings=settings, sources=sources, preset=preset, ignored=tuple(load.ignored))
 
 
+def _first_error(exc: ValidationError) -> dict[str, Any]:
+    """The error to report: the first, unless a union tried several forms and one of them says what
+    is wrong (``[0.5, nan]`` for ``float | list[float]``: not finite, rather than not a number)."""
+    errors = exc.errors()
+    return next((e for e in errors if e["type"] == "finite_number"), errors[0])
+
+
 def _value_error(exc: ValidationError, values: dict[str, Any], sources: dict[str, str]) -> UserError:
-    err = exc.errors()[0]
+    """One line naming the key, its value (at most ``QUOTE_LIMIT`` characters of it) and its origin."""
+    err = _first_error(exc)
     loc = [str(p) for p in err["loc"]]
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = clip(err["msg"].removeprefix("Value error, "), 2 * QUOTE_LIMIT)
     if err["type"] == OPTION_ERROR:
         ctx = err["ctx"]
         dotted = f"data.options.{ctx['option']}"
         where = sources.get(dotted, sources.get("data.adapter", "default"))
         what = "unknown setting" if ctx["unknown"] else "invalid value for"
-        return UserError(f"{what} {dotted} = {values.get(dotted)!r} (from {where}): {msg}")
+        return UserError(f"{what} {clip(dotted)} = {shown(values.get(dotted))} (from {where}): {msg}")
     for n in range(len(loc), 0, -1):
         dotted = ".".join(loc[:n])
         if dotted in values:
             return UserError(
-                f"invalid value for {dotted} = {values[dotted]!r} (from {sources[dotted]}): {msg}"
+                f"invalid value for {dotted} = {shown(values[dotted])} (from {sources[dotted]}): {msg}"
             )
     if loc:  # a default, or a rule across keys of one section
-        return UserError(f"invalid value for {'.'.join(loc)}: {msg}")
+        return UserError(f"invalid value for {clip('.'.join(loc))}: {msg}")
     return UserError(f"invalid settings: {msg}")
 
 
