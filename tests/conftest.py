@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 import release_fixture
+import release_trajectory
 
 
 def pytest_configure(config):
-    reason = release_fixture.invalid_env_reason()  # a mistyped fixture folder stops the run at once
+    # a mistyped fixture folder stops the run at once
+    reason = release_fixture.invalid_env_reason() or release_trajectory.invalid_env_reason()
     if reason:
         raise pytest.UsageError(reason)
 
