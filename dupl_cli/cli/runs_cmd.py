@@ -21,6 +21,10 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _percent(value) -> str:
+    return f"{value:.1f}" if type(value) in (int, float) else "–"
+
+
 def _best(row: dict) -> str:
     best = row["best"]
     if not best or best.get("seg_miou") is None:
@@ -38,6 +42,7 @@ def list_cmd(
 ) -> None:
     """Every run under train.runs_root, oldest first: preset, dataset, step, status, best validation seg mIoU,
     size."""
+    from rich.markup import escape
     from rich.table import Column, Table
 
     from dupl_cli.runs.run_index import list_runs, summary
@@ -58,15 +63,18 @@ def list_cmd(
     for r in rows:
         step = "–" if r["step"] is None else f"{r['step']}/{r['max_iters'] or '?'}"
         table.add_row(
-            r["name"],
-            r["preset"] or "–",
-            r["dataset"] or "–",
+            escape(r["name"]),
+            escape(r["preset"] or "–"),
+            escape(r["dataset"] or "–"),
             step,
             r["status"],
             _best(r),
             _size(r["size_bytes"]),
         )
     con.print(table)
+    for r in rows:
+        if r["problem"]:
+            con.print(f"{r['name']}: {r['status']}: {r['problem']}", markup=False, soft_wrap=True)
     latest = root / "latest"
     if latest.is_symlink():
         con.print(f"{latest} -> {latest.resolve().name}")
@@ -102,13 +110,18 @@ def show_cmd(
     step = "–" if row["step"] is None else f"{row['step']}/{row['max_iters'] or '?'}"
     con.print(
         f"[bold]{escape(row['name'])}[/bold] ({escape(str(run))}): {row['status']}, step {step}, "
-        f"preset {row['preset'] or '– (defaults)'}, data {escape(row['dataset'] or '–')}, "
+        f"preset {escape(row['preset'] or '– (defaults)')}, data {escape(row['dataset'] or '–')}, "
         f"{_size(row['size_bytes'])}"
     )
+    if row["problem"]:
+        con.print(f"{row['status']}: {row['problem']}", markup=False, soft_wrap=True)
     con.print(f"best validation seg mIoU: {_best(row)}")
     changed = settings_changed_from_preset(run)
     table = Table(
-        "setting", "preset", "this run", title=f"settings that differ from {row['preset'] or 'the defaults'}"
+        "setting",
+        "preset",
+        "this run",
+        title=f"settings that differ from {escape(row['preset'] or 'the defaults')}",
     )
     for key, before, value in changed:
         table.add_row(key, escape(json.dumps(before)), escape(json.dumps(value)))
@@ -122,8 +135,8 @@ def show_cmd(
     for record in history:
         values = record["validation"]
         metrics.add_row(
-            str(record["step"]),
-            *(f"{values.get(k, float('nan')):.1f}" for k in keys),
-            str(record.get("best_student", "–")),
+            escape(str(record.get("step", "–"))),
+            *(_percent(values.get(k)) for k in keys),
+            escape(str(record.get("best_student", "–"))),
         )
     con.print(metrics)

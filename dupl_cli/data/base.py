@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from dupl_cli.core.errors import DataError, UserError
+from dupl_cli.core.errors import DataError, UserError, clip
 from dupl_cli.core.textfile import read_text
 from dupl_cli.data.images import IMAGE_EXTS, labels_from_mask, read_image, read_mask
 
@@ -111,7 +111,9 @@ def read_labels_table(path: Path, classes: list[str]) -> dict[str, np.ndarray | 
         try:
             data = json.loads(read_text(path, "labels file", DataError))
         except ValueError as exc:
-            raise DataError(f"{path}: cannot parse labels JSON ({exc})") from None
+            raise DataError(f"{path}: cannot parse labels JSON ({clip(str(exc))})") from None
+        except RecursionError:
+            raise DataError(f"{path}: cannot parse labels JSON (nested too deeply)") from None
         if not isinstance(data, dict):
             raise DataError(f"{path}: labels JSON must be an object {{id: [class names]}}")
         rows = [

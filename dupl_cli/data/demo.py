@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from dupl_cli.core.errors import UserError
+from dupl_cli.core.errors import UserError, clip
 from dupl_cli.core.labels import IGNORE_INDEX
 from dupl_cli.core.textfile import read_text
 from dupl_cli.data import folder
@@ -316,8 +316,9 @@ def _warn_if_generated_otherwise(root: Path, wanted: dict) -> None:
         meta = json.loads(read_text(meta_file, "demo data record"))
         if not isinstance(meta, dict):
             raise ValueError("not a JSON object")
-    except (UserError, ValueError) as exc:
-        log.warning("%s: unreadable (%s); its generation settings are not checked", meta_file, exc)
+    except (UserError, ValueError, RecursionError) as exc:
+        why = clip(str(exc)) if not isinstance(exc, RecursionError) else "nested too deeply"
+        log.warning("%s: unreadable (%s); its generation settings are not checked", meta_file, why)
         return
     differs = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
     if differs:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from dupl_cli.core.atomic import atomic_write_text
-from dupl_cli.core.errors import UserError
-from dupl_cli.core.textfile import read_text
+from dupl_cli.core.errors import UserError, shown
+from dupl_cli.core.textfile import read_json
 
 CARD_FORMAT = "dupl-checkpoint/1"
 EXPORT_FORMAT = "dupl-export/1"
@@ -101,8 +101,8 @@ class Card:
     def from_json(cls, data: Any, source: Path, expected: str = CARD_FORMAT) -> Card:
         """The card in ``data`` (parsed JSON) read from ``source``; a one-line UserError naming it."""
         if not isinstance(data, dict) or data.get("format") != expected:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise UserError(f"{source}: not a dupl {_KIND[expected]} card (format {found!r})")
+            found = shown(data.get("format")) if isinstance(data, dict) else type(data).__name__
+            raise UserError(f"{source}: not a dupl {_KIND[expected]} card (format {found})")
         try:
             return _parse(data, Path(source))
         except _Invalid as exc:
@@ -110,11 +110,7 @@ class Card:
 
     @classmethod
     def read(cls, card_file: Path, expected: str = CARD_FORMAT) -> Card:
-        what = f"{_KIND[expected]} card"
-        try:
-            data = json.loads(read_text(card_file, what))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{card_file}: {what} is not valid JSON ({exc})") from None
+        data = read_json(card_file, f"{_KIND[expected]} card")  # hostile files: one line naming it
         return cls.from_json(data, card_file, expected)
 
     @classmethod
@@ -166,7 +162,7 @@ def _parse(data: dict[str, Any], source: Path) -> Card:
     """The fields every command relies on, checked in the order a reader meets them."""
     students = data.get("students", 2)
     if students not in (1, 2):
-        raise _Invalid(f"'students' must be 1 or 2, not {students!r}")
+        raise _Invalid(f"'students' must be 1 or 2, not {shown(students)}")
     classes = data.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c.strip() for c in classes)):
         raise _Invalid(f"'classes' must be a non-empty list of class names, not {classes!r:.80}")
@@ -179,10 +175,10 @@ def _parse(data: dict[str, Any], source: Path) -> Card:
         raise _Invalid(f"'palette' must list {colours} [r, g, b] colours (background and each class)")
     student = data.get("student", 1)
     if type(student) is not int or not 1 <= student <= students:
-        raise _Invalid(f"'student' must be 1{' or 2' if students == 2 else ''}, not {student!r}")
+        raise _Invalid(f"'student' must be 1{' or 2' if students == 2 else ''}, not {shown(student)}")
     step = data.get("step")
     if step is not None and (type(step) is not int or step < 0):
-        raise _Invalid(f"'step' must be a whole number >= 0, not {step!r}")
+        raise _Invalid(f"'step' must be a whole number >= 0, not {shown(step)}")
     if not isinstance(data.get("settings"), dict):
         raise _Invalid("checkpoint card has no settings table")
     return Card(

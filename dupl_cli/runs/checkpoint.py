@@ -23,13 +23,22 @@ def versions() -> dict[str, str]:
 
 
 def save_model(path: Path, model: torch.nn.Module, card: Card) -> Path:
-    """Write ``path`` (.safetensors) and its card; the card gets the library versions filled in."""
+    """Write ``path`` (.safetensors) and its card; the card gets the library versions filled in.
+
+    The card is written once the weights are complete and before they are renamed into place, so a
+    failure (a full disk: one line) leaves the previous weights and card, and no temporary file.
+    """
     from safetensors.torch import save_file
 
     path = Path(path).with_suffix(".safetensors")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": card.format}))
-    card.with_versions(versions()).write(card_path(path))
+    card = card.with_versions(versions())
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"format": card.format})
+        card.write(card_path(path))
+
+    atomic_write(path, write)
     return path
 
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from dupl_cli.config.keys import flatten
 from dupl_cli.core.errors import UserError
+from dupl_cli.core.textfile import parse_json, read_json, read_toml
 from dupl_cli.runs.card import Card
 
 SEED = "train.seed"
@@ -61,8 +60,8 @@ class RunSummary:
 
 def _json_file(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path, "metrics file")
+    except UserError:  # not UTF-8, not JSON, nested too deep: the caller notes it and goes on
         return None
     return data if isinstance(data, dict) else None
 
@@ -77,10 +76,7 @@ def _card(run: Path) -> Card | None:
 def read_settings(run: Path) -> dict[str, Any]:
     config = run / "config.toml"
     if config.is_file():
-        try:
-            return flatten(tomllib.loads(config.read_text(encoding="utf-8")))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise UserError(f"{config}: not valid TOML ({exc})") from None
+        return flatten(read_toml(config, "run config"))
     card = _card(run)
     if card is not None:
         return flatten(card.settings)
@@ -97,8 +93,8 @@ def last_validation(run: Path, notes: list[str]) -> dict[str, Any] | None:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = parse_json(line, f"{path}:{lineno}", "metrics line")
+        except UserError:
             notes.append(f"{path}:{lineno}: not valid JSON, line ignored")
             continue
         if isinstance(record, dict) and isinstance(record.get("validation"), dict):
@@ -108,11 +104,12 @@ def last_validation(run: Path, notes: list[str]) -> dict[str, Any] | None:
 
 def over_activation(payload: dict[str, Any]) -> float | None:
     """Mean FP / (TP + FP) over the foreground classes present in the ground truth, in %."""
-    per_class = list(payload.get("per_class", {}).values())[1:]  # background first
+    table = payload.get("per_class")
+    per_class = list(table.values())[1:] if isinstance(table, dict) else []  # background first
     rates = [
         c["over_activation"]
         for c in per_class
-        if c.get("present_in_gt") and c.get("over_activation") is not None
+        if isinstance(c, dict) and c.get("present_in_gt") and type(c.get("over_activation")) in (int, float)
     ]
     return 100.0 * statistics.fmean(rates) if rates else None
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from dupl_cli.config.keys import flatten
 from dupl_cli.config.toml_writer import dumps
 from dupl_cli.core.atomic import atomic_write_text
-from dupl_cli.core.errors import UserError
+from dupl_cli.core.errors import UserError, shown
+from dupl_cli.core.textfile import read_json, read_toml
+from dupl_cli.core.writable import write_failure
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -55,20 +56,26 @@ def write_config(run_dir: Path, settings_json: dict[str, Any], sources: dict[str
     atomic_write_text(run_dir / "config.toml", dumps(settings_json, comments))
 
 
+def comparable(settings_json: dict[str, Any]) -> dict[str, Any]:
+    """Settings as ``config.toml`` records them, by dotted key: lists for tuples, and no unset value
+    (None) or empty table, which the TOML writer leaves out; a run's recorded config and the same
+    settings resolved again compare equal."""
+    flat = flatten(json.loads(json.dumps(settings_json)))  # tuples -> lists, as TOML reads them back
+    return {key: value for key, value in flat.items() if value is not None and value != {}}
+
+
 def changed_settings(run_dir: Path, settings_json: dict[str, Any]) -> list[str]:
-    """Lines ``key: old -> new`` for settings that differ from the run's recorded config."""
+    """Lines ``key: old -> new`` for settings that differ from the run's recorded config (both in their
+    normalised form, so an unchanged run has none)."""
     path = run_dir / "config.toml"
     if not path.is_file():
         return []
-
-    old = flatten(tomllib.loads(path.read_text(encoding="utf-8")))
+    old = comparable(read_toml(path, "run config"))
+    new = comparable(settings_json)
     lines = []
-    for key, value in flatten(settings_json).items():
-        before = old.get(key)
-        if isinstance(value, tuple):
-            value = list(value)
-        if before != value and not (before is None and value is None):
-            lines.append(f"{key}: {before!r} -> {value!r}")
+    for key in [*new, *(k for k in old if k not in new)]:
+        if old.get(key) != new.get(key):
+            lines.append(f"{key}: {shown(old.get(key))} -> {shown(new.get(key))}")
     return lines
 
 
@@ -100,28 +107,63 @@ def read_state(checkpoint: Path) -> dict[str, Any]:
     path = Path(checkpoint) / STATE_FILE
     if not path.is_file():
         raise UserError(f"{checkpoint}: not a complete checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    state = read_json(path, "trainer state")
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: trainer state is not a JSON table (found a {type(state).__name__})")
+    return state
 
 
 def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Accelerate state + trainer state into ``checkpoints/step_<step>``; prune beyond ``keep``."""
+    """Accelerate state + trainer state into ``checkpoints/step_<step>``; prune beyond ``keep``.
+
+    A write that fails (a full disk: one line naming the file, whichever serializer wrote it) removes
+    the partial ``.tmp_step_<step>`` and leaves the previous checkpoints as they were.
+    """
     root = Path(run_dir) / "checkpoints"
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
-    if accelerator.is_main_process:
+    main = accelerator.is_main_process
+    if main:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        _guarded(tmp, lambda: tmp.mkdir(parents=True), cleanup=False)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    _guarded(tmp, lambda: accelerator.save_state(str(tmp), safe_serialization=True), cleanup=main)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+    if main:
+        _guarded(tmp, lambda: _complete(tmp, final, state), cleanup=True)
         for _, old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _complete(tmp: Path, final: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=2))  # last: marks it complete
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _guarded(tmp: Path, write: Callable[[], Any], cleanup: bool) -> None:
+    """Run ``write``; on failure remove the partial checkpoint ``tmp`` (``cleanup``) and raise a full
+    disk as one line naming the file being written (the serializers' own errors do not)."""
+    try:
+        write()
+    except BaseException as exc:
+        failure = write_failure(_newest_file(tmp), exc)  # before the removal: the free space is the writer's
+        if cleanup:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if failure is not None:
+            raise failure from None
+        raise
+
+
+def _newest_file(folder: Path) -> Path:
+    """The file last written in ``folder`` (the one a failed save was writing), else the folder."""
+    try:
+        files = [p for p in Path(folder).rglob("*") if p.is_file()]
+        return max(files, key=lambda p: p.stat().st_mtime_ns) if files else Path(folder)
+    except OSError:
+        return Path(folder)
 
 
 def find_resume(resume: str, run_dir: Path | None, runs_root: Path) -> tuple[Path, Path]:

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from dupl_cli.core.errors import UserError
+from dupl_cli.core.writable import write_failure
 
 LOCK_FILE = ".lock"
 
@@ -42,8 +43,12 @@ class RunLock:
         except OSError as exc:  # some network file systems have no flock
             os.close(fd)
             return cls(run_dir, -1, exc.strerror or str(exc))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # a full disk: one line, and the lock is not kept
+            os.close(fd)
+            raise write_failure(run_dir / LOCK_FILE, exc) or exc from None
         return cls(run_dir, fd)
 
     def release(self) -> None:

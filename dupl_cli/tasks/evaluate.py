@@ -7,7 +7,6 @@ only ``compat.eval_gt_student`` reproduces the release's pick by the evaluated s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 
 from dupl_cli.config.method_params import cam_config
 from dupl_cli.core.errors import UserError
+from dupl_cli.core.textfile import read_json
 from dupl_cli.core.writable import check_writable
 from dupl_cli.data.base import shard
 from dupl_cli.evaluation.class_match import aligned
@@ -97,9 +97,12 @@ def _keep_full_evaluation(out: Path, limit: int) -> None:
     if not limit or not previous.is_file():
         return
     try:
-        old_limit = json.loads(previous.read_text(encoding="utf-8")).get("max_images", 0)
-    except (OSError, ValueError):
+        old = read_json(previous, "metrics file")
+    except UserError:  # unreadable: not an evaluation to keep
         return
+    if not isinstance(old, dict):
+        return
+    old_limit = old.get("max_images", 0)
     if not old_limit:
         raise UserError(
             f"{out}: holds a full evaluation; an evaluation capped at {limit} images would overwrite it. "
