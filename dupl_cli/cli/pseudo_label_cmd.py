@@ -40,6 +40,14 @@ def pseudo_label(
         typer.Option("--evaluate", help="Score the pseudo-labels against ground-truth masks when present."),
     ] = False,
     report: ReportOpt = None,
+    confidence: Annotated[
+        bool,
+        typer.Option(
+            "--confidence",
+            help="Also write confidence/<id>.png: each pixel's confidence in its label (for stage 2's "
+            "method.stage2_weights = confidence).",
+        ),
+    ] = False,
     max_images: Annotated[
         int, typer.Option("--max-images", min=0, help="Only the first N images (0 = all).")
     ] = 0,
@@ -67,6 +75,7 @@ def pseudo_label(
         evaluate=evaluate,
         report=report,
         max_images=max_images,
+        confidence=confidence,
     )
     show = global_options(ctx).verbosity >= 0
     result = run_pseudo_label(
@@ -78,3 +87,4 @@ def pseudo_label(
             out_console.print(metrics_table(result.metrics, f"pseudo-labels ({source.value}) on {split}"))
             out_console.print(f"metrics: {out.parent / (out.name + '_metrics') / 'metrics.json'}")
         out_console.print(f"pseudo-labels in {out}" + (f"; report {report}" if report else ""))
+        out_console.print(f"stage 2 trains on them: dupl train --preset ... --set data.pseudo_labels={out}")

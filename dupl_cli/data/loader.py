@@ -121,6 +121,26 @@ def train_loader(
     affine2, B×4 float32: ``transforms.ViewSample``), for ``method.diff_aug``.
     """
     dataset = WeakViewDataset(adapter, data_settings, seed, indices, views=views)
+    return seeded_loader(
+        dataset, adapter, data_settings, batch_size, seed=seed, num_workers=num_workers,
+        drop_last=drop_last, sampler=sampler, collate_fn=collate_train,
+    )  # fmt: skip
+
+
+def seeded_loader(
+    dataset,
+    adapter,
+    data_settings,
+    batch_size: int,
+    *,
+    seed: int,
+    num_workers: int | None = None,
+    drop_last: bool = True,
+    sampler: Sampler | None = None,
+    collate_fn=default_collate,
+) -> DataLoader:
+    """The training DataLoader over ``dataset`` (a ``WeakViewDataset``): a ``SeededSampler`` over its
+    indices unless ``sampler`` is given, ``data.num_workers`` persistent workers, pinned on CUDA."""
     if len(dataset) < (batch_size if drop_last else 1):
         raise DataError(
             f"{getattr(adapter, 'source', adapter.split)}: split {adapter.split!r} has {len(dataset)} usable "
@@ -139,7 +159,7 @@ def train_loader(
         persistent_workers=workers > 0,
         worker_init_fn=_worker_init,
         generator=torch.Generator().manual_seed(seed),
-        collate_fn=collate_train,
+        collate_fn=collate_fn,
         prefetch_factor=4 if workers > 0 else None,
     )
 

@@ -39,6 +39,20 @@ class ViewSample(NamedTuple):
     affine: torch.Tensor  # float32 [sy, oy, sx, ox]: original (y, x) -> crop (sy·y + oy, sx·x + ox)
 
 
+class Geometry(NamedTuple):
+    """One view's geometry: the original size, the rescaled size, the flip and the paste/crop offsets."""
+
+    h: int
+    w: int
+    nh: int
+    nw: int
+    flipped: bool
+    py: int
+    px: int
+    cy: int
+    cx: int
+
+
 class WeakView:
     def __init__(self, data_settings):
         self.crop = data_settings.crop_size
@@ -50,24 +64,11 @@ class WeakView:
         self.blur = tuple(data_settings.blur_radius)
         self.mean, self.std = tuple(data_settings.mean), tuple(data_settings.std)
 
-    def geometry(
-        self, image: torch.Tensor, gen: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rescale, flip and crop a uint8 3×H×W image -> (uint8 3×S×S, img_box int64 [y0, y1, x0, x1],
-        affine float32 [sy, oy, sx, ox]).
-
-        The affine maps continuous original coordinates (pixel i spans [i, i + 1)) to crop
-        coordinates: the resize scales by (nh/h, nw/w) (the bilinear resize's own pixel-centre
-        convention), a flip negates x about the resized width, the paste and crop offsets shift.
-        """
-        _, h, w = image.shape
+    def draw_geometry(self, h: int, w: int, gen: torch.Generator) -> Geometry:
+        """The random rescale, flip and crop placement of an H×W image, drawn from ``gen``."""
         ratio = _uniform(gen, *self.scale_range)
         nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
-        if (nh, nw) != (h, w):
-            image = F.resize(image, [nh, nw], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
         flipped = self.hflip and float(torch.rand((), generator=gen)) < 0.5
-        if flipped:
-            image = F.horizontal_flip(image)
         s = self.crop
         # zero canvas of at least S×S; the image sits at a random place in it when smaller
         ch, cw = max(s, nh), max(s, nw)
@@ -75,13 +76,38 @@ class WeakView:
         px = int(torch.randint(0, cw - nw + 1, (), generator=gen))
         cy = int(torch.randint(0, ch - s + 1, (), generator=gen))
         cx = int(torch.randint(0, cw - s + 1, (), generator=gen))
-        out = torch.zeros((3, s, s), dtype=image.dtype)
+        return Geometry(h, w, nh, nw, flipped, py, px, cy, cx)
+
+    def apply_geometry(self, image: torch.Tensor, g: Geometry, *, fill: int = 0, nearest: bool = False):
+        """Rescale (bilinear with antialiasing, or ``nearest`` for label maps), flip and crop a uint8
+        K×H×W map by ``g`` -> (uint8 K×S×S, img_box int64 [y0, y1, x0, x1], affine float32
+        [sy, oy, sx, ox]); the crop outside the image is ``fill``.
+
+        The affine maps continuous original coordinates (pixel i spans [i, i + 1)) to crop
+        coordinates: the resize scales by (nh/h, nw/w) (the bilinear resize's own pixel-centre
+        convention), a flip negates x about the resized width, the paste and crop offsets shift.
+        """
+        h, w, nh, nw, flipped, py, px, cy, cx = g
+        if (nh, nw) != (h, w):
+            mode = F.InterpolationMode.NEAREST if nearest else F.InterpolationMode.BILINEAR
+            image = F.resize(image, [nh, nw], interpolation=mode, antialias=not nearest)
+        if flipped:
+            image = F.horizontal_flip(image)
+        s = self.crop
+        out = torch.full((image.shape[0], s, s), fill, dtype=image.dtype)
         y0, y1 = max(py - cy, 0), min(py + nh - cy, s)
         x0, x1 = max(px - cx, 0), min(px + nw - cx, s)
         out[:, y0:y1, x0:x1] = image[:, y0 + cy - py : y1 + cy - py, x0 + cx - px : x1 + cx - px]
         sx, ox = (-nw / w, nw + px - cx) if flipped else (nw / w, px - cx)
         affine = torch.tensor([nh / h, py - cy, sx, ox], dtype=torch.float32)
         return out, torch.tensor([y0, y1, x0, x1], dtype=torch.int64), affine
+
+    def geometry(
+        self, image: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rescale, flip and crop a uint8 3×H×W image -> (uint8 3×S×S, img_box int64 [y0, y1, x0, x1],
+        affine float32 [sy, oy, sx, ox]) (:meth:`apply_geometry` of :meth:`draw_geometry`)."""
+        return self.apply_geometry(image, self.draw_geometry(image.shape[1], image.shape[2], gen))
 
     def photometric(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """ColorJitter (random order, p), RandomGrayscale, GaussianBlur on float [0,1] 3×S×S."""

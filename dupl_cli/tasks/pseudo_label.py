@@ -4,6 +4,11 @@ Sources: ``cam`` (multi-scale CAM with the image-level labels; thresholds τ_h/�
 two-pass CRF of §11) or ``seg`` (the segmentation head through TTA, optionally CRF).
 Resumable: a finished PNG is skipped; writes go to a temporary file renamed into place, so a file
 that exists is complete. ``--evaluate`` scores all files (new and resumed) against ground truth.
+``--confidence`` also writes ``confidence/<id>.png``, the confidence of each pixel's label
+(``method.stage2.label_confidence``) for stage 2's ``method.stage2_weights = "confidence"``. When all
+images are labelled the folder gets ``index.csv`` and ``pseudo_labels.json``, the record stage-2
+training checks the folder against (``data.pseudo_labels``); resuming into a folder made from another
+checkpoint, dataset or recipe is refused.
 """
 
 from __future__ import annotations
@@ -11,19 +16,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
+from dupl_cli import __version__
 from dupl_cli.config.method_params import cam_config
+from dupl_cli.core.atomic import atomic_write
+from dupl_cli.core.errors import UserError
 from dupl_cli.data.base import shard
+from dupl_cli.data.pseudo_labels import (
+    CONFIDENCE_DIR,
+    META_FILE,
+    dataset_record,
+    ids_digest,
+    read_meta,
+    write_index,
+    write_meta,
+)
 from dupl_cli.evaluation.class_match import aligned
 from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
 from dupl_cli.evaluation.visualize import load_mask, sample_panels
+from dupl_cli.method.stage2 import label_confidence
+from dupl_cli.models.segmenter import is_segmenter
 from dupl_cli.predict.loop import (
+    Item,
     LoadedModel,
     PredictOptions,
     ProgressBar,
     Runtime,
+    Sink,
     dataset_items,
     predict,
 )
@@ -47,6 +71,11 @@ class PseudoLabelRequest:
     report: Path | None = None
     max_images: int = 0
     report_samples: int = 8
+    confidence: bool = False  # also confidence/<id>.png
+
+
+RECIPE = ("dataset", "split", "classes", "source", "crf", "multiscale", "checkpoint", "student")
+"""What a folder's labels were made with: resuming into it with any of these changed is refused."""
 
 
 @dataclass
@@ -70,9 +99,35 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+class ConfidenceSink(Sink):
+    """``<out>/confidence/<name>.png``: 8-bit grey, 255 x the confidence of the label written."""
+
+    def __init__(self, out: Path, kind: str) -> None:
+        self.out, self.kind = Path(out) / CONFIDENCE_DIR, kind
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._scores: dict[Any, torch.Tensor] = {}
+
+    def output(self, item: Item, route: int, output: torch.Tensor) -> None:
+        if route == 0:
+            self._scores[item.key] = output
+
+    def label(self, item: Item, route: int, label) -> None:
+        if route != 0:
+            return
+        label = label if torch.is_tensor(label) else torch.from_numpy(np.asarray(label))
+        scores = self._scores.pop(item.key)
+        conf = label_confidence(scores, label, self.kind, torch.from_numpy(np.asarray(item.labels)))
+        grey = Image.fromarray((conf * 255).round().byte().cpu().numpy(), mode="L")
+        atomic_write(self.out / f"{item.name}.png", lambda tmp: grey.save(tmp, format="PNG"))
+
+
 def _route(loaded: LoadedModel, indices, settings, req: PseudoLabelRequest) -> CamRoute | SegRoute:
     """CAMs labelled three-way at crf.cam's tau_h / tau_l, else the segmentation head through TTA."""
     if req.source == "cam":
+        if is_segmenter(loaded.model):
+            raise UserError(
+                f"{loaded.path}: a stage-2 segmenter has no CAMs; use --source seg (or a stage-1 run)"
+            )
         tau = settings.crf.cam
         return CamRoute.of(loaded.model, indices, settings, tau.tau_high, tau.tau_low)
     tta = TTAConfig.from_settings(settings.eval, multiscale=req.multiscale)
@@ -97,11 +152,13 @@ def run_pseudo_label(
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     pick = loaded.pick(req.student)
+    made_with = recipe(loaded, settings, req, pick.indices)
+    check_recipe(out, made_with)
     scoring = req.evaluate and adapter.has_masks
     if req.evaluate and not adapter.has_masks:
         log(f"--evaluate: split {req.split!r} has no ground-truth masks; nothing to score")
     targets = [out / f"{sample_id}.png" for sample_id in own_part.ids]
-    todo = [i for i, t in enumerate(targets) if not is_complete(t)]
+    todo = [i for i, t in enumerate(targets) if not _complete(t, req.confidence)]
     skipped = len(targets) - len(todo)
     if skipped and runtime.is_main:
         log(f"resuming: {skipped} of {len(targets)} pseudo-labels already complete in {out}")
@@ -111,6 +168,7 @@ def run_pseudo_label(
     samples = ReportSamples(req.report_samples, keep_cams=req.source == "cam", num_classes=ranked)
     sinks = [MaskSink(out, loaded.palette), *([confusion] if scoring else [])]
     sinks += [samples] if want_report else []
+    sinks += [ConfidenceSink(out, req.source)] if req.confidence else []
     route = _route(loaded, pick.indices, settings, req)
     options = PredictOptions.from_settings(settings, req.crf)
     with ProgressBar(f"pseudo-label {req.split}", len(targets), show_progress and runtime.is_main) as bar:
@@ -132,8 +190,59 @@ def run_pseudo_label(
         what = "CAM pseudo-labels" if req.source == "cam" else "segmentation-head pseudo-labels"
         title = f"dupl pseudo-label: {what} on {req.split}"
         write_report(req.report, title, loaded, protocol, metrics, samples, _panels(loaded))
-    runtime.barrier()
+    runtime.barrier()  # every process's files are written: the folder's record may describe them all
+    if runtime.is_main:
+        labelled = shard(adapter, 0, 1, req.max_images).ids
+        _write_record(out, made_with, labelled, req, loaded, metrics)
     return result
+
+
+def _complete(label: Path, confidence: bool) -> bool:
+    if not is_complete(label):
+        return False
+    return not confidence or is_complete(label.parent / CONFIDENCE_DIR / label.name)
+
+
+def recipe(loaded: LoadedModel, settings, req: PseudoLabelRequest, students) -> dict[str, Any]:
+    """What the labels are made with (``RECIPE``), as the folder's record keeps it."""
+    return {
+        "dataset": dataset_record(settings.data.adapter, settings.data.root),
+        "split": req.split,
+        "classes": list(loaded.card.classes),
+        "source": req.source,
+        "crf": bool(req.crf),
+        "multiscale": bool(req.multiscale) and req.source == "seg",
+        "checkpoint": str(Path(loaded.path).expanduser().resolve()),
+        "student": [int(i) + 1 for i in students],
+    }
+
+
+def check_recipe(out: Path, made_with: dict[str, Any]) -> None:
+    """Refuse to resume into a folder whose record says its labels were made another way."""
+    if not (Path(out) / META_FILE).is_file():
+        return
+    before = read_meta(out)
+    for key in RECIPE:
+        if before.get(key) != made_with[key]:
+            raise UserError(
+                f"{out}: holds pseudo-labels made with another {key} ({before.get(key)!r:.120} there, "
+                f"{made_with[key]!r:.120} now); choose another --out or empty it"
+            )
+
+
+def _write_record(out: Path, made_with: dict, ids, req: PseudoLabelRequest, loaded, metrics) -> None:
+    """``index.csv`` and ``pseudo_labels.json`` (``data.pseudo_labels``) for the labelled images."""
+    scores = None
+    if metrics is not None:
+        scores = {
+            "miou": float(metrics.miou),
+            "pixel_accuracy": float(metrics.pixel_accuracy),
+            "uncertain_share": float(metrics.uncertain_share),
+        }
+    write_index(out, ids, req.confidence)
+    meta = {**made_with, "images": len(ids), "ids_sha256": ids_digest(ids), "confidence": req.confidence}
+    meta |= {"stage": 2 if is_segmenter(loaded.model) else 1, "metrics": scores, "dupl": __version__}
+    write_meta(out, meta)
 
 
 def _protocol(loaded, settings, runtime, req, student_text, written, skipped, available) -> dict:
