@@ -8,17 +8,20 @@ an output folder that is an input folder is refused, and ``index.csv`` maps each
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import io
 import os
 import re
+import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from dupl_cli.config.presets import _refuse_url
 from dupl_cli.core.atomic import atomic_write_text
-from dupl_cli.core.errors import DataError, UserError
+from dupl_cli.core.errors import DataError, UserError, clip
 from dupl_cli.core.writable import check_writable
 from dupl_cli.data.images import IMAGE_EXTS, read_image
 from dupl_cli.predict.loop import Item, LoadedModel, PredictOptions, ProgressBar, Runtime, predict
@@ -56,6 +59,9 @@ def check_checkpoint_arg(arg: Path) -> Path:
             f"{arg}: not a run directory (no best.safetensors or final.safetensors); "
             f"the first argument is the checkpoint: {USAGE}"
         )
+    kind, why, _ = path_kind(arg)
+    if kind == "odd":  # a FIFO would block the reader, a loop would fail inside it
+        raise UserError(f"{arg}: {why}; the first argument is the checkpoint: {USAGE}")
     if not arg.exists():
         raise UserError(f"{arg}: checkpoint or run directory does not exist ({USAGE})")
     if arg.suffix != ".safetensors":
@@ -87,37 +93,131 @@ def refuse_run_dirs(paths: Iterable[str]) -> None:
             )
 
 
-def expand_inputs(paths: Iterable[str], out: Path | None = None) -> tuple[list[Path], list[str]]:
+_ODD = (
+    (stat.S_ISFIFO, "FIFO (named pipe)"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+def path_kind(p: Path) -> tuple[str, str, str]:
+    """(kind, why, label) of an input path: kind ``file`` (a readable regular file), ``dir``, ``missing``
+    or ``odd``; for an odd one ``why`` says what it is in a sentence and ``label`` in a word or two."""
+    try:
+        st = os.stat(p)  # follows links
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(p):
+            target = clip(os.readlink(p))
+            return "odd", f"dangling symbolic link (its target {target} does not exist)", "dangling link"
+        return "missing", "no such file or folder", ""
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "odd", "symbolic link loop (following it never reaches a file)", "symbolic link loop"
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return "odd", "permission denied (its folder cannot be searched)", "permission denied"
+        return "odd", f"cannot be read ({exc.strerror or exc})", "unreadable"
+    if stat.S_ISDIR(st.st_mode):
+        if not os.access(p, os.R_OK | os.X_OK):
+            return "odd", "permission denied (the folder cannot be listed)", "permission denied"
+        return "dir", "", ""
+    if stat.S_ISREG(st.st_mode):
+        if not os.access(p, os.R_OK):
+            return "odd", "permission denied (the file cannot be read)", "permission denied"
+        return "file", "", ""
+    what = next((name for test, name in _ODD if test(st.st_mode)), "special file")
+    return "odd", f"is a {what}, not a regular file", what
+
+
+def _skipped_note(where: str, skipped: Counter) -> str:
+    """One line: how many entries a folder walk or a pattern left out, and why."""
+    total = sum(skipped.values())
+    reasons = ", ".join(f"{label} {n}" for label, n in sorted(skipped.items()))
+    return (
+        f"{where}: skipped {total} entr{'y' if total == 1 else 'ies'} that are not readable files ({reasons})"
+    )
+
+
+def _walk(folder: Path, out_abs: Path | None, skipped: Counter) -> list[Path]:
+    """The images under ``folder`` (recursive, symbolic links to folders not followed, as rglob);
+    image-named entries that are not readable files and folders that cannot be listed are counted."""
+    found = []
+
+    def unlisted(exc: OSError) -> None:
+        skipped["permission denied" if exc.errno in (errno.EACCES, errno.EPERM) else "unreadable folder"] += 1
+
+    for root, _, names in os.walk(folder, onerror=unlisted):
+        for name in names:
+            f = Path(root) / name
+            if f.suffix.lower() not in IMAGE_EXTS:
+                continue
+            kind, _, label = path_kind(f)  # before resolve(), which raises on a link loop
+            if kind == "file" and not _under(f, out_abs):
+                found.append(f)
+            elif kind == "odd":
+                skipped[label] += 1
+    return sorted(found)
+
+
+def _pattern(raw: str, out_abs: Path | None, skipped: Counter) -> list[Path]:
+    found = []
+    for match in glob.glob(os.path.expanduser(raw), recursive=True):
+        f = Path(match)
+        kind, _, label = path_kind(f)
+        if kind == "file" and not _under(f, out_abs):
+            found.append(f)
+        elif kind == "odd":
+            skipped[label] += 1
+    return sorted(found)
+
+
+def _expand_one(raw: str, out_abs: Path | None, problems: list[str], notes: list[str]) -> list[Path]:
+    """The files one input names; what it cannot give is a problem (given directly) or a note (skipped
+    in a folder or a pattern)."""
+    p = Path(raw).expanduser()
+    kind, why, _ = path_kind(p)
+    skipped: Counter = Counter()
+    if kind == "dir":
+        found = _walk(p, out_abs, skipped)
+        if not found:
+            problems.append(f"{p}: folder has no images ({', '.join(IMAGE_EXTS)})")
+    elif kind == "file":
+        found = [p]
+    elif kind == "odd":
+        problems.append(f"{p}: {why}")
+        return []
+    elif any(ch in raw for ch in "*?["):
+        found = _pattern(raw, out_abs, skipped)
+        if not found:
+            problems.append(f"{raw}: pattern matches no file")
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", raw):
+        problems.append(f"{raw}: URLs are not supported; download the image and give its path")
+        return []
+    else:
+        problems.append(f"{p}: {why}")
+        return []
+    if skipped:
+        notes.append(_skipped_note(str(p if kind == "dir" else raw), skipped))
+    return found
+
+
+def expand_inputs(
+    paths: Iterable[str], out: Path | None = None, notes: list[str] | None = None
+) -> tuple[list[Path], list[str]]:
     """Files, folders (their images, sorted, recursive) and globs → (files, problems).
 
     A run directory (or a folder inside one) is refused: its images are reports, not inputs. Files
-    under ``out`` are left out of folders and globs, so a rerun does not segment its own masks.
+    under ``out`` are left out of folders and globs, so a rerun does not segment its own masks. A FIFO,
+    socket, device, symbolic link loop, dangling link or unreadable file given directly is a problem
+    naming what it is; those a folder walk or a pattern skips are counted in one line per input,
+    appended to ``notes``.
     """
     refuse_run_dirs(paths := list(paths))
     out_abs = Path(out).resolve() if out is not None else None
     files, problems = [], []
+    notes = [] if notes is None else notes
     for raw in paths:
-        p = Path(raw).expanduser()
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-            found = [f for f in found if not _under(f, out_abs)]
-            if not found:
-                problems.append(f"{p}: folder has no images ({', '.join(IMAGE_EXTS)})")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        elif any(ch in raw for ch in "*?["):
-            matches = glob.glob(os.path.expanduser(raw), recursive=True)
-            found = sorted(Path(f) for f in matches if Path(f).is_file() and not _under(Path(f), out_abs))
-            if not found:
-                problems.append(f"{raw}: pattern matches no file")
-            files += found
-        elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", raw):
-            problems.append(f"{raw}: URLs are not supported; download the image and give its path")
-        elif p.is_symlink():
-            problems.append(f"{p}: dangling symbolic link (its target {os.readlink(p)} does not exist)")
-        else:
-            problems.append(f"{p}: no such file or folder")
+        files += _expand_one(raw, out_abs, problems, notes)
     by_real = {f.resolve(): f for f in reversed(files)}  # one entry per real file, first spelling kept
     unique = [by_real[r] for r in dict.fromkeys(f.resolve() for f in files)]
     return unique, problems
@@ -256,9 +356,12 @@ def run_infer(
     log: Callable[[str], None] = print,
 ) -> InferResult:
     out = Path(out)
-    files, problems = expand_inputs(inputs, out)
+    notes: list[str] = []
+    files, problems = expand_inputs(inputs, out, notes)
     for problem in problems if runtime.is_main else []:  # every process sees the same problems
         log(f"skipped: {problem}")
+    for note in notes if runtime.is_main else []:
+        log(f"note: {note}")
     stems = output_stems(files)  # unique over all inputs, before sharding
     check_outputs(files, stems, out, inputs)
     share = slice(runtime.process_index, None, runtime.num_processes)
