@@ -21,6 +21,7 @@ from dupl_cli.core.errors import UserError, clip
 from dupl_cli.core.textfile import parse_json, read_json, read_toml
 from dupl_cli.runs.card import Card
 from dupl_cli.runs.run_dir import step_of
+from dupl_cli.runs.run_lock import LOCK_FILE, holder
 
 RUN_FILE = "run.json"
 LATEST = "latest"
@@ -113,10 +114,23 @@ def _alive(info: dict[str, Any]) -> bool:
     return True
 
 
+def _abandoned(run_dir: Path, info: dict[str, Any]) -> bool:
+    """A ``running`` record no process is behind: its process is gone, or (same host) its run lock is
+    free, as after a start that failed before its crash handler could write run.json."""
+    if not _alive(info):
+        return True
+    if info.get("host") != socket.gethostname() or not (Path(run_dir) / LOCK_FILE).is_file():
+        return False  # another machine's run, or a run from before the lock: trust the record
+    try:
+        return holder(run_dir) is None
+    except OSError:  # a file system without flock: cannot tell
+        return False
+
+
 def run_status(run_dir: Path) -> str:
     info = read_run(run_dir)
     status = _text(info, "status")
-    if status == "running" and not _alive(info):
+    if status == "running" and _abandoned(run_dir, info):
         return CRASHED
     if status:
         return status
