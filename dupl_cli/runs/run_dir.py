@@ -125,12 +125,12 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict[str, Any]
     main = accelerator.is_main_process
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
-        _guarded(tmp, lambda: tmp.mkdir(parents=True), cleanup=False)
+        _guarded(tmp, final, lambda: tmp.mkdir(parents=True), cleanup=False)
     accelerator.wait_for_everyone()
-    _guarded(tmp, lambda: accelerator.save_state(str(tmp), safe_serialization=True), cleanup=main)
+    _guarded(tmp, final, lambda: accelerator.save_state(str(tmp), safe_serialization=True), cleanup=main)
     accelerator.wait_for_everyone()
     if main:
-        _guarded(tmp, lambda: _complete(tmp, final, state), cleanup=True)
+        _guarded(tmp, final, lambda: _complete(tmp, final, state), cleanup=True)
         for _, old in checkpoint_dirs(run_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -143,13 +143,16 @@ def _complete(tmp: Path, final: Path, state: dict[str, Any]) -> None:
     tmp.rename(final)
 
 
-def _guarded(tmp: Path, write: Callable[[], Any], cleanup: bool) -> None:
+def _guarded(tmp: Path, final: Path, write: Callable[[], Any], cleanup: bool) -> None:
     """Run ``write``; on failure remove the partial checkpoint ``tmp`` (``cleanup``) and raise a full
-    disk as one line naming the file being written (the serializers' own errors do not)."""
+    disk as one line naming the file being written, by the name it was to have in ``final`` (the
+    serializers' own errors name none)."""
     try:
         write()
     except BaseException as exc:
-        failure = write_failure(_newest_file(tmp), exc)  # before the removal: the free space is the writer's
+        newest = _newest_file(tmp)
+        target = final / newest.relative_to(tmp) if newest != tmp else final
+        failure = write_failure(target, exc)  # before the removal: the free space is the writer's
         if cleanup:
             shutil.rmtree(tmp, ignore_errors=True)
         if failure is not None:

@@ -120,7 +120,7 @@ def test_save_checkpoint_maps_the_serializers_errors_and_cleans_up(tmp_path, mon
     inject(monkeypatch, run / "checkpoints", names=(name,))
     with pytest.raises(UserError) as info:
         save_checkpoint(accelerator, run, 6, {"step": 6}, keep=3)
-    _full(info, run / "checkpoints" / ".tmp_step_6" / name)
+    _full(info, run / "checkpoints" / "step_6" / name)
     assert [step for step, _ in checkpoint_dirs(run)] == [3] and read_state(run / "checkpoints" / "step_3")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_3"]
 
@@ -164,7 +164,8 @@ def test_real_full_disk_checkpoint(tmp_path):
         save_checkpoint(accelerator, run, 3, {"step": 3}, keep=3)
         with pytest.raises(UserError) as info:
             save_checkpoint(accelerator, run, 6, {"step": 6}, keep=3)
-        assert LINE.match(str(info.value)) and "/checkpoints/.tmp_step_6/" in str(info.value), info.value
+        match = LINE.match(str(info.value))
+        assert match and match.group(1).startswith(str(run / "checkpoints" / "step_6")), info.value
         assert [step for step, _ in checkpoint_dirs(run)] == [3] and leftovers(fs) == []
 
 
@@ -174,3 +175,18 @@ def test_real_full_disk_lock(tmp_path):
         with pytest.raises(UserError) as info:
             RunLock.acquire(fs)
         assert LINE.match(str(info.value)) and str(fs / ".lock") in str(info.value)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_real_full_disk_training(run_cli, tiny_data, tmp_path):
+    """A whole tiny training into a 3 MB run directory: the first checkpoint does not fit."""
+    with small_fs(tmp_path / "fs", "3m") as fs:
+        run = fs / "run"
+        r = run_cli("train", "--preset", "tiny-cpu", "--set", f"data.root={tiny_data}", "--run-dir", run)
+        errors = [line for line in r.output.splitlines() if line.startswith("error:")]
+        assert r.exit_code == 1 and len(errors) == 1 and "Traceback" not in r.output, r.output
+        match = LINE.match(errors[0].removeprefix("error: "))
+        assert match and match.group(1).startswith(str(run / "checkpoints" / "step_")), errors[0]
+        assert run_index.run_status(run) == "crashed" and leftovers(fs) == []
+        assert json.loads((run / "run.json").read_text())["error"].endswith(errors[0].removeprefix("error: "))
