@@ -2,7 +2,10 @@
 lists and shows. Torch-free, so listing runs is instant.
 
 Status: ``running`` (written at the start), ``finished`` (the schedule's end), ``stopped`` (--max-iters
-before the end; resumable), ``crashed`` (an exception, or a ``running`` run whose process is gone).
+before the end; resumable), ``crashed`` (an exception, or a ``running`` run whose process is gone or
+whose run lock nobody holds), ``unreadable`` (its run.json or card cannot be read: the row says why).
+Writing run.json is atomic: a full disk is one line and leaves the previous file; ``mark_crashed``,
+for crash handlers, never raises.
 """
 
 from __future__ import annotations
