@@ -1,26 +1,55 @@
-"""Training curves as PNG files in ``<run>/curves/`` (PIL only: no plotting library needed), redrawn
-from ``metrics.jsonl`` at each validation: loss terms, learning rate, τ_h, noise share and
-validation mIoU per student. TensorBoard (train.tracker) stays optional."""
+"""Training curves as PNG files in ``<run>/curves/``, redrawn with matplotlib (the ``plots`` extra)
+from ``metrics.jsonl`` at each validation; TensorBoard (train.tracker) stays optional.
+
+One figure per concern: the loss terms, the learning rate (log scale), the validation mIoU of each
+student (every validation a marked point), τ_h and the noise share when they were logged. Every chart
+has labelled axes, a grid, a legend, and the phase boundaries of the run's ``config.toml``
+(``method.t_seg``, ``method.t_anf``) as vertical lines where the run has reached them.
+``curve_figures`` builds the figures (inspectable); ``write_curves`` saves them. Without matplotlib
+the curves are skipped with one warning: training never fails for a chart.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from PIL import Image, ImageDraw
+import tomllib
 
 from dupl_cli.core.atomic import atomic_write
+from dupl_cli.evaluation.plots import figure_png, matplotlib_missing, new_figure
 
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127)]  # fmt: skip
-CURVES = {  # file stem: (title, record keys, scale)
-    "loss": ("loss terms (sum over both students)", None, 1.0),
-    "lr": ("learning rate (backbone)", ["lr"], 1.0),
-    "tau_h": ("tau_h (dynamic foreground threshold)", ["tau_h"], 1.0),
-    "noise_share": ("noise share (% of pixels filtered by ANF)", ["noise_share"], 100.0),
-    "val_miou": ("validation mIoU (%) per student", None, 1.0),
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+Series = dict[str, list[tuple[float, float]]]
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    ylabel: str
+    log: bool = False  # log-scale y (non-positive values are left out)
+    marked: bool = False  # a marker on every point (few points: validations)
+
+
+CHARTS = {  # file stem: chart, in the order they are drawn
+    "loss": Chart("loss terms (sum over both students)", "loss"),
+    "lr": Chart("learning rate (backbone)", "learning rate (log scale)", log=True),
+    "val_miou": Chart("validation mIoU per student", "mIoU (%)", marked=True),
+    "tau_h": Chart("τ_h (dynamic foreground threshold)", "τ_h"),
+    "noise_share": Chart("noise share (pixels filtered by ANF)", "filtered pixels (%)"),
 }
+PHASES = {  # method setting: (what starts there (docs/method.md), its line style)
+    "t_seg": ("segmentation loss, PAR labels", "--"),
+    "t_anf": ("noise filter, consistency", "-."),
+}
+_KIND_STYLE = {"seg": "-", "cam": "--", "aux_cam": ":"}  # validation series: line style per kind
+_warned = False
 
 
 def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
@@ -31,11 +60,12 @@ def _records(run_dir: Path) -> tuple[list[dict], list[dict]]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a kill
-        (val if "validation" in record else train).append(record)
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            (val if isinstance(record.get("validation"), dict) else train).append(record)
     return train, val
 
 
-def _series(records: list[dict], keys: list[str], scale: float, field: str | None = None) -> dict:
+def _series(records: list[dict], keys: list[str], scale: float = 1.0, field: str | None = None) -> Series:
     out = {}
     for key in keys:
         points = [
@@ -48,63 +78,94 @@ def _series(records: list[dict], keys: list[str], scale: float, field: str | Non
     return out
 
 
-def line_chart(series: dict[str, list[tuple[float, float]]], title: str, size=(640, 360)) -> Image.Image:
-    """Lines with a frame, min/max ticks on both axes, step on x, and a legend."""
-    w, h = size
-    left, right, top, bottom = 70, 150, 24, 30
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 6), title, fill="black")
-    xs = [x for pts in series.values() for x, _ in pts]
-    ys = [y for pts in series.values() for _, y in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    if y1 - y0 < 1e-12:
-        y0, y1 = y0 - 0.5 * (abs(y0) or 1), y1 + 0.5 * (abs(y1) or 1)
-    x1 = x1 if x1 > x0 else x0 + 1
-    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)  # noqa: E731
-    py = lambda y: h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom)  # noqa: E731
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    for y in (y0, (y0 + y1) / 2, y1):
-        draw.text((4, py(y) - 5), f"{y:.3g}", fill="black")
-        draw.line([left - 3, py(y), left, py(y)], fill="black")
-    for x in (x0, (x0 + x1) / 2, x1):
-        draw.text((px(x) - 10, h - bottom + 4), f"{x:.0f}", fill="black")
-    draw.text(((left + w - right) // 2 - 10, h - 12), "step", fill="black")
-    for k, (name, pts) in enumerate(series.items()):
-        colour = COLOURS[k % len(COLOURS)]
-        coords = [(px(x), py(y)) for x, y in pts]
-        if len(coords) > 1:
-            draw.line(coords, fill=colour, width=2)
-        for cx, cy in coords[-1:] if len(coords) > 1 else coords:
-            draw.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], fill=colour)
-        ly = top + 4 + 14 * k
-        draw.line([w - right + 8, ly + 5, w - right + 24, ly + 5], fill=colour, width=3)
-        draw.text((w - right + 28, ly), name, fill="black")
-    return img
+def phase_boundaries(run_dir: Path) -> dict[str, int]:
+    """``{"t_seg": n, "t_anf": m}`` from the run's ``config.toml`` (those it records)."""
+    path = Path(run_dir) / "config.toml"
+    try:
+        method = tomllib.loads(path.read_text(encoding="utf-8")).get("method", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: int(v) for k in PHASES if isinstance(v := method.get(k), int | float)}
+
+
+def chart_series(run_dir: Path) -> dict[str, Series]:
+    """Every chart's lines (name -> [(step, value)]), for the charts that have data."""
+    train, val = _records(run_dir)
+    losses = sorted({k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))})
+    scores = sorted({k for r in val for k in r["validation"]})
+    series = {
+        "loss": {k.removeprefix("loss/"): v for k, v in _series(train, losses).items()},
+        "lr": _series(train, ["lr"]),
+        "val_miou": _series(val, scores, field="validation"),
+        "tau_h": _series(train, ["tau_h"]),
+        "noise_share": _series(train, ["noise_share"], scale=100.0),
+    }
+    for stem, chart in CHARTS.items():
+        if chart.log:
+            series[stem] = {
+                k: kept for k, pts in series[stem].items() if (kept := [p for p in pts if p[1] > 0])
+            }
+    return {stem: lines for stem, lines in series.items() if lines}
+
+
+def _style(stem: str, name: str, index: int) -> dict:
+    """Validation lines: one colour per student, one line style per kind (seg, CAM, aux CAM)."""
+    if stem != "val_miou":
+        return {"color": f"C{index % 10}"}
+    kind, _, student = name.rpartition("_s")
+    colour = f"C{int(student) - 1}" if student.isdigit() else f"C{index % 10}"
+    return {"color": colour, "linestyle": _KIND_STYLE.get(kind, "-.")}
+
+
+def curve_figure(stem: str, lines: Series, phases: dict[str, int]) -> Figure:
+    """One chart: ``lines`` against the step, with the ``phases`` the lines reach as vertical lines."""
+    from matplotlib.ticker import MaxNLocator
+
+    chart = CHARTS[stem]
+    figure = new_figure(8.0, 4.2)
+    ax = figure.add_subplot()
+    for index, (name, points) in enumerate(lines.items()):
+        xs, ys = zip(*points, strict=True)
+        marker = "o" if chart.marked or len(points) == 1 else None
+        ax.plot(xs, ys, label=name, marker=marker, markersize=4, linewidth=1.5, **_style(stem, name, index))
+    last = max(x for points in lines.values() for x, _ in points)
+    for key, step in phases.items():
+        if step <= last:
+            what, style = PHASES[key]
+            ax.axvline(step, color="0.3", linestyle=style, linewidth=1.2, label=f"{key} = {step} ({what})")
+    if chart.log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(chart.title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(chart.ylabel)
+    ax.grid(True, which="major", alpha=0.35)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    return figure
+
+
+def curve_figures(run_dir: Path) -> dict[str, Figure]:
+    """The run's charts (file stem -> figure), those with data, in ``CHARTS`` order."""
+    phases = phase_boundaries(run_dir)
+    return {stem: curve_figure(stem, lines, phases) for stem, lines in chart_series(run_dir).items()}
 
 
 def write_curves(run_dir: Path) -> list[Path]:
-    """Redraw every curve with data into ``<run>/curves/<name>.png``; returns the files written."""
-    train, val = _records(run_dir)
+    """Redraw every curve with data into ``<run>/curves/<name>.png``; returns the files written.
+
+    Without matplotlib: nothing is drawn, and one warning (per process) names the install."""
+    global _warned
+    missing = matplotlib_missing("training curves")
+    if missing:
+        if not _warned:
+            _warned = True
+            warnings.warn(f"skipped: {missing}", UserWarning, stacklevel=2)
+        return []
     out = Path(run_dir) / "curves"
-    loss_keys = sorted(
-        {k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))}
-    )
-    val_keys = sorted({k for r in val for k in r["validation"]})
     written = []
-    for stem, (title, keys, scale) in CURVES.items():
-        if stem == "loss":
-            series = {k[5:]: v for k, v in _series(train, loss_keys, scale).items()}
-        elif stem == "val_miou":
-            series = _series(val, val_keys, scale, field="validation")
-        else:
-            series = _series(train, keys, scale)
-        if not series:
-            continue
-        out.mkdir(parents=True, exist_ok=True)
-        img = line_chart(series, title)
+    for stem, figure in curve_figures(run_dir).items():
+        data = figure_png(figure)
         path = out / f"{stem}.png"
-        atomic_write(path, lambda tmp, img=img: img.save(tmp, format="PNG"))
+        atomic_write(path, lambda tmp, data=data: tmp.write_bytes(data))
         written.append(path)
     return written

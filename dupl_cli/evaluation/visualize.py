@@ -1,6 +1,8 @@
 """Pictures: palette PNG masks (mode P), overlays, CAM heat maps, confusion-matrix PNG, HTML report.
 
-Only PIL and numpy; the report embeds its images as base64, so the page is one self-contained file.
+Masks, overlays and heat maps are plain arrays (PIL and numpy); the confusion matrix is a matplotlib
+chart (``plots.py``, the ``plots`` extra). The report embeds its images as base64, so the page is one
+self-contained file.
 """
 
 from __future__ import annotations
@@ -114,58 +116,15 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
     return ((1 - alpha) * image.astype(np.float32) + alpha * heatmap(cam).astype(np.float32)).astype(np.uint8)
 
 
-def confusion_png(matrix: np.ndarray, class_names: Sequence[str], cell: int | None = None) -> Image.Image:
-    """Row-normalised confusion matrix (rows ground truth, columns prediction) with class names, each
-    cell's share in percent, axis titles and a colour scale; cells shrink to stay legible at 81 classes."""
-    m = np.asarray(matrix, dtype=np.float64)
-    k, cols = m.shape
-    names = list(class_names) + (["uncertain"] if cols > k else [])
-    cell = cell or (26 if cols <= 30 else 20)
-    rows = m / np.maximum(m.sum(1, keepdims=True), 1)
-    label_w = 6 * max(len(n) for n in names) + 8
-    title, top, left = 14, 14 + label_w, 14 + label_w
-    grid_w, grid_h = cell * cols, cell * k
-    width, height = left + grid_w + 70, top + grid_h + 8
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    shade = (255 * (1 - rows)).astype(np.uint8)
-    percent = np.rint(100 * rows).astype(int)
-    for i in range(k):
-        draw.text((title + 2, top + i * cell + cell // 2 - 5), names[i], fill="black")
-        for j in range(cols):
-            x, y = left + j * cell, top + i * cell
-            g = int(shade[i, j])
-            draw.rectangle([x, y, x + cell - 1, y + cell - 1], fill=(g, g, 255) if i == j else (255, g, g))
-            if percent[i, j]:  # zeros left blank so the eye finds the mass
-                text = str(percent[i, j])
-                draw.text(
-                    (x + (cell - 6 * len(text)) // 2, y + cell // 2 - 5),
-                    text,
-                    fill="white" if g < 110 else "black",
-                )
-    # Column names and the row title written vertically: drawn horizontally on strips, then rotated.
-    strip = Image.new("RGB", (label_w, grid_w), "white")
-    sd = ImageDraw.Draw(strip)
-    for j, name in enumerate(names):
-        sd.text((2, j * cell + cell // 2 - 5), name, fill="black")
-    img.paste(strip.rotate(90, expand=True), (left, title))
-    draw.text((left, 1), "prediction (columns); cells: % of the row's ground-truth pixels", fill="black")
-    side = Image.new("RGB", (grid_h, 12), "white")
-    ImageDraw.Draw(side).text((2, 0), "ground truth (rows)", fill="black")
-    img.paste(side.rotate(90, expand=True), (0, top))
-    _colour_scale(draw, left + grid_w + 10, top, min(grid_h, 200))
+def confusion_png(matrix: np.ndarray, class_names: Sequence[str]) -> Image.Image:
+    """The confusion-matrix chart (``plots.confusion_figure``: row-normalised, cell values in percent,
+    a colour bar) as an image; one line naming the ``plots`` extra when matplotlib is missing."""
+    from dupl_cli.evaluation.plots import confusion_figure, figure_png, require_matplotlib
+
+    require_matplotlib("the confusion-matrix picture")
+    img = Image.open(io.BytesIO(figure_png(confusion_figure(matrix, class_names))))
+    img.load()
     return img
-
-
-def _colour_scale(draw, x: int, y: int, h: int) -> None:
-    """A vertical 0-100 % ramp: off-diagonal red (confusions), the diagonal's blue alike."""
-    for t in range(h):
-        g = int(255 * t / max(h - 1, 1))  # top = 100 %
-        draw.line([x, y + t, x + 9, y + t], fill=(255, g, g))
-        draw.line([x + 10, y + t, x + 19, y + t], fill=(g, g, 255))
-    draw.rectangle([x, y, x + 19, y + h - 1], outline="black")
-    draw.text((x + 23, y - 2), "100%", fill="black")
-    draw.text((x + 23, y + h - 10), "0%", fill="black")
 
 
 def png_data_uri(array_or_image) -> str:
@@ -173,6 +132,10 @@ def png_data_uri(array_or_image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _file_data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
 def thumbnail(array: np.ndarray, side: int = 160, nearest: bool = False) -> Image.Image:
@@ -186,7 +149,8 @@ td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}th{background:#f2f2
 .sw{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:4px;vertical-align:middle}
 figure{display:inline-block;margin:2px 4px;text-align:center;font-size:11px}
 figure img,img.zoom{display:block;width:256px;image-rendering:pixelated;cursor:zoom-in}
-img.zoom{width:auto;max-width:100%}img.big{width:auto!important;max-width:none;cursor:zoom-out}
+img.zoom{width:auto;max-width:100%}figure.chart img{width:480px}
+img.big{width:auto!important;max-width:none;cursor:zoom-out}
 .row{border-top:1px solid #ddd;padding:6px 0}"""
 _ZOOM = "onclick=\"this.classList.toggle('big')\""  # click an image to see it at full size
 
@@ -239,13 +203,13 @@ class HtmlReport:
         self.sections.append(f"<h2>Metrics</h2>{summary}{table}{cm}")
 
     def add_curves(self, folder: Path) -> None:
-        """The run's training curves (``<run>/curves/*.png``), when it has any."""
+        """The run's training curves (``<run>/curves/*.png``), when it has any: the files' own bytes."""
         files = sorted(Path(folder).glob("*.png"))
         if not files:
             return
         figs = "".join(
-            f"<figure><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' "
-            f"src='{png_data_uri(Image.open(p))}'>"
+            f"<figure class=chart><img class=zoom {_ZOOM} alt='{html.escape(p.stem)}' "
+            f"src='{_file_data_uri(p)}'>"
             f"<figcaption>{html.escape(p.name)}</figcaption></figure>"
             for p in files
         )

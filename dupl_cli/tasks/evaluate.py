@@ -21,6 +21,7 @@ from dupl_cli.core.writable import check_writable
 from dupl_cli.data.base import shard
 from dupl_cli.evaluation.class_match import aligned
 from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
+from dupl_cli.evaluation.plots import require_matplotlib
 from dupl_cli.evaluation.visualize import sample_panels
 from dupl_cli.method.thresholds import cam_to_label
 from dupl_cli.predict.loop import (
@@ -121,6 +122,7 @@ def run_evaluate(
     log: Callable[[str], None] = print,
 ) -> EvalResult:
     adapter, remap_note = _check(loaded, adapter, settings, req)
+    require_matplotlib("dupl evaluate (its confusion.png)")  # before the split is processed, not after
     if runtime.is_main:  # before the split is processed, not after
         check_writable(req.out, "evaluation folder")
         if req.report is not None:

@@ -38,6 +38,7 @@ from dupl_cli.data.pseudo_labels import (
 )
 from dupl_cli.evaluation.class_match import aligned
 from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
+from dupl_cli.evaluation.plots import require_matplotlib
 from dupl_cli.evaluation.visualize import load_mask, sample_panels
 from dupl_cli.method.stage2 import label_confidence
 from dupl_cli.models.segmenter import is_segmenter
@@ -155,6 +156,8 @@ def run_pseudo_label(
     made_with = recipe(loaded, settings, req, pick.indices)
     check_recipe(out, made_with)
     scoring = req.evaluate and adapter.has_masks
+    if scoring:  # before any image is labelled
+        require_matplotlib("pseudo-label --evaluate (its confusion.png)")
     if req.evaluate and not adapter.has_masks:
         log(f"--evaluate: split {req.split!r} has no ground-truth masks; nothing to score")
     targets = [out / f"{sample_id}.png" for sample_id in own_part.ids]

@@ -79,9 +79,9 @@ def test_reports_embed_the_runs_training_curves(tiny_run, run_cli, tmp_path):
     records.append({"step": 3, "validation": {"seg_s1": 10.0, "seg_s2": 12.0}, "best_student": 2})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     written = write_curves(run)
-    assert [p.name for p in written] == ["loss.png", "lr.png", "tau_h.png", "noise_share.png", "val_miou.png"]
+    assert [p.name for p in written] == ["loss.png", "lr.png", "val_miou.png", "tau_h.png", "noise_share.png"]
     with Image.open(written[0]) as img:
-        assert img.size == (640, 360)
+        assert img.size == (800, 420)
     report = tmp_path / "r.html"
     assert run_cli("evaluate", run, "--report", report, "--max-images", "1").exit_code == 0
     text = report.read_text()
