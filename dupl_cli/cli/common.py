@@ -11,7 +11,8 @@ import typer
 CheckpointArg = Annotated[
     Path | None,
     typer.Argument(
-        help="Checkpoint .safetensors or run directory (default: eval.checkpoint, else the newest run).",
+        help="Checkpoint .safetensors, run directory, hf export folder or hf-hub:org/name (default: "
+        "eval.checkpoint, else the newest run).",
         show_default=False,
     ),
 ]

@@ -1,4 +1,5 @@
-"""``dupl export``: one student of a checkpoint as safetensors, ONNX or TorchScript, verified."""
+"""``dupl export``: one student of a checkpoint as safetensors, ONNX, TorchScript or a Hugging Face Hub
+folder, verified."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def export(
         typer.Option(
             "--format",
             "-f",
-            help="safetensors, onnx or torchscript (default: export.format).",
+            help="safetensors, onnx, torchscript, or hf: a folder that huggingface_hub's upload_folder "
+            "publishes as is (default: export.format).",
             show_default=False,
         ),
     ] = None,
@@ -36,7 +38,8 @@ def export(
         typer.Option(
             "--out",
             "-o",
-            help="Output file (default: beside the checkpoint, <name>.student<k>.<ext>).",
+            help="Output file, or folder for hf (default: beside the checkpoint, <name>.student<k>.<ext>, "
+            "<name>.student<k>-hf).",
             show_default=False,
         ),
     ] = None,
@@ -44,7 +47,7 @@ def export(
         bool | None,
         typer.Option(
             "--full/--seg-only",
-            help="Keep the classifiers (CAM outputs) or only backbone + head.",
+            help="Keep the classifiers (CAM outputs) or only backbone + head (hf always keeps them).",
             show_default=False,
         ),
     ] = None,
@@ -54,16 +57,19 @@ def export(
 ) -> None:
     """Export one student for deployment and check it against PyTorch at two input sizes."""
     settings = resolve_settings(ctx, preset, config, sets).settings
+    from dupl_cli.core.errors import UserError
     from dupl_cli.runs.checkpoint import resolve_checkpoint
     from dupl_cli.tasks.export import export_checkpoint
 
     path, how = resolve_checkpoint(checkpoint, settings)
     opts = settings.export
+    fmt = fmt if fmt is not None else ExportFormat(opts.format)
+    if fmt == ExportFormat.hf and full is False:
+        raise UserError("--seg-only does not apply to --format hf: the folder holds the whole student")
     result = export_checkpoint(
         path,
         opts,
-        # Typer checked --format, the schema export.format: both hold ExportFormat's names.
-        fmt=fmt if fmt is not None else ExportFormat(opts.format),
+        fmt=fmt,  # Typer checked --format, the schema export.format: both hold ExportFormat's names
         student=student.value if student is not None else opts.student,
         out=out,
         full=opts.full if full is None else full,
@@ -75,6 +81,9 @@ def export(
         con.print(
             f"  checked at {size}: max abs logit difference {check['max_abs_diff']:.2e} (atol {opts.atol:g})"
         )
-    con.print(
-        f"wrote {result.path} and {result.card}" + (f" (exporter log: {result.log})" if result.log else "")
-    )
+    log = f" (exporter log: {result.log})" if result.log else ""
+    if fmt == ExportFormat.hf:
+        con.print(f"wrote {result.path}/: model.safetensors, config.json, README.md{log}", soft_wrap=True)
+        con.print(f"publish: huggingface_hub.upload_folder(repo_id='ORG/NAME', folder_path='{result.path}')")
+    else:
+        con.print(f"wrote {result.path} and {result.card}{log}")

@@ -15,7 +15,10 @@ def infer(
     ctx: typer.Context,
     checkpoint: Annotated[
         Path,
-        typer.Argument(help="Checkpoint .safetensors or run directory (as evaluate and export take it)."),
+        typer.Argument(
+            help="Checkpoint .safetensors, run directory, hf export folder or hf-hub:org/name (as evaluate "
+            "and export take it)."
+        ),
     ],
     paths: Annotated[
         list[str],
@@ -46,9 +49,10 @@ def infer(
 
     Masks never overwrite an input; index.csv in --out says which input became which mask.
     """
+    from dupl_cli.runs.checkpoint import hf_folder
     from dupl_cli.tasks.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
 
-    checkpoint = check_checkpoint_arg(checkpoint)
+    checkpoint = hf_folder(checkpoint) or check_checkpoint_arg(checkpoint)  # hf-hub: names from the cache
     refuse_run_dirs(paths)  # before --out is created
     check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)

@@ -65,7 +65,8 @@ class ModelSettings(Section):
     pretrained: str = Field(
         "timm",
         description="Backbone weights: 'none', 'timm' (timm's weights for the name, needs network), "
-        "'hf-hub:org/name' or a local .safetensors/.pth file",
+        "'hf-hub:org/name' (timm weights, or a dupl export's backbone), a local .safetensors/.pth file or "
+        "a dupl hf export folder",
     )
     aux_layer: int = Field(
         -3,
@@ -422,7 +423,9 @@ class CrfSettings(Section):
 
 
 class ExportSettings(Section):
-    format: Literal["safetensors", "onnx", "torchscript"] = Field("safetensors", description="Export format")
+    format: Literal["safetensors", "onnx", "torchscript", "hf"] = Field(
+        "safetensors", description="Export format (hf: a folder for the Hugging Face Hub)"
+    )
     student: Literal["best", "1", "2"] = Field("best", description="Student exported")
     full: bool = Field(False, description="Keep the classifiers (for CAMs) in the export")
     opset: int = Field(

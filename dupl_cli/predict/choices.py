@@ -40,6 +40,7 @@ class ExportFormat(str, Enum):
     safetensors = "safetensors"
     onnx = "onnx"
     torchscript = "torchscript"
+    hf = "hf"  # a folder for the Hugging Face Hub: model.safetensors, config.json, README.md
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from dupl_cli.core.textfile import read_json
 
 CARD_FORMAT = "dupl-checkpoint/1"
 EXPORT_FORMAT = "dupl-export/1"
+HF_WEIGHTS, HF_CARD = "model.safetensors", "config.json"  # an hf export folder: weights and their card
 _KIND = {CARD_FORMAT: "checkpoint", EXPORT_FORMAT: "export"}
 DEFAULT_RULE = "best by validation during training"  # cards before ``student_rule`` were all chosen so
 
@@ -78,6 +79,11 @@ class Card:
     @property
     def rule(self) -> str:
         return self.student_rule or DEFAULT_RULE
+
+    def alone(self) -> Card:
+        """An export card as the card of a checkpoint holding its one student (student 1 of 1)."""
+        rule = f"student {self.student} of a {self.students}-student checkpoint ({self.rule}), exported alone"
+        return replace(self, student=1, students=1, student_rule=rule)
 
     def with_versions(self, versions: dict[str, str]) -> Card:
         return replace(self, versions=dict(versions))
@@ -141,7 +147,12 @@ def export_card_path(exported: Path) -> Path:
 
 
 def read_card(weights: Path) -> Card:
+    """A checkpoint's card; the ``model.safetensors`` of an hf export folder has its ``config.json``,
+    read as the card of a one-student checkpoint."""
     card_file = card_path(weights)
+    hf_card = Path(weights).with_name(HF_CARD)
+    if Path(weights).name == HF_WEIGHTS and not card_file.is_file() and hf_card.is_file():
+        return Card.read(hf_card, EXPORT_FORMAT).alone()
     if not card_file.is_file():
         raise UserError(f"{card_file}: checkpoint card is missing (it must sit beside {Path(weights).name})")
     return Card.read(card_file)

@@ -12,7 +12,8 @@ from dupl_cli import __version__
 from dupl_cli.core.atomic import atomic_write
 from dupl_cli.core.errors import UserError
 from dupl_cli.models.dual import build_dual_student
-from dupl_cli.runs.card import Card, card_path, read_card
+from dupl_cli.models.hub import hub_snapshot, is_hub_name
+from dupl_cli.runs.card import HF_CARD, HF_WEIGHTS, Card, card_path, read_card
 from dupl_cli.runs.run_index import LATEST
 
 
@@ -58,17 +59,19 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[to
             students=card.students,
         )  # fmt: skip
     except UserError as exc:  # e.g. a model name no installed backbone knows: say whose card it is
-        raise UserError(f"{card_path(path)}: cannot build its model: {exc}", exc.exit_code) from None
+        raise UserError(f"{card.file}: cannot build its model: {exc}", exc.exit_code) from None
     try:
         state = load_file(str(path))  # to CPU; the model moves as a whole below
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise UserError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    if card.export is not None:  # an export holds one Student's state: it is the first student here
+        state = {f"students.0.{k}": v for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes differ: the card's classes or model settings are not the weights'
         detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
         raise UserError(
-            f"{path}: weights do not match its card {card_path(path)} ({len(card.classes)} classes, "
+            f"{path}: weights do not match its card {card.file} ({len(card.classes)} classes, "
             f"model {settings.model.arch}): {detail[:300]}"
         ) from None
     if missing or unexpected:
@@ -89,8 +92,18 @@ def newest_run(runs_root: Path) -> Path | None:
     return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
+def hf_folder(arg: Path | str) -> Path | None:
+    """The local folder of a ``dupl export --format hf`` that ``arg`` names: ``hf-hub:org/name[@rev]``
+    (the hub cache first, see ``models.hub``) or the folder itself; None for anything else."""
+    if is_hub_name(arg):
+        return hub_snapshot(str(arg), (HF_WEIGHTS, HF_CARD))
+    path = Path(arg).expanduser()
+    return path if (path / HF_WEIGHTS).is_file() and (path / HF_CARD).is_file() else None
+
+
 def resolve_checkpoint(arg: Path | None, settings) -> tuple[Path, str]:
-    """The checkpoint to use and how it was chosen: explicit file or run dir, eval.checkpoint, newest run."""
+    """The checkpoint to use and how it was chosen: explicit file or run dir (or hf export folder, or
+    ``hf-hub:`` name), eval.checkpoint, newest run."""
     how = "given"
     if arg is None and settings.eval.checkpoint is not None:
         arg, how = settings.eval.checkpoint, "from eval.checkpoint"
@@ -102,6 +115,9 @@ def resolve_checkpoint(arg: Path | None, settings) -> tuple[Path, str]:
                 "pass CHECKPOINT or RUN_DIR, or set eval.checkpoint"
             )
         arg, how = run, "newest run"
+    folder = hf_folder(arg)
+    if folder is not None:
+        return folder / HF_WEIGHTS, how if folder == Path(arg) else f"{how}, {arg}"
     arg = Path(arg)
     if arg.is_dir():
         for name in ("best.safetensors", "final.safetensors"):

@@ -1,4 +1,5 @@
-"""Export one student of a checkpoint for deployment: safetensors, ONNX or TorchScript.
+"""Export one student of a checkpoint for deployment: safetensors, ONNX, TorchScript, or a folder for
+the Hugging Face Hub (``hf``).
 
 Every export is checked before the command succeeds: the exported artefact is run at the sizes
 ``export.check_sizes`` (chosen to differ from the trace size, so a graph that baked in the trace
@@ -13,6 +14,11 @@ computed exactly as ``dupl infer`` does at one scale without flip: stride paddin
 upsampling, crop) and ``mask`` (int64 B×H×W, their argmax); with ``--full`` also
 ``class_logits`` (B×C), ``cam`` and ``cam_aux`` (raw CAMs of the padded image at the backbone's
 stride).
+
+An ``hf`` export is a folder that ``huggingface_hub.upload_folder`` publishes as is: ``model.safetensors``
+(the whole student, classifiers included, so CAM pseudo-labels work from it too), ``config.json`` (its
+card, with local folders reduced to their names) and ``README.md`` (the model card, ``hf_card``). Any
+command that takes a checkpoint reads the folder, or ``hf-hub:org/name`` of its repository.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +36,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dupl_cli.core.atomic import atomic_write
+from dupl_cli.core.atomic import atomic_write, atomic_write_text
 from dupl_cli.core.errors import UserError
 from dupl_cli.core.writable import check_writable
 from dupl_cli.models.backbones import build_backbone
 from dupl_cli.models.geometry import pad_to_multiple
+from dupl_cli.models.hub import require_hub
 from dupl_cli.models.student import Student
 from dupl_cli.predict.choices import ExportFormat, ExportStudent, choose_students
-from dupl_cli.runs.card import EXPORT_FORMAT, Card, ExportRecord, export_card_path, read_export_card
+from dupl_cli.runs.card import (
+    EXPORT_FORMAT,
+    HF_CARD,
+    HF_WEIGHTS,
+    Card,
+    ExportRecord,
+    export_card_path,
+    read_export_card,
+)
 from dupl_cli.runs.checkpoint import load_model, versions
 
 SUFFIXES = {
     ExportFormat.safetensors: ".safetensors",
     ExportFormat.onnx: ".onnx",
     ExportFormat.torchscript: ".pt",
+    ExportFormat.hf: "-hf",  # a folder
 }
+HF_README = "README.md"
+HF_FILES = (HF_WEIGHTS, HF_CARD, HF_README)
 INPUT = {
     "name": "image",
     "dtype": "float32",
@@ -279,11 +298,25 @@ def _run_torchscript(path: Path):
 
 def load_exported_student(path: Path):
     """Rebuild a Student from a safetensors export and its card (``strict``: classifiers only with --full)."""
-    from safetensors.torch import load_file
-
     card = read_export_card(path)
     if card.export is None or card.export.format != ExportFormat.safetensors:
         raise UserError(f"{card.file}: not a dupl safetensors export card")
+    return _rebuild_student(path, card), card
+
+
+def load_hf_student(folder: Path):
+    """Rebuild the Student of an ``hf`` export folder from its ``model.safetensors`` and ``config.json``."""
+    card = Card.read(Path(folder) / HF_CARD, EXPORT_FORMAT)
+    if card.export is None or card.export.format != ExportFormat.hf:
+        raise UserError(f"{card.file}: not the card of a dupl hf export")
+    return _rebuild_student(Path(folder) / HF_WEIGHTS, card), card
+
+
+def _rebuild_student(path: Path, card: Card) -> nn.Module:
+    """A Student built from the card's settings, holding the weights of ``path`` (``strict``:
+    classifiers only when the card says the export kept them)."""
+    from safetensors.torch import load_file
+
     settings = card.dupl_settings()
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
     backbone = build_backbone(model_settings, settings.data.crop_size)
@@ -301,7 +334,7 @@ def load_exported_student(path: Path):
         raise UserError(
             f"{path}: weights do not match the card (missing {missing[:2]}, unexpected {unexpected[:2]})"
         )
-    return student.eval(), card
+    return student.eval()
 
 
 def export_checkpoint(
@@ -316,6 +349,9 @@ def export_checkpoint(
     """Export one student of ``checkpoint`` in ``fmt``, verify it, and write its card."""
     if fmt == ExportFormat.onnx:
         _require_onnx()
+    if fmt == ExportFormat.hf:
+        require_hub("dupl export --format hf")
+        full = True  # the whole student: every command (CAM pseudo-labels too) works from the folder
     model, source_card = load_model(checkpoint)
     index = choose_student(source_card, student)
     chosen = model.students[index - 1].eval()
@@ -324,6 +360,8 @@ def export_checkpoint(
         raise UserError(f"{out}: the export path must not end in .json (the card is written there)")
 
     check_writable(out.parent, "export folder")
+    if fmt == ExportFormat.hf:
+        _check_hf_folder(out)
     job = _Job(fmt, out, Path(checkpoint), source_card, index, full, chosen, export_settings)
     log = out.with_name(out.name + ".log")
     log.unlink(missing_ok=True)  # a log of an earlier export would describe another file
@@ -331,12 +369,30 @@ def export_checkpoint(
         with _logs_to_file(log):
             checks = job.write_and_check()
     except UserError:
-        # A failed check must not leave an export that looks usable.
-        out.unlink(missing_ok=True)
-        export_card_path(out).unlink(missing_ok=True)
+        job.remove()  # a failed check must not leave an export that looks usable
         raise
-    _card(source_card, fmt, index, full, checkpoint, checks, export_settings).write(export_card_path(out))
-    return ExportResult(out, export_card_path(out), index, checks, log if log.is_file() else None)
+    card = job.card(checks)
+    card.write(job.card_file)
+    if fmt == ExportFormat.hf:
+        from dupl_cli.tasks.hf_card import model_card
+
+        atomic_write_text(out / HF_README, str(model_card(card, out.resolve().name)))
+    return ExportResult(out, job.card_file, index, checks, log if log.is_file() else None)
+
+
+def _check_hf_folder(out: Path) -> None:
+    """An hf export goes to a new folder, an empty one, or one holding an earlier hf export: what else
+    it held would be published with it. Hidden files (``.git``, ``.gitattributes``) may stay."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder (--format hf writes a folder)")
+    held = out.iterdir() if out.is_dir() else []
+    others = sorted(p.name for p in held if p.name not in HF_FILES and not p.name.startswith("."))
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(
+            f"{out}: the folder holds other files ({listed}) that upload_folder would publish too; "
+            "give a new or empty folder"
+        )
 
 
 @dataclass
@@ -352,45 +408,79 @@ class _Job:
     chosen: nn.Module
     settings: Any  # [export]
 
-    def write_and_check(self) -> list[dict[str, Any]]:
-        from safetensors.torch import save_file
+    @property
+    def card_file(self) -> Path:
+        return self.out / HF_CARD if self.fmt == ExportFormat.hf else export_card_path(self.out)
 
+    def card(self, checks: list[dict[str, Any]]) -> Card:
+        source, settings = self.source_card, self.settings
+        return _card(source, self.fmt, self.index, self.full, self.checkpoint, checks, settings)
+
+    def remove(self) -> None:
+        """Everything this export wrote (an hf folder: its files, then the folder when left empty)."""
+        files = [self.out / f for f in HF_FILES] if self.fmt == ExportFormat.hf else [self.out]
+        for path in [*files, self.card_file]:
+            path.unlink(missing_ok=True)
+        if self.fmt == ExportFormat.hf and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+    def write_and_check(self) -> list[dict[str, Any]]:
         out, full, opts = self.out, self.full, self.settings
         graph = InferenceGraph(self.chosen, full=full).eval()
         names = [o["name"] for o in OUTPUTS + (FULL_OUTPUTS if full else [])]
         sizes = [tuple(s) for s in opts.check_sizes]
         trace_size = int(self.source_card.settings["data"]["crop_size"])
-        if self.fmt == ExportFormat.safetensors:
-            state = inference_state(self.chosen, full)
-            atomic_write(out, lambda tmp: save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT}))
+        if self.fmt in (ExportFormat.safetensors, ExportFormat.hf):
             # Round trip: a Student rebuilt from the file and its card must reproduce the original.
-            _card(self.source_card, self.fmt, self.index, full, self.checkpoint, [], opts).write(
-                export_card_path(out)
-            )
-            rebuilt = InferenceGraph(load_exported_student(out)[0], full=full).eval()
-            return verify(rebuilt, graph, sizes, opts.atol, "safetensors")
+            rebuilt = InferenceGraph(self._write_student(), full=full).eval()
+            return verify(rebuilt, graph, sizes, opts.atol, self.fmt.value)
         if self.fmt == ExportFormat.onnx:
             _export_onnx(graph, out, trace_size, opts.opset, names)
             return verify(_run_onnx(out, names), graph, sizes, opts.atol, "ONNX")
         _export_torchscript(graph, out, trace_size)
         return verify(_run_torchscript(out), graph, sizes, opts.atol, "TorchScript")
 
+    def _write_student(self) -> nn.Module:
+        """Write the student's weights and a card without checks; the Student rebuilt from them."""
+        from safetensors.torch import save_file
+
+        hf = self.fmt == ExportFormat.hf
+        weights = self.out / HF_WEIGHTS if hf else self.out
+        state = inference_state(self.chosen, self.full)
+        atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata={"format": EXPORT_FORMAT}))
+        self.card([]).write(self.card_file)
+        return (load_hf_student(self.out) if hf else load_exported_student(self.out))[0]
+
+
+def portable(value: Any) -> Any:
+    """Settings with every absolute path reduced to its last part: an hf folder is made to be published,
+    and the folders of the machine it was trained on mean nothing (and tell too much) elsewhere."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
 
 def _card(
     source: Card, fmt: ExportFormat, student: int, full: bool, checkpoint: Path, checks, export_settings
 ) -> Card:
     data = source.settings["data"]
-    graph = fmt != ExportFormat.safetensors
+    hf = fmt == ExportFormat.hf
+    graph = fmt not in (ExportFormat.safetensors, ExportFormat.hf)
     classifiers = ", classifier.*, aux_classifier.*" if full else ""
+    loader = "load_hf_student, or give the folder to any dupl command" if hf else "load_exported_student"
     weights = (
         f"state dict of dupl_cli.models.student.Student: backbone.*, head.*{classifiers}; "
-        "load with dupl_cli.tasks.export.load_exported_student"
+        f"load with dupl_cli.tasks.export.{loader}"
     )
     export = ExportRecord(
         format=fmt.value,
         student=student,
         full=full,
-        source=str(checkpoint),
+        source=f"{Path(checkpoint).parent.name}/{Path(checkpoint).name}" if hf else str(checkpoint),
         mean=data.get("mean"),
         std=data.get("std"),
         check={"atol": export_settings.atol, "results": checks},
@@ -402,10 +492,12 @@ def _card(
     return Card(
         classes=source.classes,
         palette=source.palette,
-        settings=source.settings,
+        settings=portable(source.settings) if hf else source.settings,
         student=student,
         students=source.students,
         step=source.step,
+        student_rule=source.student_rule,
+        selection=source.selection,
         metrics=source.metrics,
         versions=versions(),
         export=export,

@@ -15,6 +15,13 @@ def build_backbone(model_settings, img_size: int) -> Backbone:
     ``model.output_stride``, when set, is passed as the factory's ``output_stride`` keyword (factories
     that do not take it are called as before) and the built backbone must have that stride.
     """
+    from dupl_cli.models.backbones.weights import exported_backbone, load_state_strict
+
+    exported = exported_backbone(model_settings.pretrained)  # model.pretrained names a dupl export
+    if exported is not None:  # its backbone: built without weights, then loaded strictly
+        backbone = build_backbone(model_settings.model_copy(update={"pretrained": "none"}), img_size)
+        load_state_strict(backbone, *exported)
+        return backbone
     factory = load(BACKBONES, model_settings.backbone)
     kwargs = dict(pretrained=model_settings.pretrained, img_size=img_size, aux_layer=model_settings.aux_layer)
     output_stride = getattr(model_settings, "output_stride", None)

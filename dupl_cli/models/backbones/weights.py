@@ -8,7 +8,10 @@
 * ``"hf-hub:org/name"``: timm-format weights (``model.safetensors`` or ``pytorch_model.bin``) of a hub
   repository, for the architecture in ``model.arch``;
 * a local ``.safetensors`` / ``.pth`` file (read without pickle code), in timm's format or in a format
-  timm converts (original DINOv2, OpenAI CLIP, EVA releases).
+  timm converts (original DINOv2, OpenAI CLIP, EVA releases);
+* a dupl student exported with ``dupl export --format hf``: ``hf-hub:org/name`` of such a repository
+  (its ``model.safetensors``: keys ``backbone.*``, ``head.*``, ...), its local folder, or a safetensors
+  export; the backbone starts from the student's backbone (``exported_backbone``).
 
 Local and hub files load **strictly**: every backbone tensor must be in the file with its shape (the
 classifier head is skipped), else one line names the file and the keys. Offline, the error names
@@ -163,13 +166,17 @@ def _offline_error(what: str, url: str, filename: str, exc: Exception) -> UserEr
 
 
 def download_hub_weights(repo: str) -> Path:
-    """Local path of a hub repository's timm-format weights file (downloaded, or from the hub cache)."""
-    from huggingface_hub import hf_hub_download
+    """Local path of a hub repository's weights file: from the hub cache when it is there, else downloaded."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     if not re.fullmatch(r"[\w.-]+/[\w.-]+(@[\w./-]+)?", repo):
         raise UserError(f"model.pretrained: {HUB_PREFIX}{repo!r} is not a hub repository (hf-hub:org/name)")
     repo_id, _, revision = repo.partition("@")
+    for filename in HUB_FILES:  # the cache first: no request at all when the weights are there
+        cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+        if isinstance(cached, str):
+            return Path(cached)
     failure: Exception | None = None
     for filename in HUB_FILES:
         try:
@@ -186,6 +193,51 @@ def download_hub_weights(repo: str) -> Path:
     url = f"https://huggingface.co/{repo_id}/resolve/{revision or 'main'}/{HUB_FILES[0]}"
     local = f"{repo_id.replace('/', '--')}.safetensors"
     raise _offline_error(f"weights from {HUB_PREFIX}{repo}", url, local, failure)
+
+
+STUDENT_PREFIXES = ("backbone.", "head.", "classifier.", "aux_classifier.")  # a dupl Student's state dict
+EXPORT_WEIGHTS = "model.safetensors"  # the weights file of a ``dupl export --format hf`` folder
+
+
+def _student_file(path: Path) -> bool:
+    """Whether a safetensors file holds a dupl student (every key under a Student's modules, a backbone)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception:  # not safetensors, or corrupt: the factory's own loader names the problem
+        return False
+    return any(k.startswith("backbone.") for k in keys) and all(k.startswith(STUDENT_PREFIXES) for k in keys)
+
+
+def _exported_file(pretrained: str) -> Path | None:
+    """The weights file ``pretrained`` names when it is a dupl student export, else None."""
+    from dupl_cli.models.hub import is_hub_name, require_hub
+
+    if pretrained in ("none", "timm"):
+        return None
+    if is_hub_name(pretrained):
+        require_hub(f"model.pretrained = {pretrained}")
+        try:
+            path = download_hub_weights(pretrained[len(HUB_PREFIX) :])
+        except UserError:  # not in the cache nor on the hub: the timm loader says so, and what to do
+            return None
+    else:
+        path = Path(pretrained).expanduser()
+        path = path / EXPORT_WEIGHTS if path.is_dir() else path
+    return path if path.suffix == ".safetensors" and path.is_file() and _student_file(path) else None
+
+
+def exported_backbone(pretrained: str) -> tuple[dict[str, torch.Tensor], str] | None:
+    """(backbone tensors, source) when ``model.pretrained`` names a dupl student export, else None:
+    build the backbone without weights, then ``load_state_strict`` these into it."""
+    path = _exported_file(str(pretrained))
+    if path is None:
+        return None
+    state = read_state_dict(path)
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    return backbone, f"model.pretrained = {pretrained} (the backbone of a dupl export, {path})"
 
 
 def create_timm_model(arch: str, pretrained: str, **kwargs) -> nn.Module:
