@@ -1,16 +1,18 @@
-"""The Accelerate training loop around ``method.step.training_step``.
+"""``dupl train``: the set-up around the training loop (``train.loop``) and its hooks (``train.hooks``).
 
-One process by default; ``accelerate launch -m dupl_cli train`` or ``torchrun`` for data parallel
-(CPU gloo when there is no CUDA). Nothing here reads rank variables: Accelerate does.
+The trainer claims the run directory, checks the data, builds the model, optimiser and schedule,
+resumes, and records the outcome in run.json. One process by default; ``accelerate launch -m
+dupl_cli train`` or ``torchrun`` for data parallel (CPU gloo when there is no CUDA). Nothing here
+reads rank variables: Accelerate does.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,12 +22,9 @@ from dupl_cli.config.schema import DuplSettings
 from dupl_cli.config.toml_writer import dumps
 from dupl_cli.core.errors import UserError, one_line
 from dupl_cli.core.writable import check_writable
-from dupl_cli.data.base import SubsetAdapter, left_out_note, shard
-from dupl_cli.data.loader import eval_loader, train_loader
+from dupl_cli.data.base import SubsetAdapter, left_out_note
+from dupl_cli.data.loader import train_loader
 from dupl_cli.data.verify import check_split
-from dupl_cli.evaluation.curves import write_curves
-from dupl_cli.evaluation.visual_grid import training_grid
-from dupl_cli.method import step as method_step
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
 from dupl_cli.models.backbones.base import normalisation_mismatch
@@ -34,15 +33,27 @@ from dupl_cli.plugins import DATASETS, load
 from dupl_cli.runs import run_dir as runs
 from dupl_cli.runs import run_index
 from dupl_cli.runs.card import Card
-from dupl_cli.runs.checkpoint import save_model
 from dupl_cli.runs.resume import load_resume
 from dupl_cli.runs.run_lock import RunLock, clean_leftovers
 from dupl_cli.train.accel import make_accelerator
 from dupl_cli.train.compile import compile_from_settings
+from dupl_cli.train.hooks import (
+    BestModelHook,
+    CheckpointHook,
+    FinalModelHook,
+    ImagesHook,
+    LogHook,
+    TrackerHook,
+    ValidationHook,
+)
+from dupl_cli.train.loop import HookBase, TrainingModule, TrainParts, step_generator, train_loop
 from dupl_cli.train.optim import build_optimizer, build_scheduler
 from dupl_cli.train.progress import TrainingProgress
+from dupl_cli.train.state import TrainState
 from dupl_cli.train.step_guard import NonFiniteGuard
-from dupl_cli.train.validation import validate
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 @dataclass
@@ -54,29 +65,6 @@ class TrainOptions:
     preset: str | None = None
     sources: dict[str, str] = field(default_factory=dict)
     quiet: bool = False
-
-
-class TrainingModule(nn.Module):
-    """Wraps the dual student so one DDP forward covers the whole step (CAMs, labels, losses)."""
-
-    def __init__(self, dual: nn.Module, config: StepConfig) -> None:
-        super().__init__()
-        self.dual = dual
-        self.config = config
-
-    def forward(self, batch: dict[str, Any], step: int, generator: torch.Generator | None = None):
-        return method_step.training_step(self.dual, batch, step, self.config, generator=generator)
-
-
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """The strong view's randomness is a function of (seed, step): identical after a resume.
-
-    A CPU generator on every device: the step draws its few op indices on the host (a device
-    generator would not fit ``torch.randint`` on the host, and a device draw would need a read).
-    """
-    gen = torch.Generator()
-    gen.manual_seed((seed * 1_000_003 + step) % (2**63))
-    return gen
 
 
 def _checked(adapter, on_error: str, kind: str, report):
@@ -137,18 +125,6 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     }
 
 
-FINAL_RULE = (
-    "fixed before training: the students are trained symmetrically, and no pixel label of any split chose it"
-)
-
-
-def best_val_rule(settings: DuplSettings, step: int) -> str:
-    return (
-        f"best seg mIoU on {settings.data.val_split!r} at step {step} (train.select = best-val: "
-        "that split's pixel labels chose the checkpoint and the student)"
-    )
-
-
 def _card(
     settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str
 ) -> Card:
@@ -175,13 +151,13 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
-        opts, t = self.options, self.settings.train
-        if opts.dry_run:
+        options, train = self.options, self.settings.train
+        if options.dry_run:
             return None, None
-        if opts.resume is not None:
-            run_dir, ckpt = runs.find_resume(opts.resume, opts.run_dir, t.runs_root)
+        if options.resume is not None:
+            run_dir, ckpt = runs.find_resume(options.resume, options.run_dir, train.runs_root)
             return run_dir, ckpt
-        run_dir = opts.run_dir or runs.new_run_dir(t.runs_root, t.run_name, opts.preset)
+        run_dir = options.run_dir or runs.new_run_dir(train.runs_root, train.run_name, options.preset)
         return run_dir, None
 
     def _claim_run_dir(self, run_dir: Path, resume_ckpt: Path | None) -> tuple[RunLock, list[Path]]:
@@ -199,7 +175,9 @@ class Trainer:
             lock.release()
             raise
 
-    def _announce_claim(self, progress, run_dir: Path | None, leftovers: list[Path]) -> None:
+    def _announce_claim(
+        self, progress: TrainingProgress, run_dir: Path | None, leftovers: list[Path]
+    ) -> None:
         if self._lock is not None and self._lock.unsupported:
             progress.message(
                 f"warning: {run_dir}: not locked ({self._lock.unsupported}); "
@@ -212,13 +190,15 @@ class Trainer:
     def run(self) -> Path | None:
         """Train; the run directory is locked throughout and a fatal error is also written to train.log."""
         run_dir, resume_ckpt = self._prepare_run_dir()
-        t = self.settings.train
-        acc = make_accelerator(t.precision, t.grad_accum, run_dir, t.tracker if run_dir else "none")
-        owned = run_dir is not None and acc.is_main_process
+        train = self.settings.train
+        accelerator = make_accelerator(
+            train.precision, train.grad_accum, run_dir, train.tracker if run_dir else "none"
+        )
+        owned = run_dir is not None and accelerator.is_main_process
         lock, leftovers = self._claim_run_dir(run_dir, resume_ckpt) if owned else (None, [])
         self._lock = lock
         try:
-            return self._run(acc, run_dir, resume_ckpt, leftovers)
+            return self._run(accelerator, run_dir, resume_ckpt, leftovers)
         except BaseException as exc:
             if owned:
                 log_fatal(run_dir, exc)
@@ -227,112 +207,200 @@ class Trainer:
             if lock is not None:
                 lock.release()
 
-    def _run(self, acc, run_dir: Path | None, resume_ckpt: Path | None, leftovers: list[Path]) -> Path | None:
+    def _run(
+        self, accelerator: Accelerator, run_dir: Path | None, resume_ckpt: Path | None, leftovers: list[Path]
+    ) -> Path | None:
         from accelerate.utils import set_seed
 
-        s, t = self.settings, self.settings.train
-        main = acc.is_main_process
-        progress = TrainingProgress(t.max_iters, 0, run_dir if main else None, enabled=main,
+        settings, train = self.settings, self.settings.train
+        main = accelerator.is_main_process
+        progress = TrainingProgress(train.max_iters, 0, run_dir if main else None, enabled=main,
                                     quiet=self.options.quiet)  # fmt: skip
         self._announce_claim(progress, run_dir, leftovers)
         if run_dir is not None and main:
-            changed = runs.changed_settings(run_dir, s.model_dump(mode="json")) if resume_ckpt else []
-            for line in changed:
-                progress.message(f"warning: setting changed since the checkpoint: {line}")
-            runs.write_config(run_dir, s.model_dump(mode="json"), self.options.sources)
-            self._mark_started(run_dir)
-        set_seed(t.seed, deterministic=t.deterministic)
-        if t.deterministic:
+            self._record_start(run_dir, resume_ckpt, progress)
+        set_seed(train.seed, deterministic=train.deterministic)
+        if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-        train_set, val_set = _datasets(s, not self.options.dry_run, progress.message)
-        classes, palette = train_set.classes, train_set.palette
-        self.config = step_config(s, num_classes=len(classes))
-        model = build_dual_student(s.model, num_classes=len(classes), img_size=s.data.crop_size,
-                                   students=s.method.students)  # fmt: skip
+        train_set, val_set = _datasets(settings, not self.options.dry_run, progress.message)
+        model = self._build_model(train_set.classes, progress, main)
+        if main:
+            self._report_batch(accelerator, progress)
+        if self.options.dry_run:
+            return self._dry_run(accelerator, model, train_set, progress)
+        parts, loader, state = self._prepare(accelerator, model, train_set, run_dir, resume_ckpt, progress)
+        progress.start = state.step
+        hooks = self._hooks(parts, val_set, train_set, run_dir, progress)
+        self._run_recorded(parts, loader, state, hooks, progress, run_dir if main else None)
+        return run_dir
+
+    def _record_start(self, run_dir: Path, resume_ckpt: Path | None, progress: TrainingProgress) -> None:
+        """Warn about settings changed since the checkpoint, write config.toml, mark the run started."""
+        settings_json = self.settings.model_dump(mode="json")
+        changed = runs.changed_settings(run_dir, settings_json) if resume_ckpt else []
+        for line in changed:
+            progress.message(f"warning: setting changed since the checkpoint: {line}")
+        runs.write_config(run_dir, settings_json, self.options.sources)
+        run_index.mark_run(run_dir, "running", preset=self.options.preset)
+        run_index.point_latest(self.settings.train.runs_root, run_dir)
+
+    def _build_model(self, classes: list[str], progress: TrainingProgress, main: bool) -> nn.Module:
+        """The step config and the dual student for ``classes``, warning when the backbone's
+        pretraining statistics differ from the data's normalisation."""
+        settings = self.settings
+        self.config = step_config(settings, num_classes=len(classes))
+        model = build_dual_student(settings.model, num_classes=len(classes), img_size=settings.data.crop_size,
+                                   students=settings.method.students)  # fmt: skip
         self.model = model  # the unwrapped dual student, for callers that inspect it after training
         backbone = model.students[0].backbone
-        stats = normalisation_mismatch(backbone, s.model.arch, s.model.pretrained, s.data.mean, s.data.std)
+        model_settings, data = settings.model, settings.data
+        stats = normalisation_mismatch(
+            backbone, model_settings.arch, model_settings.pretrained, data.mean, data.std
+        )
         if main and stats:
             progress.message(f"warning: {stats}")
-        if main:
-            self._report_batch(acc, progress)
-        if self.options.dry_run:
-            return self._dry_run(acc, model, train_set, progress)
+        return model
 
-        compile_from_settings(model, t)
-        optimizer = build_optimizer(model, t)
-        scheduler = build_scheduler(optimizer, t)
-        loader = train_loader(train_set, s.data, t.batch_size, seed=t.seed, views=self._views())
+    def _prepare(
+        self,
+        accelerator: Accelerator,
+        model: nn.Module,
+        train_set: Any,
+        run_dir: Path,
+        resume_ckpt: Path | None,
+        progress: TrainingProgress,
+    ) -> tuple[TrainParts, Any, TrainState]:
+        """(TrainParts, prepared loader, TrainState): compiled model, optimiser, schedule and loader
+        through ``accelerator.prepare``, the checkpoint's state when resuming, trackers started."""
+        settings, train = self.settings, self.settings.train
+        compile_from_settings(model, train)
+        optimizer = build_optimizer(model, train)
+        scheduler = build_scheduler(optimizer, train)
+        loader = train_loader(
+            train_set, settings.data, train.batch_size, seed=train.seed, views=self._views()
+        )
         module = TrainingModule(model, self.config)
-        module, optimizer, loader, scheduler = acc.prepare(module, optimizer, loader, scheduler)
-        state = {"step": 0, "best": None, "bad_in_row": 0}
+        module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
+        state = TrainState()
         if resume_ckpt is not None:
-            state, resume_ckpt = load_resume(acc, run_dir, resume_ckpt, progress.message)
-            progress.message(f"resumed from {resume_ckpt} at step {state['step']}")
-        if t.tracker != "none" and run_dir is not None:
-            acc.init_trackers(
-                "events",
-                config={f"{k}": json.dumps(v) for k, v in s.model_dump(mode="json")["method"].items()},
+            saved, resume_ckpt = load_resume(accelerator, run_dir, resume_ckpt, progress.message)
+            state = TrainState.from_json(saved)
+            progress.message(f"resumed from {resume_ckpt} at step {state.step}")
+        if train.tracker != "none" and run_dir is not None:
+            method = settings.model_dump(mode="json")["method"]
+            accelerator.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in method.items()})
+        guard = NonFiniteGuard(optimizer, accelerator.device, in_row=state.bad_in_row)
+        parts = TrainParts(accelerator, module, optimizer, scheduler, guard, seed=train.seed)
+        return parts, loader, state
+
+    def _hooks(
+        self,
+        parts: TrainParts,
+        val_set: Any,
+        train_set: Any,
+        run_dir: Path | None,
+        progress: TrainingProgress,
+    ) -> list[HookBase]:
+        """The hooks after each step, in the order they run (train.hooks)."""
+        settings, train = self.settings, self.settings.train
+        own_dir = run_dir if parts.accelerator.is_main_process else None  # the files are the main process's
+        stop = self._stop()
+        card = functools.partial(_card, settings, train_set.classes, train_set.palette)
+        tracked = train.tracker != "none" and own_dir is not None
+        hooks: list[HookBase] = [LogHook(parts, progress, self.config.schedule, train, run_dir, stop)]
+        if tracked:
+            hooks.append(ImagesHook(parts.accelerator, train_set.palette, train.image_every))
+        if val_set is not None:
+            scales = self.config.cam.scales
+            hooks.append(
+                ValidationHook(parts, val_set, train_set.classes, settings, scales, progress, own_dir, stop)
             )
-        progress.start = state["step"]
-        loop = _Loop(self, acc, module, optimizer, scheduler, loader, val_set,
-                     classes, palette, run_dir, progress, state)  # fmt: skip
-        self._run_recorded(loop, acc, progress, run_dir if main else None)
-        return run_dir
+        if own_dir is not None and train.select == "best-val":
+            hooks.append(BestModelHook(parts, settings, card, progress, own_dir))
+        if tracked:
+            hooks.append(TrackerHook(parts.accelerator))
+        if run_dir is not None:
+            checkpoints = CheckpointHook(
+                parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop
+            )
+            hooks += [checkpoints, FinalModelHook(parts, settings, card, progress, run_dir)]
+        return hooks
+
+    def _stop(self) -> int:
+        """The step this run stops after: the schedule's end, or ``--max-iters`` before it."""
+        max_iters = self.settings.train.max_iters
+        return min(max_iters, self.options.stop_at or max_iters)
 
     def _views(self) -> int:
         """Weak views per image the step needs: two with diff_aug (one per student)."""
         return 2 if self.config.diff_aug else 1
 
-    def _mark_started(self, run_dir: Path) -> None:
-        run_index.mark_run(run_dir, "running", preset=self.options.preset)
-        run_index.point_latest(self.settings.train.runs_root, run_dir)
-
-    def _run_recorded(self, loop, acc, progress, run_dir: Path | None) -> None:
+    def _run_recorded(
+        self,
+        parts: TrainParts,
+        loader: Any,
+        state: TrainState,
+        hooks: list[HookBase],
+        progress: TrainingProgress,
+        run_dir: Path | None,
+    ) -> None:
         """The loop, with its outcome in run.json (``run_dir`` None: not this process's job)."""
         try:
-            loop.run()
+            self._check_loader(parts.accelerator, loader)
+            train_loop(
+                parts, loader, state, hooks, stop=self._stop(), grad_accum=self.settings.train.grad_accum
+            )
         except BaseException as exc:
             if run_dir is not None:
                 run_index.mark_run(run_dir, "crashed", error=one_line(exc))
             raise
         finally:
             progress.close()
-            acc.end_training()
+            parts.accelerator.end_training()
         if run_dir is not None:
-            step = loop.state["step"]
+            step = state.step
             run_index.mark_run(
                 run_dir, "finished" if step >= self.settings.train.max_iters else "stopped", step=step
             )
 
-    def _report_batch(self, acc, progress) -> None:
-        """The effective batch, with a warning when it differs from the preset's reference batch."""
-        t = self.settings.train
-        effective = acc.num_processes * t.batch_size * t.grad_accum
-        progress.message(
-            f"effective batch {effective} = {acc.num_processes} process(es) x {t.batch_size} per device x "
-            f"{t.grad_accum} accumulation"
-            f" | precision {acc.mixed_precision} | device {acc.device}"
-        )
-        if effective != t.reference_batch:
-            progress.message(
-                f"warning: effective batch {effective} differs from this preset's reference batch "
-                f"{t.reference_batch}; results depend on it"
+    def _check_loader(self, accelerator: Accelerator, loader: Any) -> None:
+        if len(loader) == 0:
+            raise UserError(
+                f"training split has fewer images than one batch ({self.settings.train.batch_size} x "
+                f"{accelerator.num_processes} processes)"
             )
 
-    def _dry_run(self, acc, model, train_set, progress) -> None:
-        s = self.settings
-        loader = train_loader(train_set, s.data, 2, seed=s.train.seed, num_workers=0, views=self._views())
+    def _report_batch(self, accelerator: Accelerator, progress: TrainingProgress) -> None:
+        """The effective batch, with a warning when it differs from the preset's reference batch."""
+        train = self.settings.train
+        effective = accelerator.num_processes * train.batch_size * train.grad_accum
+        progress.message(
+            f"effective batch {effective} = {accelerator.num_processes} process(es) x {train.batch_size} per "
+            f"device x {train.grad_accum} accumulation"
+            f" | precision {accelerator.mixed_precision} | device {accelerator.device}"
+        )
+        if effective != train.reference_batch:
+            progress.message(
+                f"warning: effective batch {effective} differs from this preset's reference batch "
+                f"{train.reference_batch}; results depend on it"
+            )
+
+    def _dry_run(
+        self, accelerator: Accelerator, model: nn.Module, train_set: Any, progress: TrainingProgress
+    ) -> None:
+        settings = self.settings
+        loader = train_loader(train_set, settings.data, 2, seed=settings.train.seed, num_workers=0,
+                              views=self._views())  # fmt: skip
         batch = next(iter(loader))
-        module = acc.prepare(TrainingModule(model, self.config))
-        print(dumps(s.model_dump(mode="json")))
+        module = accelerator.prepare(TrainingModule(model, self.config))
+        print(dumps(settings.model_dump(mode="json")))
         for key, value in parameter_counts(model).items():
             print(f"parameters {key}: {value:,}")
         schedule = self.config.schedule
         for step in sorted({0, schedule.t_seg, schedule.t_anf}):
-            result = module(batch, step, _step_generator(s.train.seed, step))
-            acc.backward(result.loss)
+            result = module(batch, step, step_generator(settings.train.seed, step))
+            accelerator.backward(result.loss)
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
             print(
@@ -340,209 +408,3 @@ class Trainer:
                 f"({terms})"
             )
         return None
-
-
-class _Loop:
-    """The iteration loop with its bookkeeping (kept apart from set-up for readability)."""
-
-    def __init__(
-        self,
-        trainer,
-        acc,
-        module,
-        optimizer,
-        scheduler,
-        loader,
-        val_set,
-        classes,
-        palette,
-        run_dir,
-        progress,
-        state,
-    ):
-        self.s = trainer.settings
-        self.config = trainer.config
-        self.opts = trainer.options
-        self.acc, self.module, self.optimizer, self.scheduler = acc, module, optimizer, scheduler
-        self.loader, self.val_set = loader, val_set
-        self.classes, self.palette = classes, palette
-        self.run_dir, self.progress, self.state = run_dir, progress, state
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count: torch.Tensor | int = 0  # good steps in the log interval, on the device
-        self.guard = NonFiniteGuard(optimizer, acc.device, in_row=state.get("bad_in_row", 0))
-
-    @property
-    def model(self):
-        return self.acc.unwrap_model(self.module).dual
-
-    def run(self) -> None:
-        t = self.s.train
-        stop = min(t.max_iters, self.opts.stop_at or t.max_iters)
-        step = self.state["step"]
-        per_epoch = len(self.loader)
-        if per_epoch == 0:
-            raise UserError(
-                f"training split has fewer images than one batch ({t.batch_size} x {self.acc.num_processes} "
-                "processes)"
-            )
-        micro = step * t.grad_accum
-        epoch, offset = divmod(micro, per_epoch)
-        bad_micro = torch.zeros((), device=self.acc.device)
-        while step < stop:
-            self.loader.set_epoch(epoch)
-            batches = self.acc.skip_first_batches(self.loader, offset) if offset else self.loader
-            for batch in batches:
-                with self.acc.accumulate(self.module):
-                    result = self.module(batch, step, _step_generator(t.seed, step))
-                    bad_micro = bad_micro + (~torch.isfinite(result.loss.detach())).float()
-                    self.acc.backward(result.loss)
-                    if self.acc.sync_gradients:
-                        # Every process must agree to skip a bad step: the verdict is reduced on the device.
-                        bad = self.acc.reduce(bad_micro, "sum") > 0
-                        bad_micro = torch.zeros((), device=self.acc.device)
-                        if self.guard.step(bad, result.terms, step):  # a verdict only without a device skip
-                            self._check_guard(step)
-                        self.scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
-                if not self.acc.sync_gradients:
-                    continue
-                self._accumulate(result, bad)
-                step += 1
-                self.state["step"] = step
-                self._after_step(step, stop, result)
-                if step >= stop:
-                    break
-            epoch, offset = epoch + 1, 0
-        self._finish(step)
-
-    def _check_guard(self, step: int, values: list[float] | None = None) -> None:
-        """Report skipped non-finite steps (read with ``values`` or here) and stop after too many in a row."""
-        in_row, skipped, last, names = self.guard.read(
-            values if values is not None else self.guard.state().tolist()
-        )
-        self.state["bad_in_row"] = in_row
-        if skipped == 1:
-            self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
-        elif skipped > 1:
-            self.progress.message(
-                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); "
-                "steps skipped"
-            )
-        if in_row >= self.s.train.max_bad_steps:
-            ckpt = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
-            raise UserError(
-                f"{in_row} non-finite steps in a row (last: {', '.join(names)}); stopped. "
-                f"Last good checkpoint: {ckpt or 'none'}. Lower train.lr or use train.precision=no",
-                exit_code=1,
-            )
-
-    def _accumulate(self, result, bad: torch.Tensor) -> None:
-        """Device-side sums of the logged values over good steps (a skipped step adds nothing)."""
-        good = ~bad
-        values = {f"loss/{k}": v.detach().float() for k, v in result.terms.items()}
-        values["loss/total"] = result.loss.detach().float()
-        values.update({k: v.detach().float().mean() for k, v in result.stats.items()})
-        for key, value in values.items():
-            value = torch.where(good, value, torch.zeros_like(value))
-            self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value
-        self.count = self.count + good.float()
-
-    def _after_step(self, step: int, stop: int, result) -> None:
-        t = self.s.train
-        log = step % t.log_every == 0 or step == stop
-        if log:
-            self._log(step)  # reads the guard too
-        elif step % t.val_every == 0 or step % t.ckpt_every == 0:
-            self._check_guard(step)  # before a checkpoint records bad_in_row
-        if self.s.train.tracker != "none" and step % t.image_every == 0 and self.acc.is_main_process:
-            self._log_images(step, result)
-        if self.val_set is not None and (step % t.val_every == 0 or step == stop):
-            self._validate(step)
-        if self.run_dir is not None and (step % t.ckpt_every == 0 or step == stop):
-            runs.save_checkpoint(self.acc, self.run_dir, step, dict(self.state), t.keep_checkpoints)
-
-    def _log(self, step: int) -> None:
-        keys = sorted(self.sums)
-        device = self.acc.device
-        count = torch.as_tensor(self.count, device=device).float().reshape(1)
-        stacked = torch.zeros(0, device=device)
-        if keys:
-            stacked = self.acc.reduce(torch.stack([self.sums[k] for k in keys]) / count.clamp_min(1), "mean")
-        # The only host read of the log interval: means, count and the bad-step guard together.
-        values = torch.cat([stacked, count, self.guard.state()]).tolist()
-        count, guard = values[len(keys)], values[len(keys) + 1 :]
-        self.sums, self.count = {}, 0
-        self._check_guard(step, guard)
-        if not keys or count == 0:
-            return
-        record = dict(zip(keys, values[: len(keys)], strict=True))
-        record.setdefault("tau_h", float("nan"))
-        record.setdefault("noise_share", 0.0)
-        record["lr"] = self.scheduler.get_last_lr()[0]
-        record["phase"] = phase_name(step, self.config.schedule)
-        images = self.s.train.batch_size * self.s.train.grad_accum * self.acc.num_processes
-        self.progress.update(step, record, images)
-        if self.s.train.tracker != "none":
-            self.acc.log(
-                {k: v for k, v in record.items() if isinstance(v, float) and math.isfinite(v)}, step=step
-            )
-
-    def _log_images(self, step: int, result) -> None:
-        grid = training_grid(result.visuals, self.palette)
-        if grid is not None:
-            self.acc.get_tracker("tensorboard").log_images({"train/grid": grid}, step=step, dataformats="HWC")
-
-    def _validate(self, step: int) -> None:
-        own_part = shard(
-            self.val_set, self.acc.process_index, self.acc.num_processes, self.s.train.val_max_images
-        )
-        # batched at the training batch (the images share the crop size); every rank runs its shard
-        batch = self.s.train.batch_size
-        loader = eval_loader(own_part, self.s.data, size=self.s.data.crop_size, batch_size=batch)
-        scores = validate(
-            self.model,
-            loader,
-            num_classes=len(self.classes),
-            class_names=self.classes,
-            cam_scales=self.config.cam.scales,
-            cam_threshold=self.s.eval.cam_threshold,
-            device=self.acc.device,
-        )
-        student = max(range(1, len(self.model.students) + 1), key=lambda k: scores[f"seg_s{k}"])  # ties: 1
-        best_score = scores[f"seg_s{student}"]
-        text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
-        self.progress.message(f"validation step {step}: {text} (mIoU %)")
-        if self.run_dir is None or not self.acc.is_main_process:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
-            out.write(json.dumps({"step": step, "validation": scores, "best_student": student}) + "\n")
-        write_curves(self.run_dir)  # PNG curves beside the numbers, without TensorBoard
-        if self.s.train.tracker != "none":
-            self.acc.log({f"val/{k}": v for k, v in scores.items()}, step=step)
-        self.state["last"] = {"step": step, "scores": scores}
-        best = self.state.get("best")
-        if self.s.train.select == "best-val" and (best is None or best_score > best["score"]):
-            self.state["best"] = {"step": step, "score": best_score, "student": student, "scores": scores}
-            card = _card(
-                self.s, self.classes, self.palette, step, student, scores, best_val_rule(self.s, step)
-            )
-            save_model(self.run_dir / "best", self.model, card)
-            self.progress.message(
-                f"new best: student {student} seg mIoU {best_score:.1f} -> "
-                f"{self.run_dir / 'best.safetensors'}"
-            )
-
-    def _finish(self, step: int) -> None:
-        if self.run_dir is None or step < self.s.train.max_iters:
-            return
-        if self.acc.is_main_process:
-            best = self.state.get("best")
-            if self.s.train.select == "best-val" and best is not None:
-                student, scores, rule = best["student"], best["scores"], best_val_rule(self.s, best["step"])
-            else:  # the default, and best-val without any validation
-                rule = FINAL_RULE if self.s.method.students == 2 else "the only student"
-                student, scores = 1, (self.state.get("last") or {}).get("scores", {})
-            card = _card(self.s, self.classes, self.palette, step, student, scores, rule)
-            path = save_model(self.run_dir / "final", self.model, card)
-            self.progress.message(f"training finished at step {step}: {path}")
-        self.acc.wait_for_everyone()

@@ -100,4 +100,4 @@ def test_trainer_adds_no_sync_between_log_steps(tiny_data, tmp_path, monkeypatch
         assert len(events) <= (1 if t >= t_anf else 0), (t, events)
     # a log step reads once more (means, count and the loss guard together); the last step validates
     extra = [e for e in counter.events if e.tag == every - 1]
-    assert [e.where.split(":")[0] for e in extra] == ["train/trainer.py"], extra
+    assert [e.where.split(":")[0] for e in extra] == ["train/hooks.py"], extra

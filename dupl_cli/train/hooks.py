@@ -1,0 +1,320 @@
+"""The hooks ``dupl train`` runs after each optimiser step (``train.loop.train_loop``), in this order:
+
+* :class:`LogHook`: the log interval's means (one host read per interval) and the non-finite guard's report;
+* :class:`ImagesHook`: the first image's panels to TensorBoard;
+* :class:`ValidationHook`: mIoU per student on the val split, metrics.jsonl and the curves;
+* :class:`BestModelHook`: ``best.safetensors`` when a validation beats the best (train.select = best-val);
+* :class:`TrackerHook`: the logged means and validation scores to TensorBoard;
+* :class:`CheckpointHook`: the resumable checkpoint;
+* :class:`FinalModelHook`: ``final.safetensors`` with its card when the schedule ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from dupl_cli.config.schema import DuplSettings, TrainSettings
+from dupl_cli.core.errors import UserError
+from dupl_cli.data.base import shard
+from dupl_cli.data.loader import eval_loader
+from dupl_cli.evaluation.curves import write_curves
+from dupl_cli.evaluation.visual_grid import training_grid
+from dupl_cli.method.params import PhaseSchedule
+from dupl_cli.method.schedule import phase_name
+from dupl_cli.method.step import StepResult
+from dupl_cli.runs import run_dir as runs
+from dupl_cli.runs.card import Card
+from dupl_cli.runs.checkpoint import save_model
+from dupl_cli.train.loop import HookBase, StepEvents, TrainParts
+from dupl_cli.train.progress import TrainingProgress
+from dupl_cli.train.state import BestModel, TrainState, Validation
+from dupl_cli.train.validation import validate
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+CardMaker = Callable[[int, int, dict[str, float], str], Card]
+"""(step, student, metrics, student rule) -> the card saved beside a model."""
+
+FINAL_RULE = (
+    "fixed before training: the students are trained symmetrically, and no pixel label of any split chose it"
+)
+
+
+def best_val_rule(settings: DuplSettings, step: int) -> str:
+    return (
+        f"best seg mIoU on {settings.data.val_split!r} at step {step} (train.select = best-val: "
+        "that split's pixel labels chose the checkpoint and the student)"
+    )
+
+
+def _due(step: int, every: int, stop: int) -> bool:
+    """Whether a ``every``-steps job runs after ``step``: on its multiples and at the loop's stop."""
+    return step % every == 0 or step == stop
+
+
+class LogHook(HookBase):
+    """Loss terms and statistics averaged over each log interval, and the non-finite guard's report.
+
+    The sums stay on the device; a log step reads the means, the count of good steps and the
+    guard's counters in one host read. The guard is also read alone before a validation or a
+    checkpoint that is not a log step (the checkpoint records the bad-step streak), and at once
+    when it had to read its verdict on the host anyway.
+    """
+
+    def __init__(
+        self,
+        parts: TrainParts,
+        progress: TrainingProgress,
+        schedule: PhaseSchedule,
+        train: TrainSettings,
+        run_dir: Path | None,
+        stop: int,
+    ) -> None:
+        self.parts, self.progress, self.schedule, self.train = parts, progress, schedule, train
+        self.run_dir, self.stop = run_dir, stop
+        self.sums: dict[str, torch.Tensor] = {}  # device scalars over the interval's good steps
+        self.count: torch.Tensor | int = 0  # good steps in the interval, on the device
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if events.outcome.bad_on_host:
+            self._report_guard(state)
+        self._accumulate(events.outcome.result, events.outcome.bad)
+        train = self.train
+        if _due(state.step, train.log_every, self.stop):
+            events.record = self._read_interval(state)
+        elif state.step % train.val_every == 0 or state.step % train.ckpt_every == 0:
+            self._report_guard(state)
+
+    def _accumulate(self, result: StepResult, bad: torch.Tensor) -> None:
+        """Device-side sums of the logged values over good steps (a skipped step adds nothing)."""
+        good = ~bad
+        values = {f"loss/{k}": v.detach().float() for k, v in result.terms.items()}
+        values["loss/total"] = result.loss.detach().float()
+        values.update({k: v.detach().float().mean() for k, v in result.stats.items()})
+        for key, value in values.items():
+            value = torch.where(good, value, torch.zeros_like(value))
+            self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value
+        self.count = self.count + good.float()
+
+    def _read_interval(self, state: TrainState) -> dict[str, Any] | None:
+        """The interval's record (None when every step of it was skipped), shown and written to
+        metrics.jsonl; the guard is reported from the same read."""
+        accelerator = self.parts.accelerator
+        keys = sorted(self.sums)
+        device = accelerator.device
+        count = torch.as_tensor(self.count, device=device).float().reshape(1)
+        stacked = torch.zeros(0, device=device)
+        if keys:
+            stacked = accelerator.reduce(
+                torch.stack([self.sums[k] for k in keys]) / count.clamp_min(1), "mean"
+            )
+        # The only host read of the log interval: means, count and the bad-step guard together.
+        values = torch.cat([stacked, count, self.parts.guard.state()]).tolist()
+        count, guard = values[len(keys)], values[len(keys) + 1 :]
+        self.sums, self.count = {}, 0
+        self._report_guard(state, guard)
+        if not keys or count == 0:
+            return None
+        record = dict(zip(keys, values[: len(keys)], strict=True))
+        record.setdefault("tau_h", float("nan"))
+        record.setdefault("noise_share", 0.0)
+        record["lr"] = self.parts.scheduler.get_last_lr()[0]
+        record["phase"] = phase_name(state.step, self.schedule)
+        images = self.train.batch_size * self.train.grad_accum * accelerator.num_processes
+        self.progress.update(state.step, record, images)
+        return record
+
+    def _report_guard(self, state: TrainState, values: list[float] | None = None) -> None:
+        """Report skipped non-finite steps (``values``: the guard's state, read with the means, or
+        read here) and stop after ``train.max_bad_steps`` in a row."""
+        guard = self.parts.guard
+        in_row, skipped, last, names = guard.read(values if values is not None else guard.state().tolist())
+        state.bad_in_row = in_row
+        if skipped == 1:
+            self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
+        elif skipped > 1:
+            self.progress.message(
+                f"warning: {skipped} steps up to step {last}: non-finite loss ({', '.join(names)}); "
+                "steps skipped"
+            )
+        if in_row >= self.train.max_bad_steps:
+            checkpoint = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
+            raise UserError(
+                f"{in_row} non-finite steps in a row (last: {', '.join(names)}); stopped. "
+                f"Last good checkpoint: {checkpoint or 'none'}. Lower train.lr or use train.precision=no",
+                exit_code=1,
+            )
+
+
+class ImagesHook(HookBase):
+    """Every ``every`` steps, the first image's panels (image, CAM, pseudo-label, prediction) to
+    TensorBoard. Main process only."""
+
+    def __init__(self, accelerator: Accelerator, palette: list[tuple[int, int, int]], every: int) -> None:
+        self.accelerator, self.palette, self.every = accelerator, palette, every
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if state.step % self.every:
+            return
+        grid = training_grid(events.outcome.result.visuals, self.palette)
+        if grid is not None:
+            tracker = self.accelerator.get_tracker("tensorboard")
+            tracker.log_images({"train/grid": grid}, step=state.step, dataformats="HWC")
+
+
+class ValidationHook(HookBase):
+    """Every ``train.val_every`` steps and at the stop: CAM, aux-CAM and seg mIoU of every student
+    on this process's shard of the val split (reduced over processes), shown and kept as
+    ``state.last``; appended to metrics.jsonl and drawn as curves in ``own_dir`` (the main process's
+    run directory; None elsewhere)."""
+
+    def __init__(
+        self,
+        parts: TrainParts,
+        val_set: Any,
+        classes: list[str],
+        settings: DuplSettings,
+        cam_scales: tuple[float, ...],
+        progress: TrainingProgress,
+        own_dir: Path | None,
+        stop: int,
+    ) -> None:
+        accelerator = parts.accelerator
+        self.parts, self.settings, self.cam_scales = parts, settings, cam_scales
+        self.progress, self.own_dir, self.stop = progress, own_dir, stop
+        self.classes = classes
+        self.own_part = shard(val_set, accelerator.process_index, accelerator.num_processes,
+                              settings.train.val_max_images)  # fmt: skip
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if not _due(state.step, self.settings.train.val_every, self.stop):
+            return
+        scores = self._scores()
+        students = len(self.parts.model.students)
+        student = max(range(1, students + 1), key=lambda k: scores[f"seg_s{k}"])  # ties: 1
+        text = " ".join(f"{k} {v:.1f}" for k, v in scores.items())
+        self.progress.message(f"validation step {state.step}: {text} (mIoU %)")
+        events.scores, events.best_student = scores, student
+        state.last = Validation(state.step, scores)
+        if self.own_dir is None:
+            return
+        with open(self.own_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
+            out.write(json.dumps({"step": state.step, "validation": scores, "best_student": student}) + "\n")
+        write_curves(self.own_dir)  # PNG curves beside the numbers, without TensorBoard
+
+    def _scores(self) -> dict[str, float]:
+        settings = self.settings
+        # batched at the training batch (the images share the crop size); every rank runs its shard
+        loader = eval_loader(self.own_part, settings.data, size=settings.data.crop_size,
+                             batch_size=settings.train.batch_size)  # fmt: skip
+        return validate(
+            self.parts.model,
+            loader,
+            num_classes=len(self.classes),
+            class_names=self.classes,
+            cam_scales=self.cam_scales,
+            cam_threshold=settings.eval.cam_threshold,
+            device=self.parts.accelerator.device,
+        )
+
+
+class BestModelHook(HookBase):
+    """``train.select = best-val``: after a validation whose best student beats ``state.best``,
+    that state and ``best.safetensors`` with its card. Main process only."""
+
+    def __init__(
+        self,
+        parts: TrainParts,
+        settings: DuplSettings,
+        card: CardMaker,
+        progress: TrainingProgress,
+        run_dir: Path,
+    ) -> None:
+        self.parts, self.settings, self.card = parts, settings, card
+        self.progress, self.run_dir = progress, run_dir
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if events.scores is None:
+            return
+        student, scores = events.best_student, events.scores
+        score = scores[f"seg_s{student}"]
+        if state.best is not None and score <= state.best.score:
+            return
+        state.best = BestModel(state.step, score, student, scores)
+        card = self.card(state.step, student, scores, best_val_rule(self.settings, state.step))
+        save_model(self.run_dir / "best", self.parts.model, card)
+        self.progress.message(
+            f"new best: student {student} seg mIoU {score:.1f} -> {self.run_dir / 'best.safetensors'}"
+        )
+
+
+class TrackerHook(HookBase):
+    """The logged means (finite ones) and the validation scores (as ``val/...``) to the tracker.
+    Main process only."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if events.record is not None:
+            finite = {k: v for k, v in events.record.items() if isinstance(v, float) and math.isfinite(v)}
+            self.accelerator.log(finite, step=state.step)
+        if events.scores is not None:
+            self.accelerator.log({f"val/{k}": v for k, v in events.scores.items()}, step=state.step)
+
+
+class CheckpointHook(HookBase):
+    """Every ``every`` steps and at the stop: Accelerate's state and ``state`` as a resumable
+    checkpoint, the newest ``keep`` kept. Every process (the save is collective)."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, every: int, keep: int, stop: int) -> None:
+        self.accelerator, self.run_dir, self.every, self.keep, self.stop = (
+            accelerator,
+            run_dir,
+            every,
+            keep,
+            stop,
+        )
+
+    def after_step(self, state: TrainState, events: StepEvents) -> None:
+        if _due(state.step, self.every, self.stop):
+            runs.save_checkpoint(self.accelerator, self.run_dir, state.step, state.to_json(), self.keep)
+
+
+class FinalModelHook(HookBase):
+    """When the schedule has ended (not at an earlier ``--max-iters``): ``final.safetensors`` with a
+    card naming the student and the rule that chose it. Every process waits for the main one."""
+
+    def __init__(
+        self,
+        parts: TrainParts,
+        settings: DuplSettings,
+        card: CardMaker,
+        progress: TrainingProgress,
+        run_dir: Path,
+    ) -> None:
+        self.parts, self.settings, self.card = parts, settings, card
+        self.progress, self.run_dir = progress, run_dir
+
+    def after_train(self, state: TrainState) -> None:
+        if state.step < self.settings.train.max_iters:
+            return
+        if self.parts.accelerator.is_main_process:
+            best = state.best
+            if self.settings.train.select == "best-val" and best is not None:
+                student, scores, rule = best.student, best.scores, best_val_rule(self.settings, best.step)
+            else:  # the default, and best-val without any validation
+                rule = FINAL_RULE if self.settings.method.students == 2 else "the only student"
+                student, scores = 1, ({} if state.last is None else state.last.scores)
+            path = save_model(
+                self.run_dir / "final", self.parts.model, self.card(state.step, student, scores, rule)
+            )
+            self.progress.message(f"training finished at step {state.step}: {path}")
+        self.parts.accelerator.wait_for_everyone()
