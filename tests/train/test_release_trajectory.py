@@ -252,3 +252,21 @@ def test_each_injected_break_is_caught(folder, name, monkeypatch):
     steps = max(1, traj["schedule"]["cam_iters"] + after_seg)  # the first steps are enough to show it
     found = mismatches(folder, monkeypatch, steps=steps, **inject(monkeypatch, traj))
     assert found, f"{name}: the comparison did not see it"
+
+
+OWN_SETS = [f for f in SETS if f.parent == rt.FIXTURES]  # the shipped sets hold padded crops
+# Each training-side fix of docs/method.md §10, and the quantity it must change on the shipped sets
+# (anf_two_sided changes nothing in their windows; benchmarks/trajectory_fixes.py prints it all).
+FIX_SHOWS_IN = {
+    "ptc_pixel_box": "loss ptc",
+    "reg_include_padding": "loss reg",
+    "delayed_weights": "weight of seg",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", OWN_SETS, ids=[f.name for f in OWN_SETS])
+@pytest.mark.parametrize("switch", sorted(FIX_SHOWS_IN))
+def test_each_fix_changes_what_it_should(folder, switch, monkeypatch):
+    found = mismatches(folder, monkeypatch, extra=[f"compat.{switch}=false"])
+    assert any(FIX_SHOWS_IN[switch] in line for line in found), found[:5]
