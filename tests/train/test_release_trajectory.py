@@ -268,5 +268,8 @@ FIX_SHOWS_IN = {
 @pytest.mark.parametrize("folder", OWN_SETS, ids=[f.name for f in OWN_SETS])
 @pytest.mark.parametrize("switch", sorted(FIX_SHOWS_IN))
 def test_each_fix_changes_what_it_should(folder, switch, monkeypatch):
-    found = mismatches(folder, monkeypatch, extra=[f"compat.{switch}=false"])
+    sched = rt.load(folder)["schedule"]
+    # the first steps that can show it: PTC from step 0, the seg weight at t_seg, L_reg's padding late
+    steps = {"ptc_pixel_box": 1, "delayed_weights": sched["cam_iters"] + 1}.get(switch)
+    found = mismatches(folder, monkeypatch, steps=steps, extra=[f"compat.{switch}=false"])
     assert any(FIX_SHOWS_IN[switch] in line for line in found), found[:5]
