@@ -4,8 +4,9 @@ A checkpoint ``<name>.safetensors`` has its card at ``<name>.json`` (format ``du
 export ``<name>.<ext>`` at ``<name>.<ext>.json`` (format ``dupl-export/1``, one per exported file). The
 card carries what is needed to rebuild the model and use its output: the resolved settings, class names,
 palette, the student chosen and why, step, metrics and library versions; an import adds where the
-weights came from, an export what it takes and gives. Cards written before this module (plain dicts
-with the same keys) load unchanged. Torch-free: ``dupl runs`` and ``dupl compare`` read cards too.
+weights came from, an export what it takes and gives, a stage-2 segmenter the pseudo-labels it learnt
+from. Cards written before this module (plain dicts with the same keys) load unchanged. Torch-free:
+``dupl runs`` and ``dupl compare`` read cards too.
 """
 
 from __future__ import annotations
@@ -60,6 +61,21 @@ class ExportRecord:
 
 
 @dataclass(frozen=True)
+class Stage2Record:
+    """What a stage-2 segmenter learnt from (the card's ``stage2`` table): the pseudo-label folder and
+    its record (``data.pseudo_labels``), and the loss it was trained with."""
+
+    pseudo_labels: str  # the folder
+    made_from: str  # the checkpoint the pseudo-labels were made with
+    split: str
+    source: str  # cam | seg
+    crf: bool
+    pseudo_miou: float | None = None  # the pseudo-labels' mIoU on the split's ground truth (0..1), if scored
+    head: str | None = None  # model.head
+    loss: str | None = None  # e.g. "cross-entropy, 255 ignored; confidence weights; online noise filter"
+
+
+@dataclass(frozen=True)
 class Card:
     classes: list[str]  # without background
     palette: list[tuple[int, int, int]]  # background first
@@ -73,6 +89,7 @@ class Card:
     versions: dict[str, str] = field(default_factory=dict)
     imported: ImportRecord | None = None
     export: ExportRecord | None = None
+    stage2: Stage2Record | None = None  # a stage-2 segmenter's card only
     format: str = CARD_FORMAT
     file: Path | None = field(default=None, compare=False)  # where it was read from; never written
 
@@ -98,6 +115,8 @@ class Card:
             out["import"] = _without_none(**vars(self.imported))
         if self.export is not None:
             out["export"] = _without_none(**vars(self.export))
+        if self.stage2 is not None:
+            out["stage2"] = _without_none(**vars(self.stage2))
         return out
 
     def write(self, card_file: Path) -> None:
@@ -205,6 +224,7 @@ def _parse(data: dict[str, Any], source: Path) -> Card:
         versions=_optional(data, "versions", dict) or {},
         imported=_record(ImportRecord, data, "import"),
         export=_record(ExportRecord, data, "export"),
+        stage2=_record(Stage2Record, data, "stage2"),
         format=data["format"],
         file=source,
     )

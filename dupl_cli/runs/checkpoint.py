@@ -13,6 +13,7 @@ from dupl_cli.core.atomic import atomic_write
 from dupl_cli.core.errors import UserError
 from dupl_cli.models.dual import build_dual_student
 from dupl_cli.models.hub import hub_snapshot, is_hub_name
+from dupl_cli.models.segmenter import build_segmenter_model
 from dupl_cli.runs.card import HF_CARD, HF_WEIGHTS, Card, card_path, read_card
 from dupl_cli.runs.run_index import LATEST
 
@@ -21,6 +22,24 @@ def versions() -> dict[str, str]:
     import timm
 
     return {"dupl": __version__, "torch": torch.__version__, "timm": timm.__version__}
+
+
+def is_stage2(settings) -> bool:
+    """Settings of a stage-2 run: a segmenter trained on the pseudo-labels of ``data.pseudo_labels``."""
+    return settings.data.pseudo_labels is not None
+
+
+def build_network(settings, num_classes: int, students: int = 2, *, pretrained: str | None = None):
+    """The network ``settings`` train: DuPL's dual student (``students`` of them), or with
+    ``data.pseudo_labels`` the stage-2 ``SegmenterModel``. ``pretrained`` overrides model.pretrained."""
+    model_settings = settings.model
+    if pretrained is not None:
+        model_settings = model_settings.model_copy(update={"pretrained": pretrained})
+    if is_stage2(settings):
+        return build_segmenter_model(model_settings, num_classes, img_size=settings.data.crop_size)
+    return build_dual_student(
+        model_settings, num_classes, img_size=settings.data.crop_size, students=students
+    )
 
 
 def save_model(path: Path, model: torch.nn.Module, card: Card) -> Path:
@@ -44,7 +63,8 @@ def save_model(path: Path, model: torch.nn.Module, card: Card) -> Path:
 
 
 def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, Card]:
-    """Rebuild the DualStudent of a checkpoint; returns ``(model, card)``. Weights never downloaded."""
+    """Rebuild the network of a checkpoint (DualStudent, or a stage-2 SegmenterModel); returns
+    ``(model, card)``. Weights never downloaded."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -52,12 +72,8 @@ def load_model(path: Path, map_location: str | torch.device = "cpu") -> tuple[to
         raise UserError(f"{path}: checkpoint does not exist")
     card = read_card(path)
     settings = card.dupl_settings()
-    model_settings = settings.model.model_copy(update={"pretrained": "none"})
     try:
-        model = build_dual_student(
-            model_settings, num_classes=len(card.classes), img_size=settings.data.crop_size,
-            students=card.students,
-        )  # fmt: skip
+        model = build_network(settings, len(card.classes), card.students, pretrained="none")
     except UserError as exc:  # e.g. a model name no installed backbone knows: say whose card it is
         raise UserError(f"{card.file}: cannot build its model: {exc}", exc.exit_code) from None
     try:

@@ -7,7 +7,9 @@ Numbers come from files the run directory already holds, never from a new comput
   ``best.json``; without a card, the record's ``best_student``);
 * each ``eval/<tag>/metrics.json`` written by ``dupl evaluate`` (tag = split, source, -ms, -crf):
   its mIoU and over-activation, the mean over the foreground classes present in the ground truth of
-  FP / (TP + FP) (paper Fig. 7).
+  FP / (TP + FP) (paper Fig. 7);
+* for a stage-2 run (``data.pseudo_labels``), the mIoU of the pseudo-labels it was trained on, as its
+  card records them (``pseudo-labels``), so a stage-1 run and its stage-2 run read side by side.
 
 Settings come from ``config.toml`` (else the card). Torch-free: only JSON and TOML are read.
 """
@@ -40,6 +42,8 @@ NEUTRAL = (
 """Settings that name, place or log a run but change none of its numbers: never a difference."""
 
 VALIDATION = (("cam", "CAM"), ("aux_cam", "aux-CAM"), ("seg", "seg"))
+PSEUDO = "pseudo-labels"
+"""A stage-2 run's column: the mIoU of the pseudo-labels it learnt from (its card's ``stage2`` table)."""
 
 
 @dataclass
@@ -150,6 +154,9 @@ def read_run(path: Path) -> RunSummary:
         max_iters = run.settings.get("train.max_iters")
         if isinstance(run.step, int) and isinstance(max_iters, int) and run.step < max_iters:
             run.notes.append(f"last validation at step {run.step} of train.max_iters {max_iters}")
+    card = _card(path)
+    if card is not None and card.stage2 is not None and isinstance(card.stage2.pseudo_miou, (int, float)):
+        run.values[PSEUDO] = 100.0 * card.stage2.pseudo_miou
     run.values.update(read_evaluations(path, run.notes))
     if not run.values:
         run.notes.append("no metrics: no validation record in metrics.jsonl and no eval/*/metrics.json")
@@ -179,7 +186,7 @@ def groups(runs: list[RunSummary]) -> list[list[RunSummary]]:
 def columns(runs: list[RunSummary], eval_tags: list[str] | None = None) -> list[str]:
     """Validation columns first, then every evaluation's (or only the tags asked for)."""
     found = {k for r in runs for k in r.values}
-    cols = [key for key, _ in VALIDATION if key in found]
+    cols = [key for key, _ in VALIDATION if key in found] + [PSEUDO] * (PSEUDO in found)
     tags = eval_tags or sorted({k.rsplit(" ", 1)[0] for k in found if k.endswith(" mIoU")})
     for tag in tags:
         cols += [f"{tag} mIoU", f"{tag} over-act."]

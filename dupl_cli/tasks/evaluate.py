@@ -24,6 +24,7 @@ from dupl_cli.evaluation.metrics import SegMetrics, metrics_from_confusion
 from dupl_cli.evaluation.plots import require_matplotlib
 from dupl_cli.evaluation.visualize import sample_panels
 from dupl_cli.method.thresholds import cam_to_label
+from dupl_cli.models.segmenter import is_segmenter
 from dupl_cli.predict.loop import (
     LoadedModel,
     PredictOptions,
@@ -80,6 +81,8 @@ def _route(loaded: LoadedModel, indices: list[int], settings, req: EvalRequest, 
 
 def _check(loaded: LoadedModel, adapter, settings, req: EvalRequest):
     """The adapter in the checkpoint's class order (classes compared by name) and a note if remapped."""
+    if req.cams and is_segmenter(loaded.model):
+        raise UserError(f"{loaded.path}: a stage-2 segmenter has no CAMs; --cams needs a stage-1 run")
     if not adapter.has_masks:
         data = settings.data.adapter
         raise UserError(f"split {req.split!r} of {data} data has no ground-truth masks to evaluate against")

@@ -42,6 +42,7 @@ from dupl_cli.core.writable import check_writable
 from dupl_cli.models.backbones import build_backbone
 from dupl_cli.models.geometry import pad_to_multiple
 from dupl_cli.models.hub import require_hub
+from dupl_cli.models.segmenter import build_segmenter, is_segmenter
 from dupl_cli.models.student import Student
 from dupl_cli.predict.choices import ExportFormat, ExportStudent, choose_students
 from dupl_cli.runs.card import (
@@ -53,7 +54,7 @@ from dupl_cli.runs.card import (
     export_card_path,
     read_export_card,
 )
-from dupl_cli.runs.checkpoint import load_model, versions
+from dupl_cli.runs.checkpoint import is_stage2, load_model, versions
 
 SUFFIXES = {
     ExportFormat.safetensors: ".safetensors",
@@ -122,8 +123,11 @@ class InferenceGraph(nn.Module):
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         height, width = image.shape[-2], image.shape[-1]
         padded = pad_to_multiple(image, self.multiple)
-        final, aux = self.student.backbone(padded)
-        seg = self.student.head(final)
+        if self.full:
+            final, aux = self.student.backbone(padded)
+            seg = self.student.head(final)
+        else:  # the student's own path (a stage-2 head reads the backbone's whole feature pyramid)
+            seg = self.student.segment(padded)
         logits = F.interpolate(seg, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         logits = logits[:, :, :height, :width]
         outputs = (logits, logits.argmax(1))
@@ -319,13 +323,16 @@ def _rebuild_student(path: Path, card: Card) -> nn.Module:
 
     settings = card.dupl_settings()
     model_settings = settings.model.model_copy(update={"pretrained": "none"})
-    backbone = build_backbone(model_settings, settings.data.crop_size)
-    student = Student(
-        backbone,
-        len(card.classes),
-        head_channels=model_settings.head_channels,
-        head_dilation=model_settings.head_dilation,
-    )
+    if is_stage2(settings):  # a stage-2 segmenter: backbone and head, nothing else
+        student = build_segmenter(model_settings, len(card.classes), settings.data.crop_size)
+    else:
+        backbone = build_backbone(model_settings, settings.data.crop_size)
+        student = Student(
+            backbone,
+            len(card.classes),
+            head_channels=model_settings.head_channels,
+            head_dilation=model_settings.head_dilation,
+        )
     state = load_file(str(path))
     missing, unexpected = student.load_state_dict(state, strict=False)
     allowed = () if card.export.full else ("classifier.", "aux_classifier.")
@@ -351,10 +358,10 @@ def export_checkpoint(
         _require_onnx()
     if fmt == ExportFormat.hf:
         require_hub("dupl export --format hf")
-        full = True  # the whole student: every command (CAM pseudo-labels too) works from the folder
     model, source_card = load_model(checkpoint)
     index = choose_student(source_card, student)
     chosen = model.students[index - 1].eval()
+    full = _keeps_classifiers(chosen, full, fmt)
     out = Path(out) if out is not None else default_out(Path(checkpoint), fmt, index)
     if out.suffix == ".json":
         raise UserError(f"{out}: the export path must not end in .json (the card is written there)")
@@ -378,6 +385,16 @@ def export_checkpoint(
 
         atomic_write_text(out / HF_README, str(model_card(card, out.resolve().name)))
     return ExportResult(out, job.card_file, index, checks, log if log.is_file() else None)
+
+
+def _keeps_classifiers(chosen: nn.Module, full: bool, fmt: ExportFormat) -> bool:
+    """``--full``, and an hf folder (the whole student: every command, CAM pseudo-labels too, works
+    from it), keep the classifiers; a stage-2 segmenter has none."""
+    if not is_segmenter(chosen):
+        return full or fmt == ExportFormat.hf
+    if full:
+        raise UserError("--full exports the classifiers (CAMs): a stage-2 segmenter has none")
+    return False
 
 
 def _check_hf_folder(out: Path) -> None:
@@ -472,8 +489,9 @@ def _card(
     graph = fmt not in (ExportFormat.safetensors, ExportFormat.hf)
     classifiers = ", classifier.*, aux_classifier.*" if full else ""
     loader = "load_hf_student, or give the folder to any dupl command" if hf else "load_exported_student"
+    network = "segmenter.Segmenter" if source.settings["data"].get("pseudo_labels") else "student.Student"
     weights = (
-        f"state dict of dupl_cli.models.student.Student: backbone.*, head.*{classifiers}; "
+        f"state dict of dupl_cli.models.{network}: backbone.*, head.*{classifiers}; "
         f"load with dupl_cli.tasks.export.{loader}"
     )
     export = ExportRecord(

@@ -13,6 +13,7 @@ checkpoint, dataset or recipe is refused.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,17 @@ class PseudoLabelRequest:
     confidence: bool = False  # also confidence/<id>.png
 
 
-RECIPE = ("dataset", "split", "classes", "source", "crf", "multiscale", "checkpoint", "student")
+RECIPE = (
+    "dataset",
+    "split",
+    "classes",
+    "source",
+    "crf",
+    "multiscale",
+    "checkpoint",
+    "checkpoint_sha256",
+    "student",
+)
 """What a folder's labels were made with: resuming into it with any of these changed is refused."""
 
 
@@ -216,8 +227,18 @@ def recipe(loaded: LoadedModel, settings, req: PseudoLabelRequest, students) -> 
         "crf": bool(req.crf),
         "multiscale": bool(req.multiscale) and req.source == "seg",
         "checkpoint": str(Path(loaded.path).expanduser().resolve()),
+        "checkpoint_sha256": file_digest(loaded.path),
         "student": [int(i) + 1 for i in students],
     }
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (a retrained checkpoint at the same path is another checkpoint)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def check_recipe(out: Path, made_with: dict[str, Any]) -> None:

@@ -170,7 +170,8 @@ def test_two_process_shards_write_what_one_process_writes(loaded, tmp_path):
     assert counts["one"] == [(5, 5)] and counts["two"] == [(3, 3), (2, 2)]
     for kind in ("infer", "pl"):
         one, two = _files(tmp_path / "one" / kind), _files(tmp_path / "two" / kind)
-        assert one == two and len(one) == (11 if kind == "infer" else 5)  # 5 masks, 5 probs, index.csv
+        # infer: 5 masks, 5 probs, index.csv; pseudo-label: 5 masks, index.csv, pseudo_labels.json
+        assert one == two and len(one) == (11 if kind == "infer" else 7)
 
 
 def test_selection_comes_from_the_card_or_the_file_name(loaded, tmp_path):

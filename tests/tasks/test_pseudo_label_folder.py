@@ -61,3 +61,16 @@ def test_resuming_into_a_folder_made_another_way_is_refused(cli, tmp_path):
     assert "holds pseudo-labels made with another source ('cam' there, 'seg' now)" in " ".join(
         other.output.split()
     )
+
+
+def test_a_retrained_checkpoint_at_the_same_path_is_another_recipe(cli, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(cli.run_dir, run)
+    out = tmp_path / "pl"
+    assert cli("pseudo-label", run, "--out", out, "--split", "train", "--max-images", "2").exit_code == 0
+    weights = run / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b" ")  # other weights: one byte of a tensor
+    again = cli("pseudo-label", run, "--out", out, "--split", "train")
+    assert again.exit_code != 0 and "another checkpoint_sha256" in " ".join(again.output.split())
