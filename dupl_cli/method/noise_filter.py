@@ -357,7 +357,7 @@ def noisy_pixels(
 
     ``losses`` N×H×W per-pixel CE of the label. Noise = posterior of the larger-mean component
     > gamma on a valid fit and label != 0; ``config.one_sided`` also requires loss > the clean mean
-    (``False`` reproduces the release). With ``return_fit`` returns ``(mask, MixtureFit)``.
+    (``False`` reproduces the release). Non-finite losses are not fitted and never noise. With ``return_fit`` returns ``(mask, MixtureFit)``.
     """
     shape = losses.shape
     x = losses.detach().reshape(shape[0], -1)
@@ -366,6 +366,11 @@ def noisy_pixels(
     fit_mask = lab != IGNORE_INDEX
     fit_mask &= not_bg
     fit_mask &= x > config.loss_floor
+    # A non-finite loss (a diverged step) cannot be fitted: left out of the fit (a row with nothing
+    # finite is not fitted) and read as 0 below, so it is never noise.
+    finite = torch.isfinite(x)
+    fit_mask &= finite
+    x = torch.where(finite, x, 0.0)
     fit, hist = _fit(x, fit_mask, config)
     centre = (fit.means * fit.weights).sum(1)  # centring keeps the float32 quadratic accurate
 

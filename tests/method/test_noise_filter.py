@@ -159,3 +159,23 @@ def test_matches_sklearn_when_pixels_not_a_multiple_of_the_block():
         assert int(fit.n_iter[i]) == gmm.n_iter_
         assert (noise[i].numpy().ravel() == ref).mean() >= 0.999
     assert compared >= 8
+
+
+def test_non_finite_losses_are_not_fitted():
+    """A diverged step's losses (inf/NaN) are left out of the fit, never an IndexError: a row with
+    nothing finite is not fitted and flags nothing; a row with a few non-finite pixels fits the rest
+    as if those pixels were ignored, and its non-finite pixels are not noise."""
+    loss, fg = _bimodal()
+    spoiled = loss.clone()
+    spoiled[0, :7] = float("inf")
+    spoiled[1, :5] = float("nan")
+    ignored = fg.clone()
+    ignored[0, :7] = IGNORE_INDEX
+    ignored[1, :5] = IGNORE_INDEX
+    losses = torch.stack([torch.full_like(loss, float("inf")), torch.full_like(loss, float("nan")), spoiled])
+    noise, fit = noisy_pixels(losses, torch.stack([fg, fg, fg]), return_fit=True)
+    assert fit.fitted.tolist() == [False, False, True] and fit.valid.tolist() == [False, False, True]
+    assert not noise[:2].any() and not noise[2, 0, :7].any() and not noise[2, 1, :5].any()
+    expected, expected_fit = noisy_pixels(loss[None], ignored[None], return_fit=True)
+    torch.testing.assert_close(fit.means[2], expected_fit.means[0])
+    assert torch.equal(noise[2][ignored != IGNORE_INDEX], expected[0][ignored != IGNORE_INDEX])
