@@ -357,7 +357,8 @@ def noisy_pixels(
 
     ``losses`` N×H×W per-pixel CE of the label. Noise = posterior of the larger-mean component
     > gamma on a valid fit and label != 0; ``config.one_sided`` also requires loss > the clean mean
-    (``False`` reproduces the release). Non-finite losses are not fitted and never noise. With ``return_fit`` returns ``(mask, MixtureFit)``.
+    (``False`` reproduces the release). Non-finite losses are not fitted and never noise. With
+    ``return_fit`` returns ``(mask, MixtureFit)``.
     """
     shape = losses.shape
     x = losses.detach().reshape(shape[0], -1)
