@@ -81,12 +81,12 @@ class _Keys:
         span = [int(h) - lo_ + 2 for h, lo_ in zip(qbase.amax(1).tolist(), lo, strict=True)]
         self.d, self.lo = d, lo
         # r is the least significant digit: vertices of neighbouring simplices get nearby ids
-        self.r_stride, strides, acc = 1, [], d + 1
-        for s in reversed(span):
-            strides.append(acc)
-            acc *= s
+        self.r_stride, strides, stride = 1, [], d + 1
+        for extent in reversed(span):
+            strides.append(stride)
+            stride *= extent
         self.q_strides = strides[::-1]
-        self.image_stride = acc
+        self.image_stride = stride
         if self.image_stride * images >= _PACK_LIMIT:
             raise UserError(
                 "dense CRF: lattice keys too spread out to hash (crf sxy or srgb too small for the image "

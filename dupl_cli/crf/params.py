@@ -22,19 +22,16 @@ class CrfParams:
 
     @classmethod
     def for_segmentation(cls, crf_settings) -> CrfParams:
-        s = crf_settings
+        kernels = crf_settings
         return cls(
-            s.iters, s.gauss_sxy, s.gauss_compat, s.bilateral_sxy, s.bilateral_srgb, s.bilateral_compat
-        )
+            kernels.iters, kernels.gauss_sxy, kernels.gauss_compat,
+            kernels.bilateral_sxy, kernels.bilateral_srgb, kernels.bilateral_compat,
+        )  # fmt: skip
 
     @classmethod
     def for_cams(cls, crf_settings) -> CrfParams:
-        s = crf_settings
+        kernels = crf_settings.cam
         return cls(
-            s.iters,
-            s.cam.gauss_sxy,
-            s.cam.gauss_compat,
-            s.cam.bilateral_sxy,
-            s.cam.bilateral_srgb,
-            s.cam.bilateral_compat,
-        )
+            crf_settings.iters, kernels.gauss_sxy, kernels.gauss_compat,
+            kernels.bilateral_sxy, kernels.bilateral_srgb, kernels.bilateral_compat,
+        )  # fmt: skip

@@ -25,19 +25,19 @@ class _RngSkipped(logging.Handler):
         self.skipped = self.skipped or "Could not load random states" in record.getMessage()
 
 
-def _load_one(acc, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
+def _load_one(accelerator, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
     state = runs.read_state(ckpt)
     logger = logging.getLogger("accelerate.checkpointing")
     watch, level = _RngSkipped(), logger.level
     logger.addHandler(watch)
     logger.setLevel(logging.INFO)  # the skip is only logged at INFO
     try:
-        acc.load_state(str(ckpt))
+        accelerator.load_state(str(ckpt))
     finally:
         logger.removeHandler(watch)
         logger.setLevel(level)
     if watch.skipped:
-        rng = ckpt / f"random_states_{acc.process_index}.pkl"
+        rng = ckpt / f"random_states_{accelerator.process_index}.pkl"
         report(
             f"warning: {rng}: random state not loaded (missing, corrupt or not plain data); "
             "continuing with fresh random state, so the run will not match an uninterrupted one"
@@ -46,14 +46,14 @@ def _load_one(acc, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
 
 
 def load_resume(
-    acc, run_dir: Path, newest: Path, report: Callable[[str], None]
+    accelerator, run_dir: Path, newest: Path, report: Callable[[str], None]
 ) -> tuple[dict[str, Any], Path]:
     """(trainer state, checkpoint used): ``newest`` first, then each older complete checkpoint."""
     older = [path for _, path in reversed(runs.checkpoint_dirs(run_dir)) if path != newest]
     failures = []
     for ckpt in [newest, *older]:
         try:
-            state = _load_one(acc, ckpt, report)
+            state = _load_one(accelerator, ckpt, report)
         except (
             Exception
         ) as exc:  # torch / safetensors / accelerate / JSON errors on a corrupt or hostile file
@@ -62,7 +62,7 @@ def load_resume(
             continue
         for bad in failures:  # set aside, so rotation never deletes a good checkpoint to keep them
             path = Path(bad.split(": ", 1)[0])
-            if acc.is_main_process and path.is_dir():
+            if accelerator.is_main_process and path.is_dir():
                 path.rename(path.with_name(f"unusable_{path.name}"))
         if failures:
             report(
