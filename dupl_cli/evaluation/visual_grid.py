@@ -25,14 +25,23 @@ def heat(cam: torch.Tensor) -> np.ndarray:
     )
 
 
+def _image_panel(image: torch.Tensor) -> np.ndarray:
+    """3×H×W uint8, or float in [0, 1], → H×W×3 uint8."""
+    image = image.detach().cpu()
+    if image.dtype != torch.uint8:
+        image = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.permute(1, 2, 0).numpy()
+
+
 def training_grid(visuals: dict[str, torch.Tensor], palette) -> np.ndarray | None:
-    """Panels from ``visuals`` (``image`` 3×H×W in [0, 1], ``cam`` H×W, ``pseudo_label`` and
-    ``prediction`` H×W ids); missing panels are left out. Returns H×W'×3 uint8 or None."""
+    """Panels from ``visuals`` (``image`` 3×H×W, uint8 as the training step gives it or float in
+    [0, 1]; ``cam`` H×W; ``pseudo_label`` and ``prediction`` H×W ids); missing panels are left out.
+    Returns H×W'×3 uint8 or None."""
     image = visuals.get("image")
     if image is None:
         return None
     size = image.shape[-2:]
-    panels = [(image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy() * 255).astype(np.uint8)]
+    panels = [_image_panel(image)]
     if "cam" in visuals:
         cam = F.interpolate(
             visuals["cam"].float()[None, None], size=size, mode="bilinear", align_corners=False
