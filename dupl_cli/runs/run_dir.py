@@ -34,7 +34,7 @@ def new_run_dir(runs_root: Path, run_name: str | None, preset: str | None) -> Pa
 
 
 _PATH_SETTINGS = {
-    "data": ("root", "train_list", "val_list", "labels_file"),
+    "data": ("root", "train_list", "val_list", "labels_file", "pseudo_labels"),
     "train": ("runs_root",),
     "eval": ("checkpoint",),
 }

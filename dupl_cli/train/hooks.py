@@ -33,6 +33,7 @@ from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import save_model
 from dupl_cli.train.loop import HookBase, StepEvents, TrainParts
 from dupl_cli.train.progress import TrainingProgress
+from dupl_cli.train.stage2 import PHASE
 from dupl_cli.train.state import BestModel, TrainState, Validation
 from dupl_cli.train.validation import validate
 
@@ -72,7 +73,7 @@ class LogHook(HookBase):
         self,
         parts: TrainParts,
         progress: TrainingProgress,
-        schedule: PhaseSchedule,
+        schedule: PhaseSchedule | None,  # None: stage 2, whose phase is always PHASE
         train: TrainSettings,
         run_dir: Path | None,
         stop: int,
@@ -126,7 +127,7 @@ class LogHook(HookBase):
         record.setdefault("tau_h", float("nan"))
         record.setdefault("noise_share", 0.0)
         record["lr"] = self.parts.scheduler.get_last_lr()[0]
-        record["phase"] = phase_name(state.step, self.schedule)
+        record["phase"] = phase_name(state.step, self.schedule) if self.schedule is not None else PHASE
         images = self.train.batch_size * self.train.grad_accum * accelerator.num_processes
         self.progress.update(state.step, record, images)
         return record
@@ -311,7 +312,7 @@ class FinalModelHook(HookBase):
             if self.settings.train.select == "best-val" and best is not None:
                 student, scores, rule = best.student, best.scores, best_val_rule(self.settings, best.step)
             else:  # the default, and best-val without any validation
-                rule = FINAL_RULE if self.settings.method.students == 2 else "the only student"
+                rule = FINAL_RULE if len(self.parts.model.students) == 2 else "the only student"
                 student, scores = 1, ({} if state.last is None else state.last.scores)
             path = save_model(
                 self.run_dir / "final", self.parts.model, self.card(state.step, student, scores, rule)

@@ -1,4 +1,5 @@
-"""AdamW over the students' two parameter groups and the warm-up + poly LR schedule (docs/method.md §8)."""
+"""AdamW (or SGD, ``train.optimizer``) over the model's two parameter groups and the warm-up + poly LR
+schedule (docs/method.md §8; SGD for the DeepLab stage-2 presets, §12)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def lr_lambda(train_settings):
     return factor
 
 
-def build_optimizer(model, train_settings) -> torch.optim.AdamW:
-    """AdamW with the backbone group at ``lr`` and classifiers + heads at ``lr * head_lr_mult``.
+def build_optimizer(model, train_settings) -> torch.optim.Optimizer:
+    """AdamW (``train.optimizer = sgd``: SGD with ``train.momentum``) with the backbone group at ``lr``
+    and classifiers + heads at ``lr * head_lr_mult``.
 
     Weight decay applies to every group (as the release); frozen parameters are left out.
     """
@@ -35,12 +37,16 @@ def build_optimizer(model, train_settings) -> torch.optim.AdamW:
         {"params": [p for p in heads if p.requires_grad], "lr": s.lr * s.head_lr_mult, "name": "heads"},
     ]
     groups = [g for g in groups if g["params"]]
-    kwargs = dict(lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+    if getattr(s, "optimizer", "adamw") == "sgd":
+        kind, kwargs = torch.optim.SGD, dict(lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    else:
+        kind = torch.optim.AdamW
+        kwargs = dict(lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
     try:
         # Fused: one kernel per step, and it can skip a non-finite step on the device (train.step_guard).
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
+        return kind(groups, fused=True, **kwargs)
     except RuntimeError:  # parameters on a device without the fused kernel
-        return torch.optim.AdamW(groups, **kwargs)
+        return kind(groups, **kwargs)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_settings) -> torch.optim.lr_scheduler.LambdaLR:

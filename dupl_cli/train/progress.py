@@ -71,8 +71,10 @@ class TrainingProgress:
             for k, v in record.items()
             if k.startswith("loss/") and not k.endswith(("_1", "_2"))
         )
+        tau = record["tau_h"]  # none in stage 2 (NaN): not shown
+        tau_text = f" | tau_h {tau:.3f}" if tau == tau else ""
         info = (
-            f"phase {record['phase']} | {losses} | lr {record['lr']:.2e} | tau_h {record['tau_h']:.3f} "
+            f"phase {record['phase']} | {losses} | lr {record['lr']:.2e}{tau_text} "
             f"| noise {100 * record['noise_share']:.1f}% | {rate:.1f} img/s"
         )
         if self._bar is not None:

@@ -17,22 +17,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from dupl_cli.config.method_params import step_config
+from dupl_cli.config.method_params import stage2_config, step_config
 from dupl_cli.config.schema import DuplSettings
 from dupl_cli.config.toml_writer import dumps
 from dupl_cli.core.errors import UserError, one_line
 from dupl_cli.core.writable import check_writable
 from dupl_cli.data.base import SubsetAdapter, left_out_note
 from dupl_cli.data.loader import train_loader
+from dupl_cli.data.pseudo_labels import stage2_loader
 from dupl_cli.data.verify import check_split
 from dupl_cli.method.params import StepConfig
 from dupl_cli.method.schedule import phase_name
 from dupl_cli.models.backbones.base import normalisation_mismatch
-from dupl_cli.models.dual import build_dual_student
 from dupl_cli.plugins import DATASETS, load
 from dupl_cli.runs import run_dir as runs
 from dupl_cli.runs import run_index
-from dupl_cli.runs.card import Card
+from dupl_cli.runs.card import Card, Stage2Record
+from dupl_cli.runs.checkpoint import build_network, is_stage2
 from dupl_cli.runs.resume import load_resume
 from dupl_cli.runs.run_lock import RunLock, clean_leftovers
 from dupl_cli.train.accel import make_accelerator
@@ -49,6 +50,14 @@ from dupl_cli.train.hooks import (
 from dupl_cli.train.loop import HookBase, TrainingModule, TrainParts, step_generator, train_loop
 from dupl_cli.train.optim import build_optimizer, build_scheduler
 from dupl_cli.train.progress import TrainingProgress
+from dupl_cli.train.stage2 import (
+    PHASE,
+    Stage2Module,
+    check_stage,
+    pseudo_label_split,
+    stage2_record,
+    wants_confidence,
+)
 from dupl_cli.train.state import TrainState
 from dupl_cli.train.step_guard import NonFiniteGuard
 
@@ -84,6 +93,8 @@ def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]
     train_set = factory(settings.data, settings.data.train_split)
     if note := left_out_note(train_set):
         report(f"warning: {note}")
+    if is_stage2(settings):  # the pseudo-labels as masks, their folder checked against the split first
+        train_set = pseudo_label_split(train_set, settings)
     train_set = _checked(train_set, settings.data.on_error, "training", report)
     val_set = None
     if with_val:
@@ -126,23 +137,34 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 def _card(
-    settings: DuplSettings, classes, palette, step: int, student: int, metrics: dict, rule: str
+    settings: DuplSettings,
+    classes,
+    palette,
+    step: int,
+    student: int,
+    metrics: dict,
+    rule: str,
+    *,
+    students: int | None = None,
+    stage2: Stage2Record | None = None,
 ) -> Card:
     return Card(
         classes=list(classes),
         palette=[tuple(c) for c in palette],
         settings=settings.model_dump(mode="json"),
         student=student,
-        students=settings.method.students,
+        students=settings.method.students if students is None else students,
         step=step,
         student_rule=rule,
         selection=settings.train.select,
         metrics=metrics,
+        stage2=stage2,
     )
 
 
 class Trainer:
     def __init__(self, settings: DuplSettings, options: TrainOptions) -> None:
+        check_stage(settings)  # a stage-2 preset without its pseudo-label folder stops here, in one line
         self.settings = runs.absolute_paths(settings)  # cards must name the same data from any folder
         self.options = options
         self.model: nn.Module | None = None
@@ -246,13 +268,14 @@ class Trainer:
         run_index.point_latest(self.settings.train.runs_root, run_dir)
 
     def _build_model(self, classes: list[str], progress: TrainingProgress, main: bool) -> nn.Module:
-        """The step config and the dual student for ``classes``, warning when the backbone's
-        pretraining statistics differ from the data's normalisation."""
+        """The step config and the dual student for ``classes`` (with data.pseudo_labels: the stage-2
+        config and segmenter), warning when the backbone's pretraining statistics differ from the
+        data's normalisation."""
         settings = self.settings
-        self.config = step_config(settings, num_classes=len(classes))
-        model = build_dual_student(settings.model, num_classes=len(classes), img_size=settings.data.crop_size,
-                                   students=settings.method.students)  # fmt: skip
-        self.model = model  # the unwrapped dual student, for callers that inspect it after training
+        stage2 = is_stage2(settings)
+        self.config = stage2_config(settings) if stage2 else step_config(settings, num_classes=len(classes))
+        model = build_network(settings, len(classes), settings.method.students)
+        self.model = model  # the unwrapped network, for callers that inspect it after training
         backbone = model.students[0].backbone
         model_settings, data = settings.model, settings.data
         stats = normalisation_mismatch(
@@ -277,10 +300,8 @@ class Trainer:
         compile_from_settings(model, train)
         optimizer = build_optimizer(model, train)
         scheduler = build_scheduler(optimizer, train)
-        loader = train_loader(
-            train_set, settings.data, train.batch_size, seed=train.seed, views=self._views()
-        )
-        module = TrainingModule(model, self.config)
+        loader = self._loader(train_set, train.batch_size)
+        module = self._module(model)
         module, optimizer, loader, scheduler = accelerator.prepare(module, optimizer, loader, scheduler)
         state = TrainState()
         if resume_ckpt is not None:
@@ -306,13 +327,18 @@ class Trainer:
         settings, train = self.settings, self.settings.train
         own_dir = run_dir if parts.accelerator.is_main_process else None  # the files are the main process's
         stop = self._stop()
-        card = functools.partial(_card, settings, train_set.classes, train_set.palette)
+        stage2 = stage2_record(train_set, settings) if is_stage2(settings) else None
+        students = len(parts.model.students)
+        card = functools.partial(
+            _card, settings, train_set.classes, train_set.palette, students=students, stage2=stage2
+        )
         tracked = train.tracker != "none" and own_dir is not None
-        hooks: list[HookBase] = [LogHook(parts, progress, self.config.schedule, train, run_dir, stop)]
+        schedule = getattr(self.config, "schedule", None)  # none in stage 2: its phase is PHASE
+        hooks: list[HookBase] = [LogHook(parts, progress, schedule, train, run_dir, stop)]
         if tracked:
             hooks.append(ImagesHook(parts.accelerator, train_set.palette, train.image_every))
         if val_set is not None:
-            scales = self.config.cam.scales
+            scales = self.config.cam.scales if not is_stage2(settings) else ()  # a segmenter has no CAMs
             hooks.append(
                 ValidationHook(parts, val_set, train_set.classes, settings, scales, progress, own_dir, stop)
             )
@@ -334,7 +360,26 @@ class Trainer:
 
     def _views(self) -> int:
         """Weak views per image the step needs: two with diff_aug (one per student)."""
-        return 2 if self.config.diff_aug else 1
+        return 2 if getattr(self.config, "diff_aug", False) else 1
+
+    def _loader(self, train_set: Any, batch_size: int, **kwargs) -> Any:
+        """The training loader: weak views, or in stage 2 views with their pseudo-labels (and confidence)."""
+        settings = self.settings
+        if is_stage2(settings):
+            confidence = wants_confidence(settings)
+            return stage2_loader(train_set, settings.data, batch_size, seed=settings.train.seed,
+                                 confidence=confidence, **kwargs)  # fmt: skip
+        return train_loader(
+            train_set, settings.data, batch_size, seed=settings.train.seed, views=self._views(), **kwargs
+        )
+
+    def _module(self, model: nn.Module) -> nn.Module:
+        """What one forward of the step runs: the DuPL step, or in stage 2 the segmenter's."""
+        return (
+            Stage2Module(model, self.config)
+            if is_stage2(self.settings)
+            else TrainingModule(model, self.config)
+        )
 
     def _run_recorded(
         self,
@@ -390,21 +435,20 @@ class Trainer:
         self, accelerator: Accelerator, model: nn.Module, train_set: Any, progress: TrainingProgress
     ) -> None:
         settings = self.settings
-        loader = train_loader(train_set, settings.data, 2, seed=settings.train.seed, num_workers=0,
-                              views=self._views())  # fmt: skip
-        batch = next(iter(loader))
-        module = accelerator.prepare(TrainingModule(model, self.config))
+        batch = next(iter(self._loader(train_set, 2, num_workers=0)))
+        module = accelerator.prepare(self._module(model))
         print(dumps(settings.model_dump(mode="json")))
         for key, value in parameter_counts(model).items():
             print(f"parameters {key}: {value:,}")
-        schedule = self.config.schedule
-        for step in sorted({0, schedule.t_seg, schedule.t_anf}):
+        schedule = getattr(self.config, "schedule", None)
+        for step in sorted({0, schedule.t_seg, schedule.t_anf}) if schedule is not None else [0]:
             result = module(batch, step, step_generator(settings.train.seed, step))
             accelerator.backward(result.loss)
             module.zero_grad(set_to_none=True)
             terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
             print(
-                f"dry run: phase {phase_name(step, schedule)} step {step}: loss {float(result.loss):.4f} "
+                f"dry run: phase {phase_name(step, schedule) if schedule else PHASE} step {step}: "
+                f"loss {float(result.loss):.4f} "
                 f"({terms})"
             )
         return None

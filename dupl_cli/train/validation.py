@@ -1,4 +1,5 @@
-"""Training-time validation (docs/method.md §11): CAM, aux-CAM and segmentation mIoU per student.
+"""Training-time validation (docs/method.md §11): CAM, aux-CAM and segmentation mIoU per student (a
+stage-2 segmenter: segmentation only).
 
 Images are resized to the training crop size and run in batches; each prediction is resampled onto
 its own mask's resolution in one bilinear step (images of different sizes share a batch: masks are
@@ -56,15 +57,20 @@ def segment_at(
 
 
 def confusions(model, loader, *, num_classes: int, cam_scales, cam_threshold: float, device) -> dict:
-    """This process's confusion matrices (not reduced) for ``{kind}_s{k}``, over its loader."""
+    """This process's confusion matrices (not reduced) for ``{kind}_s{k}``, over its loader (a stage-2
+    segmenter, without classifiers: ``seg_s1`` alone)."""
     ks = range(1, len(model.students) + 1)
-    meters = {f"{kind}_s{k}": ConfusionMeter(num_classes + 1, device) for kind in KINDS for k in ks}
+    kinds = KINDS if hasattr(model.students[0], "classifier") else ("seg",)
+    meters = {f"{kind}_s{k}": ConfusionMeter(num_classes + 1, device) for kind in kinds for k in ks}
     for batch in loader:
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True).float()
         sizes, out = batch["orig_size"], tuple(masks.shape[-2:])
         for k, student in enumerate(model.students, start=1):
+            if kinds == ("seg",):
+                meters[f"seg_s{k}"].update(segment_at(student, images, out, sizes).argmax(1), masks)
+                continue
             # one forward gives the segmentation and the CAMs of the un-flipped view at scale 1
             output = student(pad_to_multiple(images, backbone_stride(student)))
             seg = segment_at(student, images, out, sizes, logits=output.seg)
