@@ -17,25 +17,35 @@ from dupl_cli.runs import run_dir as runs
 
 
 class _RngSkipped(logging.Handler):
-    def __init__(self) -> None:
+    """Watches Accelerate's checkpoint log for the skipped RNG state (logged at INFO only) and passes
+    on only what would have shown anyway (``forward``: the level the logger had): not its five
+    "... loaded successfully" lines."""
+
+    def __init__(self, logger: logging.Logger, forward: int) -> None:
         super().__init__(logging.INFO)
         self.skipped = False
+        self.logger, self.forward = logger, forward
 
     def emit(self, record: logging.LogRecord) -> None:
         self.skipped = self.skipped or "Could not load random states" in record.getMessage()
+        if record.levelno >= self.forward and self.logger.parent is not None:
+            self.logger.parent.handle(record)
 
 
 def _load_one(accelerator, ckpt: Path, report: Callable[[str], None]) -> dict[str, Any]:
     state = runs.read_state(ckpt)
     logger = logging.getLogger("accelerate.checkpointing")
-    watch, level = _RngSkipped(), logger.level
+    level, propagate = logger.level, logger.propagate
+    watch = _RngSkipped(logger, logger.getEffectiveLevel())
     logger.addHandler(watch)
     logger.setLevel(logging.INFO)  # the skip is only logged at INFO
+    logger.propagate = False  # the watch passes on what would have shown
     try:
         accelerator.load_state(str(ckpt))
     finally:
         logger.removeHandler(watch)
         logger.setLevel(level)
+        logger.propagate = propagate
     if watch.skipped:
         rng = ckpt / f"random_states_{accelerator.process_index}.pkl"
         report(

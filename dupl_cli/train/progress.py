@@ -9,11 +9,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dupl_cli.core.writable import write_failure
+
 
 def format_eta(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append ``text`` and a newline to ``path``; a full disk is one line naming the file
+    (``core.writable.write_failure``), not an OSError traceback."""
+    try:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(text + "\n")
+    except OSError as exc:
+        raise write_failure(path, exc) or exc from None
 
 
 class TrainingProgress:
@@ -50,8 +62,7 @@ class TrainingProgress:
 
     def _append_log(self, text: str) -> None:
         if self.run_dir is not None:
-            with open(self.run_dir / "train.log", "a", encoding="utf-8") as log:
-                log.write(text + "\n")
+            append_line(self.run_dir / "train.log", text)
 
     def update(self, step: int, record: dict[str, Any], images_per_step: int) -> None:
         """Called every log interval with host-side numbers; writes metrics.jsonl."""
@@ -63,8 +74,7 @@ class TrainingProgress:
         self._last_step, self._last_time = step, now
         record = {"step": step, **record, "images_per_s": round(rate, 2), "eta_s": round(eta, 1)}
         if self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
-                out.write(json.dumps(record) + "\n")
+            append_line(self.run_dir / "metrics.jsonl", json.dumps(record))
         # Per-student terms (…_1, …_2) go to metrics.jsonl; the line shows the sums.
         losses = " ".join(
             f"{k[5:]} {v:.3f}"

@@ -154,3 +154,38 @@ def test_dupl_train_takes_every_step_through_optimizer_step(tiny_data, tmp_path,
     assert trained.keys() == replayed.keys()
     for key, value in trained.items():
         assert torch.equal(value, replayed[key]), key
+
+
+def _snapshot(parts) -> tuple[dict, dict]:
+    """Model and optimiser state (moments and step counts), cloned."""
+    model = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    inner = parts.optimizer.optimizer.state_dict()["state"]
+    optim = {i: {k: v.clone() for k, v in entry.items()} for i, entry in inner.items()}
+    return model, optim
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["device-skip", "host-read"])
+def test_a_skipped_step_leaves_model_and_optimizer_bitwise_as_before(monkeypatch, fused):
+    """After a good step (moments and step counts exist), a forced non-finite step changes no bit of
+    the model's or the optimiser's state, on the fused device-skip path and the host-read fallback."""
+    parts = tiny_parts(fused=fused)
+    assert parts.guard.on_device is fused
+    optimizer_step(parts, iter([tiny_batch(0)]), 0)
+    model_before, optim_before = _snapshot(parts)
+    assert optim_before  # the good step made moments to compare
+    real = loop.method_step.training_step
+
+    def poisoned(model, batch, iteration, config, **kwargs):
+        result = real(model, batch, iteration, config, **kwargs)
+        return result._replace(loss=result.loss * float("inf"))
+
+    monkeypatch.setattr(loop.method_step, "training_step", poisoned)
+    outcome = optimizer_step(parts, iter([tiny_batch(1)]), 1)
+    assert bool(outcome.bad) and outcome.bad_on_host is not fused
+    model_after, optim_after = _snapshot(parts)
+    assert model_after.keys() == model_before.keys() and optim_after.keys() == optim_before.keys()
+    for key, value in model_before.items():
+        assert torch.equal(value, model_after[key]), key
+    for index, entry in optim_before.items():
+        for name, value in entry.items():
+            assert torch.equal(value, optim_after[index][name]), (index, name)
