@@ -385,7 +385,9 @@ class EvalSettings(Section):
     cam_threshold: float = Field(
         0.5, ge=0, le=1, description="Background threshold of CAM pseudo-label evaluation"
     )
-    batch_size: int = Field(1, ge=1, description="Images per forward at inference")
+    batch_size: int = Field(
+        8, ge=1, description="Images of one size per forward at inference (windows of a big image too)"
+    )
     max_images: int = Field(0, ge=0, description="Cap on evaluated images (0 = all)")
     max_pixels: int = Field(
         50_000_000,
@@ -419,6 +421,18 @@ class CrfSettings(Section):
     backend: Literal["auto", "torch", "pydensecrf"] = Field(
         "auto",
         description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)",
+    )
+    mode: Literal["whole", "slide", "auto"] = Field(
+        "auto",
+        description="Segmentation of the whole image, or of overlapping windows with their logits averaged "
+        "(slide); auto slides above eval.slide_above pixels. CAMs always take the whole image",
+    )
+    slide_crop: int = Field(
+        0, ge=0, description="Window side of slide mode (0 = data.crop_size, the training crop)"
+    )
+    slide_stride: int = Field(0, ge=0, description="Step between windows (0 = two thirds of the window side)")
+    slide_above: int = Field(
+        4_000_000, ge=1, description="Images with more pixels than this slide in auto mode (whole below)"
     )
 
 

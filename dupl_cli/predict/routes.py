@@ -1,6 +1,7 @@
-"""Routes of the prediction loop: how one image becomes an output and then a label.
+"""Routes of the prediction loop: how a batch of same-size images becomes outputs and then labels.
 
-``SegRoute``: segmentation logits through TTA, then argmax or the dense CRF.
+``SegRoute``: segmentation logits through TTA (of the whole image, or of windows over a big one:
+``predict.slide``), then argmax or the dense CRF.
 ``CamRoute``: the multi-scale CAM restricted to the image's labels, then the CAM rule
 (``method.thresholds.cam_to_label``, two-way or three-way) or the two-pass CAM CRF.
 (Not to be confused with ``models.heads``, the network's segmentation head.)
@@ -9,17 +10,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from dupl_cli.config.method_params import cam_config
+from dupl_cli.core.errors import UserError
 from dupl_cli.crf.params import CrfParams
 from dupl_cli.method.cam import multiscale_cam
 from dupl_cli.method.params import CamConfig
 from dupl_cli.method.thresholds import cam_to_label
 from dupl_cli.models.geometry import pad_to_multiple
+from dupl_cli.predict.loop import Batch, Prediction, labels_of, to_batch
+from dupl_cli.predict.slide import SlideConfig, slide_predict, window_count
 from dupl_cli.predict.tta import TTAConfig, ensemble, stride_of, tta_logits
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
@@ -63,30 +69,76 @@ def resized_cam(fn: LogitsFn, x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(fn(small), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def _detail(bar, description: str, total: int):
+    """The progress bar's line for one long image (nothing without a bar)."""
+    return nullcontext(None) if bar is None else bar.detail(description, total)
+
+
 @dataclass(frozen=True)
 class SegRoute:
+    """Segmentation logits through TTA, of the whole image or window by window (``slide``); labels by
+    argmax (one copy to the host per batch) or the dense CRF."""
+
     logits_fn: LogitsFn
     tta: TTAConfig
     multiple: int  # side multiple the backbone needs
     params: CrfParams
+    slide: SlideConfig = SlideConfig()  # whole images unless told otherwise
 
     @classmethod
     def of(cls, model, indices: Sequence[int], settings, tta: TTAConfig) -> SegRoute:
-        """The segmentation head of ``model``'s students ``indices`` (mean for several), CRF from settings."""
-        return cls(seg_fn(model, indices), tta, stride_of(model), CrfParams.for_segmentation(settings.crf))
+        """The segmentation head of ``model``'s students ``indices`` (mean for several), CRF and
+        whole / sliding inference from settings."""
+        slide = SlideConfig.from_settings(settings.eval, settings.data.crop_size)
+        if tta.resize and slide.mode == "slide":
+            raise UserError(
+                f"eval.mode = slide with eval.resize = {tta.resize}: a resized image is not slid over; "
+                "set eval.resize = 0 or eval.mode = whole"
+            )
+        params = CrfParams.for_segmentation(settings.crf)
+        return cls(seg_fn(model, indices), tta, stride_of(model), params, slide)
 
-    def forward(self, x: torch.Tensor, item) -> torch.Tensor:
-        """Merged float32 logits K×H×W."""
-        return tta_logits(self.logits_fn, x, self.tta, multiple=self.multiple)[0]
+    def slides(self, size: tuple[int, int]) -> bool:
+        """Whether an image of ``size`` goes window by window (never when TTA resizes it first)."""
+        return not self.tta.resize and self.slide.applies(size)
 
-    def route(self, router, key, item, logits: torch.Tensor) -> None:
-        router.segmentation(key, item.image, logits, self.params)
+    def forward(self, batch: Batch) -> Prediction:
+        """Merged float32 logits B×K×H×W (windows: the labels, and the logits when kept)."""
+        if self.slides(batch.size):
+            return self._slide(batch)
+        return Prediction(tta_logits(self.logits_fn, batch.tensor(), self.tta, multiple=self.multiple))
+
+    def _slide(self, batch: Batch) -> Prediction:
+        (item,) = batch.items  # the loop sends an image it slides over alone
+        options = batch.options
+
+        def normalise(windows: torch.Tensor) -> torch.Tensor:
+            return to_batch(windows, options.mean, options.std, batch.device)
+
+        n = window_count(item.size, self.slide)
+        description = f"{item.name} {item.size[1]}x{item.size[0]}: {n} windows"
+        with _detail(batch.bar, description, n) as advance:
+            result = slide_predict(
+                self.logits_fn, item.image, self.tta, self.slide, normalise, multiple=self.multiple,
+                batch_size=options.batch_size, keep_logits=batch.keep_scores, advance=advance,
+            )  # fmt: skip
+        return Prediction(None if result.logits is None else result.logits[None], result.labels[None])
+
+    def route(self, router, keys, items, prediction: Prediction) -> None:
+        if router.pool is None:
+            labels = prediction.labels if prediction.labels is not None else labels_of(prediction.scores)
+            for key, label in zip(keys, labels.cpu().numpy(), strict=True):
+                router.finish(key, label)
+            return
+        for key, item, logits in zip(keys, items, prediction.scores, strict=True):
+            router.segmentation(key, item.image, logits, self.params)
 
 
 @dataclass(frozen=True)
 class CamRoute:
     """Without CRF the label is ``cam_to_label(tau_high, tau_low)`` (``tau_low`` None: two-way);
-    with CRF, the two-pass CAM CRF with background scores ``crf_tau`` (high, low)."""
+    with CRF, the two-pass CAM CRF with background scores ``crf_tau`` (high, low). Always the whole
+    image: a CAM is normalised by its maximum over the image, which a window does not see."""
 
     cam_fn: LogitsFn
     params: CrfParams
@@ -105,14 +157,29 @@ class CamRoute:
         crf_tau = (crf.cam.tau_high, crf.cam.tau_low)
         return cls(fn, CrfParams.for_cams(crf), crf_tau, tau_high, tau_low, resize=resize)
 
-    def forward(self, x: torch.Tensor, item) -> torch.Tensor:
-        """CAM C×H×W for all classes."""
-        cam = self.cam_fn(x) if not self.resize else resized_cam(self.cam_fn, x, self.resize)
-        return cam[0]
+    def slides(self, size: tuple[int, int]) -> bool:
+        return False
 
-    def route(self, router, key, item, cam: torch.Tensor) -> None:
-        def without_crf() -> torch.Tensor:
-            labels = torch.from_numpy(item.labels)[None]
-            return cam_to_label(cam[None], labels, tau_high=self.tau_high, tau_low=self.tau_low)[0]
+    def forward(self, batch: Batch) -> Prediction:
+        """CAMs B×C×H×W for all classes."""
+        x = batch.tensor()
+        return Prediction(self.cam_fn(x) if not self.resize else resized_cam(self.cam_fn, x, self.resize))
 
-        router.cams(key, item.image, cam, item.labels, self.params, *self.crf_tau, without_crf=without_crf)
+    def _labels(self, cams: torch.Tensor, items) -> torch.Tensor:
+        labels = torch.from_numpy(np.stack([item.labels for item in items]))
+        return cam_to_label(cams, labels, tau_high=self.tau_high, tau_low=self.tau_low).to(torch.uint8)
+
+    def route(self, router, keys, items, prediction: Prediction) -> None:
+        cams = prediction.scores
+        if router.pool is None:
+            for key, label in zip(keys, self._labels(cams, items).cpu().numpy(), strict=True):
+                router.finish(key, label)
+            return
+        for key, item, cam in zip(keys, items, cams, strict=True):
+
+            def without_crf(cam=cam, item=item) -> torch.Tensor:
+                return self._labels(cam[None], [item])[0]
+
+            router.cams(
+                key, item.image, cam, item.labels, self.params, *self.crf_tau, without_crf=without_crf
+            )
