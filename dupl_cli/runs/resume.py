@@ -46,6 +46,7 @@ def _load_one(accelerator, ckpt: Path, report: Callable[[str], None]) -> dict[st
         logger.removeHandler(watch)
         logger.setLevel(level)
         logger.propagate = propagate
+    _check_finite(accelerator)
     if watch.skipped:
         rng = ckpt / f"random_states_{accelerator.process_index}.pkl"
         report(
@@ -53,6 +54,18 @@ def _load_one(accelerator, ckpt: Path, report: Callable[[str], None]) -> dict[st
             "continuing with fresh random state, so the run will not match an uninterrupted one"
         )
     return state
+
+
+def _check_finite(accelerator) -> None:
+    """A checkpoint whose weights are not all finite (written by a diverged run before issue 26) is
+    not resumed: one host read of one device reduction over the loaded models."""
+    import torch
+
+    tensors = [
+        t for model in accelerator._models for t in model.state_dict().values() if t.is_floating_point()
+    ]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise ValueError("holds non-finite weights (a run that diverged wrote it)")
 
 
 def load_resume(

@@ -78,3 +78,23 @@ def test_hostile_rng_state_is_reported(stopped_run, tiny_data, tmp_path):
     log = (run / "train.log").read_text()
     assert f"warning: {rng}: random state not loaded" in log
     assert "resumed from" in log and "step 6" in log
+
+
+def test_a_poisoned_newest_checkpoint_is_not_resumed(stopped_run, tiny_data, tmp_path):
+    """Non-finite weights in the newest checkpoint (what a diverged run wrote before issue 26): the
+    resume names it, sets it aside and falls back to the previous one."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    run = _copy(stopped_run, tmp_path)
+    model = run / "checkpoints" / "step_6" / "model.safetensors"
+    weights = load_file(str(model))
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = torch.full_like(weights[key], float("nan"))
+    save_file(weights, str(model))
+    result = runner.invoke(app, _args(tiny_data, run, "--resume"))
+    assert result.exit_code == 0, result.output
+    log = (run / "train.log").read_text()
+    assert f"cannot resume from {run / 'checkpoints' / 'step_6'}: " in log and "non-finite weights" in log
+    assert f"fell back to {run / 'checkpoints' / 'step_3'} (step 3)" in log
+    assert (run / "checkpoints" / "unusable_step_6").is_dir()
