@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from dupl_cli.config.sources import load_settings
+
 CheckpointArg = Annotated[
     Path | None,
     typer.Argument(
@@ -62,8 +64,6 @@ def resolve_settings(
     ``card`` (card file, its settings) is the lowest source above the defaults. With -v, names the
     adapter options dropped because another adapter was chosen above them.
     """
-    from dupl_cli.config.sources import load_settings
-
     opts = global_options(ctx)
     resolved = load_settings(
         preset=preset or opts.preset,

@@ -8,6 +8,9 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import console
+from dupl_cli.core.atomic import atomic_write_text
+from dupl_cli.runs.compare import SEED, RunSummary, csv_rows, ordered, to_json
+from dupl_cli.runs.compare import compare as run_compare
 
 COMPARE_HELP = (
     "One row per run: CAM, aux-CAM and segmentation mIoU, each evaluation's mIoU and over-activation, and "
@@ -35,8 +38,6 @@ def _setting(value) -> str:
 
 def table(comparison):
     from rich.table import Table
-
-    from dupl_cli.runs.compare import SEED, RunSummary, ordered
 
     keys = comparison.differing
     result = Table(title="dupl compare (numbers in %)")
@@ -74,7 +75,6 @@ def _write(target: Path, text: str) -> None:
     if str(target) == "-":
         typer.echo(text, nl=False)
         return
-    from dupl_cli.core.atomic import atomic_write_text
 
     atomic_write_text(target, text)
 
@@ -82,8 +82,6 @@ def _write(target: Path, text: str) -> None:
 def _csv_text(comparison) -> str:
     import csv
     import io
-
-    from dupl_cli.runs.compare import csv_rows
 
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(
@@ -112,9 +110,6 @@ def compare(
     ] = None,
 ) -> None:
     import json
-
-    from dupl_cli.runs.compare import compare as run_compare
-    from dupl_cli.runs.compare import to_json
 
     comparison = run_compare(runs, eval_tags)
     to_stdout = "-" in (str(csv_out), str(json_out))

@@ -12,6 +12,10 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.config.reference import settings_reference
+from dupl_cli.config.sources import explain as explain_rows
+from dupl_cli.config.toml_writer import dumps
+from dupl_cli.core.atomic import atomic_write_text
 
 app = typer.Typer(help="Inspect the resolved settings.", no_args_is_help=True)
 
@@ -34,9 +38,6 @@ def show(
 ) -> None:
     """Show the settings after defaults, preset, --config, environment and --set are merged."""
     from rich.markup import escape
-
-    from dupl_cli.config.sources import explain as explain_rows
-    from dupl_cli.config.toml_writer import dumps
 
     resolved = resolve_settings(ctx, preset, config, sets)
     data = resolved.settings.model_dump(mode="json")
@@ -74,9 +75,6 @@ def reference(
     ] = None,
 ) -> None:
     """The settings reference: every key with its type, default and description, from the schema."""
-    from dupl_cli.config.reference import settings_reference
-    from dupl_cli.core.atomic import atomic_write_text
-
     text = settings_reference()
     if out is None:
         typer.echo(text, nl=False)

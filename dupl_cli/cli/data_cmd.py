@@ -9,6 +9,13 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.core.atomic import atomic_write_text
+from dupl_cli.core.errors import DataError, UserError
+from dupl_cli.data.coco_masks import build_masks
+from dupl_cli.data.demo import write_demo
+from dupl_cli.data.images import labels_from_mask
+from dupl_cli.data.verify import verify
+from dupl_cli.plugins import DATASETS, load
 
 app = typer.Typer(help="Prepare and check datasets.", no_args_is_help=True)
 
@@ -21,8 +28,6 @@ SplitOpt = Annotated[
 
 
 def _adapters(settings, splits: list[str] | None):
-    from dupl_cli.plugins import DATASETS, load
-
     factory = load(DATASETS, settings.data.adapter)
     names = list(dict.fromkeys(splits or [settings.data.train_split, settings.data.val_split]))
     return [(name, factory(settings.data, name)) for name in names]
@@ -38,9 +43,6 @@ def demo(
 ) -> None:
     """Write the built-in demo dataset in the folder layout."""
     import time
-
-    from dupl_cli.core.errors import UserError
-    from dupl_cli.data.demo import write_demo
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists and is not empty; choose another --out or delete it")
@@ -63,8 +65,6 @@ def verify_cmd(
     full: Annotated[bool, typer.Option("--full", help="Decode images at full resolution (slower).")] = False,
 ) -> None:
     """Check every listed image, mask and label; exit 1 on any error."""
-    from dupl_cli.data.verify import verify
-
     settings = resolve_settings(ctx, preset, config, sets).settings
     reports = [
         verify(adapter, full=full, crop_size=settings.data.crop_size)
@@ -132,9 +132,6 @@ def labels_cmd(
     source (VOC annotation XML, the labels file); exit 1 if any image fails."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from dupl_cli.core.errors import DataError, UserError
-    from dupl_cli.data.images import labels_from_mask
-
     settings = resolve_settings(ctx, preset, config, sets).settings
     inputs = [
         settings.data.labels_file,
@@ -167,7 +164,6 @@ def labels_cmd(
                 else:
                     sample_id, vec = res
                     rows[sample_id] = " ".join(adapter.classes[k] for k in vec.nonzero()[0])
-    from dupl_cli.core.atomic import atomic_write_text
 
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, "id,labels\n" + "".join(f"{k},{v}\n" for k, v in rows.items()))
@@ -194,7 +190,5 @@ def coco_masks(
 ) -> None:
     """Build VOC-style PNG masks (0 bg, 1..80, 255 crowd) from COCO instance annotations (needs the `coco`
     extra)."""
-    from dupl_cli.data.coco_masks import build_masks
-
     written, empty = build_masks(instances, out, list_file=list_out)
     typer.echo(f"wrote {written} masks to {out} ({empty} without any object)")

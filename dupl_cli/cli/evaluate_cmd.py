@@ -56,6 +56,7 @@ def evaluate(
 ) -> None:
     """Evaluate a checkpoint on a labelled split: rich table, metrics.json, confusion CSV/PNG."""
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.evaluate import EvalRequest, capped_tag, run_evaluate
 
     out_console = console(ctx)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import CheckpointArg, ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.core.errors import UserError
 from dupl_cli.predict.choices import ExportFormat, ExportStudent
 
 
@@ -57,8 +58,10 @@ def export(
 ) -> None:
     """Export one student for deployment and check it against PyTorch at two input sizes."""
     settings = resolve_settings(ctx, preset, config, sets).settings
-    from dupl_cli.core.errors import UserError
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.runs.checkpoint import resolve_checkpoint
+
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.export import export_checkpoint
 
     path, how = resolve_checkpoint(checkpoint, settings)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, global_options, resolve_settings
+from dupl_cli.core.errors import UserError
 
 app = typer.Typer(help="Bring checkpoints trained elsewhere into dupl.", no_args_is_help=True)
 
@@ -50,14 +51,13 @@ def release(
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    from dupl_cli.core.errors import UserError
-
     opts = global_options(ctx)
     if not (preset or config or opts.preset or opts.config):
         raise UserError(
             "dupl import release needs --preset (voc-vitb or coco-vitb): it fixes model and classes"
         )
     resolved = resolve_settings(ctx, preset, config, sets)
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.runs.release_import import import_release, preset_classes
 
     classes, palette = preset_classes(resolved.settings)

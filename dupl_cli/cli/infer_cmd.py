@@ -49,14 +49,20 @@ def infer(
 
     Masks never overwrite an input; index.csv in --out says which input became which mask.
     """
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.runs.checkpoint import hf_folder
+
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.infer import check_checkpoint_arg, check_out_dir, refuse_run_dirs
 
     checkpoint = hf_folder(checkpoint) or check_checkpoint_arg(checkpoint)  # hf-hub: names from the cache
     refuse_run_dirs(paths)  # before --out is created
     check_out_dir(out)
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.predict.tta import TTAConfig
+
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.infer import describe_checkpoint, run_infer
 
     out_console = console(ctx)

@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import console
+from dupl_cli.core.errors import UserError
+from dupl_cli.plugins import GROUPS, discover
+from dupl_cli.plugins import list_plugins as rows
 
 app = typer.Typer(help="Backbone and dataset plugins.", no_args_is_help=True)
 
@@ -46,10 +49,6 @@ def list_plugins(
 
     from rich.markup import escape
     from rich.table import Table
-
-    from dupl_cli.core.errors import UserError
-    from dupl_cli.plugins import GROUPS, discover
-    from dupl_cli.plugins import list_plugins as rows
 
     patterns = list(patterns or [])
     groups = [kind.value] if kind else None

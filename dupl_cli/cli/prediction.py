@@ -8,7 +8,10 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import global_options, resolve_settings
+from dupl_cli.core.errors import UserError
+from dupl_cli.plugins import DATASETS, load
 from dupl_cli.predict.choices import StudentChoice
+from dupl_cli.runs.card import read_card
 
 StudentOpt = Annotated[
     StudentChoice | None,
@@ -36,8 +39,7 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
     Without --preset/--config the settings are the checkpoint card's (so data and model match the
     training run), still overridden by env and --set.
     """
-    from dupl_cli.core.errors import UserError
-    from dupl_cli.runs.card import read_card
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.runs.checkpoint import resolve_checkpoint
 
     if student is not None and student not in ("1", "2", "best", "ensemble"):
@@ -50,9 +52,11 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
         resolved = resolve_settings(ctx, sets=sets, card=(card.file, card.settings))
     settings = resolved.settings
     if use_crf:
+        # here, not at the top: it loads torch, which `dupl --help` must not
         from dupl_cli.crf.dense import check_backend
 
         check_backend(settings.crf.backend)  # fail before loading anything
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.predict.loop import load_for_inference, make_runtime
 
     runtime = make_runtime()
@@ -61,8 +65,6 @@ def prepare(ctx, preset, config, sets, checkpoint: Path | None, student: Student
 
 
 def build_adapter(settings, split: str):
-    from dupl_cli.plugins import DATASETS, load
-
     return load(DATASETS, settings.data.adapter)(settings.data, split)
 
 

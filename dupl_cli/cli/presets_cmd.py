@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import console
+from dupl_cli.config import presets
 
 app = typer.Typer(help="Built-in presets.", no_args_is_help=True)
 
@@ -15,8 +16,6 @@ app = typer.Typer(help="Built-in presets.", no_args_is_help=True)
 def list_presets(ctx: typer.Context) -> None:
     """List built-in presets with what each is for."""
     from rich.table import Table
-
-    from dupl_cli.config import presets
 
     table = Table("preset", "description", box=None)
     for name in presets.builtin_names():
@@ -27,7 +26,5 @@ def list_presets(ctx: typer.Context) -> None:
 @app.command("show")
 def show(ctx: typer.Context, name: Annotated[str, typer.Argument(help="Preset name or path.")]) -> None:
     """Print a preset's TOML as shipped."""
-    from dupl_cli.config import presets
-
     text, _ = presets.preset_text(name)
     typer.echo(text, nl=False)

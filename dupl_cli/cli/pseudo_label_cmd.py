@@ -57,7 +57,10 @@ def pseudo_label(
 ) -> None:
     """Write pseudo-labels; already complete files are skipped, writes are atomic."""
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.infer import check_out_dir
+
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.pseudo_label import PseudoLabelRequest, run_pseudo_label
 
     out_console = console(ctx)

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from dupl_cli.cli.common import ConfigOpt, PresetOpt, SetOpt, console, resolve_settings
+from dupl_cli.core.errors import UserError
+from dupl_cli.runs.run_index import list_runs, settings_changed_from_preset, summary, validation_history
 
 app = typer.Typer(help="Find and compare training runs.", no_args_is_help=True)
 
@@ -44,8 +46,6 @@ def list_cmd(
     size."""
     from rich.markup import escape
     from rich.table import Column, Table
-
-    from dupl_cli.runs.run_index import list_runs, summary
 
     root = Path(resolve_settings(ctx, preset, config, sets).settings.train.runs_root)
     rows = [summary(p) for p in list_runs(root)]
@@ -93,9 +93,6 @@ def show_cmd(
     """One run: status, the settings that differ from its preset, and validation mIoU over time."""
     from rich.markup import escape
     from rich.table import Table
-
-    from dupl_cli.core.errors import UserError
-    from dupl_cli.runs.run_index import settings_changed_from_preset, summary, validation_history
 
     if not run.is_dir():
         named = Path(resolve_settings(ctx, preset, config, sets).settings.train.runs_root) / run

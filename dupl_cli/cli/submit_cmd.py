@@ -33,7 +33,10 @@ def submit(
     sets: SetOpt = None,
 ) -> None:
     settings, runtime, loaded, student_name = prepare(ctx, preset, config, sets, checkpoint, student, crf)
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.predict.tta import TTAConfig
+
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.tasks.submit import run_submission
 
     out = out or loaded.path.parent / "submission" / split

@@ -52,6 +52,7 @@ def train(
             "train.warmup_iters to match)",
             err=True,
         )
+    # here, not at the top: it loads torch, which `dupl --help` must not
     from dupl_cli.train.trainer import Trainer, TrainOptions
 
     options = TrainOptions(

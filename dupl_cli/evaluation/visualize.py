@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from dupl_cli.core.atomic import atomic_write, atomic_write_text
 from dupl_cli.core.labels import IGNORE_INDEX
+from dupl_cli.evaluation.plots import confusion_figure, figure_png, require_matplotlib
 
 IGNORE_COLOUR = (224, 224, 192)  # the VOC boundary colour
 
@@ -119,8 +120,6 @@ def cam_overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.nd
 def confusion_png(matrix: np.ndarray, class_names: Sequence[str]) -> Image.Image:
     """The confusion-matrix chart (``plots.confusion_figure``: row-normalised, cell values in percent,
     a colour bar) as an image; one line naming the ``plots`` extra when matplotlib is missing."""
-    from dupl_cli.evaluation.plots import confusion_figure, figure_png, require_matplotlib
-
     require_matplotlib("the confusion-matrix picture")
     img = Image.open(io.BytesIO(figure_png(confusion_figure(matrix, class_names))))
     img.load()

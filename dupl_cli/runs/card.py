@@ -16,6 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from dupl_cli.config.sources import card_settings
 from dupl_cli.core.atomic import atomic_write_text
 from dupl_cli.core.errors import UserError, shown
 from dupl_cli.core.textfile import read_json
@@ -149,8 +150,6 @@ class Card:
 
     def dupl_settings(self):
         """The settings it was made with, through the settings loader (errors name the card)."""
-        from dupl_cli.config.sources import card_settings
-
         return card_settings(self.file or Path("card"), self.settings)
 
 

@@ -55,6 +55,7 @@ from dupl_cli.runs.card import (
     read_export_card,
 )
 from dupl_cli.runs.checkpoint import is_stage2, load_model, versions
+from dupl_cli.tasks.hf_card import model_card
 
 SUFFIXES = {
     ExportFormat.safetensors: ".safetensors",
@@ -381,8 +382,6 @@ def export_checkpoint(
     card = job.card(checks)
     card.write(job.card_file)
     if fmt == ExportFormat.hf:
-        from dupl_cli.tasks.hf_card import model_card
-
         atomic_write_text(out / HF_README, str(model_card(card, out.resolve().name)))
     return ExportResult(out, job.card_file, index, checks, log if log.is_file() else None)
 

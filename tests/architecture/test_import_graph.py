@@ -3,6 +3,7 @@ between rooms; an injected circle or arrow is seen."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 
@@ -62,3 +63,37 @@ def test_imports_inside_functions_and_relative_imports(tmp_path):
     assert circles(graph) == []
     graph["pkg.a.x"].add("pkg.a.y")
     assert circles(graph) == [["pkg.a", "pkg.a.x", "pkg.a.y"]]
+
+
+def function_level_imports(package_dir: Path) -> list[tuple[str, int, bool]]:
+    """(file, line, has a comment on or above it) for every import of a package module inside a function."""
+    found = []
+    for path in sorted(package_dir.rglob("*.py")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                names = [inner.module or ""] if isinstance(inner, ast.ImportFrom) else []
+                names += [alias.name for alias in inner.names] if isinstance(inner, ast.Import) else []
+                if any(name.split(".")[0] == package_dir.name for name in names):
+                    span = range(inner.lineno - 2, inner.end_lineno)  # the line above and its own
+                    said = any("#" in lines[i] for i in span)
+                    found.append((path.relative_to(package_dir).as_posix(), inner.lineno, said))
+    return found
+
+
+def test_imports_inside_functions_are_the_clis_and_say_why():
+    # only the CLI defers imports (to keep `dupl --help` free of torch), and each says so
+    found = function_level_imports(ROOT / "dupl_cli")
+    assert [(f, n) for f, n, _ in found if not f.startswith("cli/")] == []
+    assert [(f, n) for f, n, said in found if not said] == []
+
+
+def test_the_function_level_check_sees_one(tmp_path):
+    package = tmp_path / "dupl_cli"
+    package.mkdir()
+    body = "def f():\n    from dupl_cli import b\n    import dupl_cli.c  # why\n"
+    body += "    # why\n    import dupl_cli.d\n"
+    (package / "a.py").write_text(body)
+    assert function_level_imports(package) == [("a.py", 2, False), ("a.py", 3, True), ("a.py", 5, True)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dupl_cli.core.errors import UserError
+from dupl_cli.models.backbones.weights import exported_backbone, load_state_strict
 from dupl_cli.plugins import BACKBONES, load
 from dupl_cli.plugins.backbone import Backbone, BackboneFeatures
 
@@ -15,8 +16,6 @@ def build_backbone(model_settings, img_size: int) -> Backbone:
     ``model.output_stride``, when set, is passed as the factory's ``output_stride`` keyword (factories
     that do not take it are called as before) and the built backbone must have that stride.
     """
-    from dupl_cli.models.backbones.weights import exported_backbone, load_state_strict
-
     exported = exported_backbone(model_settings.pretrained)  # model.pretrained names a dupl export
     if exported is not None:  # its backbone: built without weights, then loaded strictly
         backbone = build_backbone(model_settings.model_copy(update={"pretrained": "none"}), img_size)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from dupl_cli.core.errors import UserError, load_reason
+from dupl_cli.models.hub import is_hub_name, require_hub
 
 HUB_PREFIX = "hf-hub:"
 # What timm itself looks for in a hub repository, in its order (safetensors first).
@@ -213,8 +214,6 @@ def _student_file(path: Path) -> bool:
 
 def _exported_file(pretrained: str) -> Path | None:
     """The weights file ``pretrained`` names when it is a dupl student export, else None."""
-    from dupl_cli.models.hub import is_hub_name, require_hub
-
     if pretrained in ("none", "timm"):
         return None
     if is_hub_name(pretrained):
