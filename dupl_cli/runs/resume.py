@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dupl_cli.core.errors import UserError, load_reason
 from dupl_cli.runs import run_dir as runs
 
@@ -59,8 +61,6 @@ def _load_one(accelerator, ckpt: Path, report: Callable[[str], None]) -> dict[st
 def _check_finite(accelerator) -> None:
     """A checkpoint whose weights are not all finite (written by a diverged run before issue 26) is
     not resumed: one host read of one device reduction over the loaded models."""
-    import torch
-
     tensors = [
         t for model in accelerator._models for t in model.state_dict().values() if t.is_floating_point()
     ]
