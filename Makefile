@@ -17,9 +17,9 @@ $(PY):
 $(STAMP): pyproject.toml $(PLUGIN)/pyproject.toml | $(PY)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch torchvision
-	$(PIP) install -q -e ".[dev,crf,onnx,tb,coco,plots,hub]"
+	$(PIP) install -q -e ".[dev,crf,onnx,tb,mlflow,wandb,coco,plots,hub]"
 	$(PIP) install -q -e $(PLUGIN)
-	$(PY) -c "import torch, torchvision, timm, pydensecrf, matplotlib, huggingface_hub; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(PY) -c "import torch, torchvision, timm, pydensecrf, matplotlib, huggingface_hub, mlflow, wandb; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -170,6 +170,12 @@ class DataSettings(Section):
         return v if adapter is None else validate_options(adapter, v)
 
 
+TrackerName = Literal[
+    "tensorboard", "wandb", "mlflow", "aim", "comet_ml", "clearml", "dvclive", "trackio", "swanlab"
+]
+"""The trackers Accelerate supports (their packages: ``PACKAGES`` in ``dupl_cli/train/trackers.py``)."""
+
+
 class TrainSettings(Section):
     max_iters: int = Field(20000, ge=1, description="Total iterations T")
     batch_size: int = Field(4, ge=1, description="Images per device per step")
@@ -214,8 +220,16 @@ class TrainSettings(Section):
         description="Consecutive non-finite-loss steps (skipped) before stopping; checked at log, "
         "validation and checkpoint steps",
     )
-    tracker: Literal["none", "tensorboard"] = Field(
-        "none", description="Experiment tracker (tensorboard needs the tb extra)"
+    tracker: Literal["none"] | TrackerName | list[TrackerName] = Field(
+        "none",
+        description="Experiment tracker(s) Accelerate logs to, one name or a list "
+        '(e.g. ["tensorboard", "mlflow"]); each needs its extra: tb, wandb, mlflow, aim, comet, '
+        "clearml, dvclive, trackio, swanlab",
+    )
+    trackers: dict[TrackerName, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Each tracker's own options, passed to accelerator.init_trackers as its init_kwargs "
+        '(e.g. [train.trackers.wandb] mode = "offline")',
     )
     compile: bool = Field(False, description="torch.compile the students' backbones (once per input shape)")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(

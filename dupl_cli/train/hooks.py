@@ -1,10 +1,10 @@
 """The hooks ``dupl train`` runs after each optimiser step (``train.loop.train_loop``), in this order:
 
 * :class:`LogHook`: the log interval's means (one host read per interval) and the non-finite guard's report;
-* :class:`ImagesHook`: the first image's panels to TensorBoard;
+* :class:`ImagesHook`: the first image's panels to the trackers;
 * :class:`ValidationHook`: mIoU per student on the val split, metrics.jsonl and the curves;
 * :class:`BestModelHook`: ``best.safetensors`` when a validation beats the best (train.select = best-val);
-* :class:`TrackerHook`: the logged means and validation scores to TensorBoard;
+* :class:`TrackerHook`: the logged means, validation scores and curves to the trackers;
 * :class:`CheckpointHook`: the resumable checkpoint;
 * :class:`FinalModelHook`: ``final.safetensors`` with its card when the schedule ends.
 """
@@ -35,6 +35,7 @@ from dupl_cli.train.loop import HookBase, StepEvents, TrainParts
 from dupl_cli.train.progress import TrainingProgress
 from dupl_cli.train.stage2 import PHASE
 from dupl_cli.train.state import BestModel, TrainState, Validation
+from dupl_cli.train.trackers import TrackerImages
 from dupl_cli.train.validation import validate
 
 if TYPE_CHECKING:
@@ -156,18 +157,15 @@ class LogHook(HookBase):
 
 class ImagesHook(HookBase):
     """Every ``every`` steps, the first image's panels (image, CAM, pseudo-label, prediction) to
-    TensorBoard. Main process only."""
+    the trackers (``train.trackers.TrackerImages``). Main process only."""
 
-    def __init__(self, accelerator: Accelerator, palette: list[tuple[int, int, int]], every: int) -> None:
-        self.accelerator, self.palette, self.every = accelerator, palette, every
+    def __init__(self, images: TrackerImages, palette: list[tuple[int, int, int]], every: int) -> None:
+        self.images, self.palette, self.every = images, palette, every
 
     def after_step(self, state: TrainState, events: StepEvents) -> None:
         if state.step % self.every:
             return
-        grid = training_grid(events.outcome.result.visuals, self.palette)
-        if grid is not None:
-            tracker = self.accelerator.get_tracker("tensorboard")
-            tracker.log_images({"train/grid": grid}, step=state.step, dataformats="HWC")
+        self.images.log_grid(training_grid(events.outcome.result.visuals, self.palette), state.step)
 
 
 class ValidationHook(HookBase):
@@ -257,11 +255,16 @@ class BestModelHook(HookBase):
 
 
 class TrackerHook(HookBase):
-    """The logged means (finite ones) and the validation scores (as ``val/...``) to the tracker.
-    Main process only."""
+    """The logged means (finite ones) and the validation scores (as ``val/...``) to the trackers;
+    at each validation also the curves and the step's training grid (``images``). Main process only."""
 
-    def __init__(self, accelerator: Accelerator) -> None:
-        self.accelerator = accelerator
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        images: TrackerImages | None = None,
+        palette: list[tuple[int, int, int]] | None = None,
+    ) -> None:
+        self.accelerator, self.images, self.palette = accelerator, images, palette
 
     def after_step(self, state: TrainState, events: StepEvents) -> None:
         if events.record is not None:
@@ -269,6 +272,11 @@ class TrackerHook(HookBase):
             self.accelerator.log(finite, step=state.step)
         if events.scores is not None:
             self.accelerator.log({f"val/{k}": v for k, v in events.scores.items()}, step=state.step)
+            if self.images is not None:
+                self.images.log_curves(state.step)
+                if events.outcome is not None:
+                    grid = training_grid(events.outcome.result.visuals, self.palette or [])
+                    self.images.log_grid(grid, state.step)  # once per step, with ImagesHook's
 
 
 class CheckpointHook(HookBase):

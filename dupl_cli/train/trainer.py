@@ -9,7 +9,6 @@ reads rank variables: Accelerate does.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +59,7 @@ from dupl_cli.train.stage2 import (
 )
 from dupl_cli.train.state import TrainState
 from dupl_cli.train.step_guard import NonFiniteGuard
+from dupl_cli.train.trackers import TrackerImages, start_trackers, tracker_names
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -308,9 +308,7 @@ class Trainer:
             saved, resume_ckpt = load_resume(accelerator, run_dir, resume_ckpt, progress.message)
             state = TrainState.from_json(saved)
             progress.message(f"resumed from {resume_ckpt} at step {state.step}")
-        if train.tracker != "none" and run_dir is not None:
-            method = settings.model_dump(mode="json")["method"]
-            accelerator.init_trackers("events", config={f"{k}": json.dumps(v) for k, v in method.items()})
+        start_trackers(accelerator, settings, run_dir)
         guard = NonFiniteGuard(optimizer, accelerator.device, in_row=state.bad_in_row)
         parts = TrainParts(accelerator, module, optimizer, scheduler, guard, seed=train.seed)
         return parts, loader, state
@@ -332,11 +330,12 @@ class Trainer:
         card = functools.partial(
             _card, settings, train_set.classes, train_set.palette, students=students, stage2=stage2
         )
-        tracked = train.tracker != "none" and own_dir is not None
+        tracked = bool(tracker_names(train.tracker)) and own_dir is not None
+        images = TrackerImages(parts.accelerator, tracker_names(train.tracker), own_dir) if tracked else None
         schedule = getattr(self.config, "schedule", None)  # none in stage 2: its phase is PHASE
         hooks: list[HookBase] = [LogHook(parts, progress, schedule, train, run_dir, stop)]
         if tracked:
-            hooks.append(ImagesHook(parts.accelerator, train_set.palette, train.image_every))
+            hooks.append(ImagesHook(images, train_set.palette, train.image_every))
         if val_set is not None:
             scales = self.config.cam.scales if not is_stage2(settings) else ()  # a segmenter has no CAMs
             hooks.append(
@@ -345,7 +344,7 @@ class Trainer:
         if own_dir is not None and train.select == "best-val":
             hooks.append(BestModelHook(parts, settings, card, progress, own_dir))
         if tracked:
-            hooks.append(TrackerHook(parts.accelerator))
+            hooks.append(TrackerHook(parts.accelerator, images, train_set.palette))
         if run_dir is not None:
             checkpoints = CheckpointHook(
                 parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop
