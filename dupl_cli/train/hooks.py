@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from dupl_cli.config.schema import DuplSettings, TrainSettings
-from dupl_cli.core.errors import UserError
 from dupl_cli.data.base import shard
 from dupl_cli.data.loader import eval_loader
 from dupl_cli.evaluation.curves import write_curves
@@ -31,8 +30,9 @@ from dupl_cli.method.step import StepResult
 from dupl_cli.runs import run_dir as runs
 from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import save_model
+from dupl_cli.train.divergence import SaveGate, diverged
 from dupl_cli.train.loop import HookBase, StepEvents, TrainParts
-from dupl_cli.train.progress import TrainingProgress
+from dupl_cli.train.progress import TrainingProgress, append_line
 from dupl_cli.train.stage2 import PHASE
 from dupl_cli.train.state import BestModel, TrainState, Validation
 from dupl_cli.train.trackers import TrackerImages
@@ -147,12 +147,8 @@ class LogHook(HookBase):
                 "steps skipped"
             )
         if in_row >= self.train.max_bad_steps:
-            checkpoint = runs.latest_checkpoint(self.run_dir) if self.run_dir else None
-            raise UserError(
-                f"{in_row} non-finite steps in a row (last: {', '.join(names)}); stopped. "
-                f"Last good checkpoint: {checkpoint or 'none'}. Lower train.lr or use train.precision=no",
-                exit_code=1,
-            )
+            what = f"{in_row} non-finite steps in a row, last: {', '.join(names)}"
+            raise diverged(last, what, self.train, self.run_dir)
 
 
 class ImagesHook(HookBase):
@@ -204,8 +200,8 @@ class ValidationHook(HookBase):
         state.last = Validation(state.step, scores)
         if self.own_dir is None:
             return
-        with open(self.own_dir / "metrics.jsonl", "a", encoding="utf-8") as out:
-            out.write(json.dumps({"step": state.step, "validation": scores, "best_student": student}) + "\n")
+        line = json.dumps({"step": state.step, "validation": scores, "best_student": student})
+        append_line(self.own_dir / "metrics.jsonl", line)  # a full disk: one line naming the file
         write_curves(self.own_dir)  # PNG curves beside the numbers, without TensorBoard
 
     def _scores(self) -> dict[str, float]:
@@ -238,6 +234,7 @@ class BestModelHook(HookBase):
     ) -> None:
         self.parts, self.settings, self.card = parts, settings, card
         self.progress, self.run_dir = progress, run_dir
+        self.gate = SaveGate(parts, settings.train, run_dir)
 
     def after_step(self, state: TrainState, events: StepEvents) -> None:
         if events.scores is None:
@@ -246,6 +243,8 @@ class BestModelHook(HookBase):
         score = scores[f"seg_s{student}"]
         if state.best is not None and score <= state.best.score:
             return
+        if not self.gate.ready(state.step):
+            return  # steps are being skipped: no best model from a diverging run
         state.best = BestModel(state.step, score, student, scores)
         card = self.card(state.step, student, scores, best_val_rule(self.settings, state.step))
         save_model(self.run_dir / "best", self.parts.model, card)
@@ -281,9 +280,14 @@ class TrackerHook(HookBase):
 
 class CheckpointHook(HookBase):
     """Every ``every`` steps and at the stop: Accelerate's state and ``state`` as a resumable
-    checkpoint, the newest ``keep`` kept. Every process (the save is collective)."""
+    checkpoint, the newest ``keep`` kept. Every process (the save is collective). With a ``gate``
+    (train.divergence), a save due while steps are skipped waits for the next good step, and
+    non-finite weights or a streak at the stop end the run unsaved."""
 
-    def __init__(self, accelerator: Accelerator, run_dir: Path, every: int, keep: int, stop: int) -> None:
+    def __init__(
+        self, accelerator: Accelerator, run_dir: Path, every: int, keep: int, stop: int,
+        gate: SaveGate | None = None,
+    ) -> None:  # fmt: skip
         self.accelerator, self.run_dir, self.every, self.keep, self.stop = (
             accelerator,
             run_dir,
@@ -291,10 +295,18 @@ class CheckpointHook(HookBase):
             keep,
             stop,
         )
+        self.gate, self.pending = gate, False
 
     def after_step(self, state: TrainState, events: StepEvents) -> None:
-        if _due(state.step, self.every, self.stop):
-            runs.save_checkpoint(self.accelerator, self.run_dir, state.step, state.to_json(), self.keep)
+        if not (self.pending or _due(state.step, self.every, self.stop)):
+            return
+        if self.gate is not None and not self.gate.ready(state.step):
+            if state.step >= self.stop:
+                raise self.gate.stop(state.step)
+            self.pending = True  # the next good step saves
+            return
+        self.pending = False
+        runs.save_checkpoint(self.accelerator, self.run_dir, state.step, state.to_json(), self.keep)
 
 
 class FinalModelHook(HookBase):
@@ -311,10 +323,13 @@ class FinalModelHook(HookBase):
     ) -> None:
         self.parts, self.settings, self.card = parts, settings, card
         self.progress, self.run_dir = progress, run_dir
+        self.gate = SaveGate(parts, settings.train, run_dir)
 
     def after_train(self, state: TrainState) -> None:
         if state.step < self.settings.train.max_iters:
             return
+        if not self.gate.ready(state.step):
+            raise self.gate.stop(state.step)
         if self.parts.accelerator.is_main_process:
             best = state.best
             if self.settings.train.select == "best-val" and best is not None:

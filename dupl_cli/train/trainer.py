@@ -37,6 +37,7 @@ from dupl_cli.runs.resume import load_resume
 from dupl_cli.runs.run_lock import RunLock, clean_leftovers
 from dupl_cli.train.accel import make_accelerator
 from dupl_cli.train.compile import compile_from_settings
+from dupl_cli.train.divergence import SaveGate
 from dupl_cli.train.hooks import (
     BestModelHook,
     CheckpointHook,
@@ -170,6 +171,7 @@ class Trainer:
         self.model: nn.Module | None = None
         self.config: StepConfig | None = None  # built in run() once the class count is known
         self._lock: RunLock | None = None
+        self._running = False  # run.json says running (set by _record_start)
 
     # -- set-up -------------------------------------------------------------------------------
     def _prepare_run_dir(self) -> tuple[Path | None, Path | None]:
@@ -224,6 +226,8 @@ class Trainer:
         except BaseException as exc:
             if owned:
                 log_fatal(run_dir, exc)
+                if self._running:  # a set-up failure after run.json said running (the loop marks its own)
+                    run_index.mark_crashed(run_dir, one_line(exc))
             raise
         finally:
             if lock is not None:
@@ -239,14 +243,14 @@ class Trainer:
         progress = TrainingProgress(train.max_iters, 0, run_dir if main else None, enabled=main,
                                     quiet=self.options.quiet)  # fmt: skip
         self._announce_claim(progress, run_dir, leftovers)
-        if run_dir is not None and main:
-            self._record_start(run_dir, resume_ckpt, progress)
         set_seed(train.seed, deterministic=train.deterministic)
         if train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
 
         train_set, val_set = _datasets(settings, not self.options.dry_run, progress.message)
         model = self._build_model(train_set.classes, progress, main)
+        if run_dir is not None and main:  # running only once the data checks and the model have passed
+            self._record_start(run_dir, resume_ckpt, progress)
         if main:
             self._report_batch(accelerator, progress)
         if self.options.dry_run:
@@ -265,6 +269,7 @@ class Trainer:
             progress.message(f"warning: setting changed since the checkpoint: {line}")
         runs.write_config(run_dir, settings_json, self.options.sources)
         run_index.mark_run(run_dir, "running", preset=self.options.preset)
+        self._running = True
         run_index.point_latest(self.settings.train.runs_root, run_dir)
 
     def _build_model(self, classes: list[str], progress: TrainingProgress, main: bool) -> nn.Module:
@@ -347,8 +352,9 @@ class Trainer:
             hooks.append(TrackerHook(parts.accelerator, images, train_set.palette))
         if run_dir is not None:
             checkpoints = CheckpointHook(
-                parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop
-            )
+                parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop,
+                gate=SaveGate(parts, train, run_dir),
+            )  # fmt: skip
             hooks += [checkpoints, FinalModelHook(parts, settings, card, progress, run_dir)]
         return hooks
 
@@ -444,10 +450,10 @@ class Trainer:
             result = module(batch, step, step_generator(settings.train.seed, step))
             accelerator.backward(result.loss)
             module.zero_grad(set_to_none=True)
-            terms = " ".join(f"{k} {float(v):.4f}" for k, v in result.terms.items())
+            terms = " ".join(f"{k} {float(v.detach()):.4f}" for k, v in result.terms.items())
             print(
                 f"dry run: phase {phase_name(step, schedule) if schedule else PHASE} step {step}: "
-                f"loss {float(result.loss):.4f} "
+                f"loss {float(result.loss.detach()):.4f} "
                 f"({terms})"
             )
         return None

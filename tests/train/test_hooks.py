@@ -16,6 +16,7 @@ from dupl_cli.core.errors import UserError
 from dupl_cli.method.step import StepResult
 from dupl_cli.runs.card import read_card
 from dupl_cli.runs.run_dir import checkpoint_dirs, read_state
+from dupl_cli.train.divergence import SaveGate
 from dupl_cli.train.hooks import (
     FINAL_RULE,
     BestModelHook,
@@ -96,7 +97,8 @@ def test_log_hook_stops_after_too_many_bad_steps_in_a_row(tmp_path):
     hook = _log_hook(parts, tmp_path, log_every=1, max_bad_steps=2)
     state = _run_steps(hook, parts, [1.0, float("nan")])
     assert state.bad_in_row == 1
-    with pytest.raises(UserError, match=r"2 non-finite steps in a row \(last: cls\); stopped"):
+    stopped = r"step 2: training diverged \(2 non-finite steps in a row, last: cls\); stopped"
+    with pytest.raises(UserError, match=stopped + r".*train\.lr = .*method\.w_ptc.*no good checkpoint"):
         _run_steps(hook, parts, [float("nan")], state)
     assert state.bad_in_row == 2
 
@@ -205,3 +207,55 @@ def test_tracker_hook_logs_finite_means_then_validation_scores():
     )
     TrackerHook(tracker).after_step(TrainState(step=4), StepEvents(None))
     assert tracker.logged == [({"loss/cls": 1.5, "lr": 1e-4}, 3), ({"val/seg_s1": 2.0}, 3)]
+
+
+def _gated(parts, tmp_path, every: int, stop: int, keep: int = 1) -> CheckpointHook:
+    gate = SaveGate(parts, TrainSettings(), tmp_path)
+    return CheckpointHook(parts.accelerator, tmp_path, every=every, keep=keep, stop=stop, gate=gate)
+
+
+def test_checkpoint_hook_waits_out_a_bad_streak_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A save due while steps are skipped waits for the next good step; with keep=1 the last good
+    checkpoint is never rotated out by a bad one; a streak at the stop ends the run unsaved."""
+    parts = tiny_parts()
+    hook = _gated(parts, tmp_path, every=2, stop=8)
+    state = TrainState()
+
+    def steps(losses):
+        for cls in losses:
+            outcome = _taken(parts, state.step, cls)
+            state.step += 1
+            hook.after_step(state, StepEvents(outcome))
+
+    steps([1.0, 1.0, float("nan")])  # step_2 saved; step 3 skipped
+    steps([float("nan")])  # step 4 falls due in the streak: not written
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [2]
+    steps([1.0])  # the next good step writes it
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [5]
+    assert read_state(tmp_path / "checkpoints" / "step_5")["bad_in_row"] == 0
+    steps([1.0, float("nan")])  # step 6 saved, step 7 skipped
+    with pytest.raises(UserError, match=r"step 8: training diverged .*last good checkpoint: .*step_6"):
+        steps([float("nan")])
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [6]
+
+
+def test_no_save_holds_a_non_finite_weight(tmp_path):
+    """Non-finite weights stop the run at its next save, and nothing is written: not the rotating
+    checkpoint, not best.safetensors, not final.safetensors."""
+    parts, settings = tiny_parts(), DuplSettings(train={"max_iters": 2, "select": "best-val"})
+    hook = _gated(parts, tmp_path, every=1, stop=2)
+    state = TrainState(step=1)
+    hook.after_step(state, StepEvents(_taken(parts, 0, 1.0)))
+    with torch.no_grad():
+        next(parts.model.parameters()).view(-1)[0] = float("inf")
+    state.step = 2
+    with pytest.raises(UserError, match=r"step 2: training diverged \(the weights are not finite\).*step_1"):
+        hook.after_step(state, StepEvents(_taken(parts, 1, 1.0)))
+    card = functools.partial(_card, settings, NAMES, PALETTE)
+    best = BestModelHook(parts, settings, card, _progress(tmp_path), tmp_path)
+    with pytest.raises(UserError, match="the weights are not finite"):
+        best.after_step(state, StepEvents(None, scores={"seg_s1": 5.0, "seg_s2": 1.0}, best_student=1))
+    with pytest.raises(UserError, match="the weights are not finite"):
+        FinalModelHook(parts, settings, card, _progress(tmp_path), tmp_path).after_train(state)
+    assert [s for s, _ in checkpoint_dirs(tmp_path)] == [1]
+    assert not (tmp_path / "best.safetensors").exists() and not (tmp_path / "final.safetensors").exists()

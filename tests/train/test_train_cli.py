@@ -206,7 +206,8 @@ def test_non_finite_loss_is_skipped_then_stops(tiny_data, tmp_path, monkeypatch)
     )
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert "2 non-finite steps in a row (last: cls)" in result.output
+    assert "training diverged (2 non-finite steps in a row, last: cls)" in result.output
+    assert f"last good checkpoint: {run / 'checkpoints' / 'step_3'}" in result.output
     log = (run / "train.log").read_text()
     assert "non-finite loss (cls); step skipped" in log
     # The checkpoint at step 3 is intact and its weights are finite.
