@@ -331,14 +331,21 @@ class FinalModelHook(HookBase):
         if not self.gate.ready(state.step):
             raise self.gate.stop(state.step)
         if self.parts.accelerator.is_main_process:
-            best = state.best
-            if self.settings.train.select == "best-val" and best is not None:
-                student, scores, rule = best.student, best.scores, best_val_rule(self.settings, best.step)
-            else:  # the default, and best-val without any validation
-                rule = FINAL_RULE if len(self.parts.model.students) == 2 else "the only student"
-                student, scores = 1, ({} if state.last is None else state.last.scores)
+            student, scores, rule = self._choice(state)
             path = save_model(
                 self.run_dir / "final", self.parts.model, self.card(state.step, student, scores, rule)
             )
             self.progress.message(f"training finished at step {state.step}: {path}")
         self.parts.accelerator.wait_for_everyone()
+
+    def _choice(self, state: TrainState) -> tuple[int, dict[str, float], str]:
+        """(student, the latest validation's scores, why this student) for the final weights' card."""
+        last = {} if state.last is None else state.last.scores
+        best = state.best
+        if self.settings.train.select != "best-val" or best is None:  # the default, or no validation
+            return 1, last, FINAL_RULE if len(self.parts.model.students) == 2 else "the only student"
+        if best.step == state.step:
+            return best.student, best.scores, best_val_rule(self.settings, best.step)
+        # validation chose the student at an earlier step: these are the last step's weights, not its
+        where = f"; the weights are step {state.step}'s (best.safetensors holds step {best.step}'s)"
+        return best.student, last, best_val_rule(self.settings, best.step) + where

@@ -140,6 +140,19 @@ def test_best_model_hook_keeps_the_best_validation_and_its_file(tmp_path):
     assert "new best: student 1 seg mIoU 30.0" in (tmp_path / "train.log").read_text()
 
 
+def test_a_best_val_final_card_describes_the_final_weights(tmp_path):
+    parts, settings = tiny_parts(), DuplSettings(train={"max_iters": 6, "select": "best-val"})
+    card = functools.partial(_card, settings, NAMES, PALETTE)
+    best_scores = {"seg_s1": 10.0, "seg_s2": 40.0}
+    final_scores = {"seg_s1": 30.0, "seg_s2": 20.0}
+    state = TrainState(step=6, best=BestModel(2, 40.0, 2, best_scores), last=Validation(6, final_scores))
+    FinalModelHook(parts, settings, card, _progress(tmp_path), tmp_path).after_train(state)
+    saved = read_card(tmp_path / "final.safetensors")
+    assert (saved.step, saved.student) == (6, 2)  # validation's student, the final step's weights
+    assert saved.metrics == final_scores  # the scores of these weights, not step 2's
+    assert "step 6's (best.safetensors holds step 2's)" in saved.student_rule
+
+
 def test_final_model_hook_writes_at_the_schedules_end_only(tmp_path):
     parts, settings = tiny_parts(), DuplSettings(train={"max_iters": 6})
     card = functools.partial(_card, settings, NAMES, PALETTE)
