@@ -409,6 +409,18 @@ class EvalSettings(Section):
         description="infer refuses (reports and skips) images with more pixels than this: "
         "time and memory grow with the image",
     )
+    mode: Literal["whole", "slide", "auto"] = Field(
+        "auto",
+        description="Segmentation of the whole image, or of overlapping windows with their logits averaged "
+        "(slide); auto slides above eval.slide_above pixels. CAMs always take the whole image",
+    )
+    slide_crop: int = Field(
+        0, ge=0, description="Window side of slide mode (0 = data.crop_size, the training crop)"
+    )
+    slide_stride: int = Field(0, ge=0, description="Step between windows (0 = two thirds of the window side)")
+    slide_above: int = Field(
+        4_000_000, ge=1, description="Images with more pixels than this slide in auto mode (whole below)"
+    )
 
 
 class CamCrfSettings(Section):
@@ -435,18 +447,6 @@ class CrfSettings(Section):
     backend: Literal["auto", "torch", "pydensecrf"] = Field(
         "auto",
         description="Dense CRF: torch (on the model's device), pydensecrf (CPU pool), auto (torch on CUDA)",
-    )
-    mode: Literal["whole", "slide", "auto"] = Field(
-        "auto",
-        description="Segmentation of the whole image, or of overlapping windows with their logits averaged "
-        "(slide); auto slides above eval.slide_above pixels. CAMs always take the whole image",
-    )
-    slide_crop: int = Field(
-        0, ge=0, description="Window side of slide mode (0 = data.crop_size, the training crop)"
-    )
-    slide_stride: int = Field(0, ge=0, description="Step between windows (0 = two thirds of the window side)")
-    slide_above: int = Field(
-        4_000_000, ge=1, description="Images with more pixels than this slide in auto mode (whole below)"
     )
 
 
