@@ -17,15 +17,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 # Built from a copy: a build in the checkout rewrites its egg-info while other tests read entry points.
-SKIP = shutil.ignore_patterns(
-    ".git", ".venv", "*.egg-info", "__pycache__", ".*_cache", "runs", ".demo", "build"
-)
+_SKIP_ANYWHERE = shutil.ignore_patterns(".git", ".venv", "*.egg-info", "__pycache__", ".*_cache")
+_SKIP_AT_TOP = {"runs", ".demo", "build", "tests"}  # outputs of the checkout (dupl_cli/runs is source)
+
+
+def _skip(folder: str, names: list[str]) -> set[str]:
+    skipped = set(_SKIP_ANYWHERE(folder, names))
+    return skipped | (_SKIP_AT_TOP & set(names)) if Path(folder) == ROOT else skipped
 
 
 def test_wheel_ships_presets_and_entry_points(tmp_path):
     env = {**os.environ, "PIP_FIND_LINKS": ""}
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=SKIP)
+    shutil.copytree(ROOT, source, ignore=_skip)
     subprocess.run(
         [
             sys.executable,
