@@ -86,31 +86,31 @@ def count_map(size: tuple[int, int], crop: int, stride: int) -> torch.Tensor:
 
 
 class Band:
-    """Logit sums of rows ``[top, top + rows)``: the rows a window still to come may add to."""
+    """Logit sums of the rows ``[top, top + h)`` of one window row (``h`` its windows' height): the rows
+    a window still to come may add to. Allocated once; released rows make room in place."""
 
     def __init__(self, rows: torch.Tensor, cols: torch.Tensor, device) -> None:
         self.rows, self.cols = rows.to(device), cols.to(device)  # coverages of the two sides
         self.top, self.sums = 0, None
 
     def add(self, y: int, x: int, logits: torch.Tensor) -> None:
-        """Add one window's K×h×w logits at (``y``, ``x``); ``y`` never below ``top``."""
+        """Add one window's K×h×w logits at (``y``, ``x``); every window of a row has ``y == top``."""
         k, h, w = logits.shape
-        needed = y + h - self.top
-        if self.sums is None or self.sums.shape[1] < needed:
-            held = 0 if self.sums is None else self.sums.shape[1]
-            grown = logits.new_zeros(k, needed, self.cols.numel())
-            if held:
-                grown[:, :held] = self.sums
-            self.sums = grown
+        if self.sums is None:
+            self.sums = logits.new_zeros(k, h, self.cols.numel())
         self.sums[:, y - self.top : y - self.top + h, x : x + w] += logits
 
     def release(self, until: int) -> torch.Tensor:
-        """Mean logits K×(until - top)×W of the rows before ``until`` (final: no window left covers them),
-        dropped from the band."""
+        """Mean logits K×(until - top)×W of the rows before ``until`` (final: no window left covers them);
+        the rows after them move up to make room for the next window row."""
         n = until - self.top
         counts = self.rows[self.top : until, None] * self.cols[None, :]
         mean = self.sums[:, :n] / counts
-        self.sums = self.sums[:, n:].clone() if self.sums.shape[1] > n else None
+        rest = self.sums.shape[1] - n
+        if rest > 0:
+            after = self.sums[:, n:]
+            self.sums[:, :rest] = after if n >= rest else after.clone()  # no overlap when n >= rest
+        self.sums[:, max(rest, 0) :].zero_()
         self.top = until
         return mean
 
