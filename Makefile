@@ -8,8 +8,10 @@ PIP     := PIP_FIND_LINKS= $(PY) -m pip
 STAMP   := $(VENV)/.installed
 PLUGIN  := plugins/dupl-example-backbone
 DEMO_RUN ?= runs/demo
+DEMO2_LABELS ?= .demo/pseudo
+DEMO2_RUN ?= runs/demo-stage2
 
-.PHONY: install demo test test-fast bench gpu-check lint clean
+.PHONY: install demo demo-stage2 test test-fast bench gpu-check lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +32,18 @@ demo: install
 	rm -rf $(DEMO_RUN)
 	$(DUPL) train --preset demo --set data.root=.demo/data --run-dir $(DEMO_RUN)
 	$(DUPL) evaluate $(DEMO_RUN) --preset demo --set data.root=.demo/data
+
+# The two-stage pipeline on the demo data: stage 1 (runs/demo, reused when it has finished), CAM
+# pseudo-labels with the CAM CRF (scored against the train masks), a DeepLab-V2 segmenter on them,
+# its evaluation, and both runs side by side.
+demo-stage2: install
+	test -f .demo/data/classes.txt || $(DUPL) data demo --out .demo/data
+	test -f $(DEMO_RUN)/final.safetensors || { rm -rf $(DEMO_RUN) && $(DUPL) train --preset demo --set data.root=.demo/data --run-dir $(DEMO_RUN); }
+	rm -rf $(DEMO2_LABELS) $(DEMO2_LABELS)_metrics $(DEMO2_RUN)
+	$(DUPL) pseudo-label $(DEMO_RUN) --out $(DEMO2_LABELS) --split train --crf --confidence --evaluate
+	$(DUPL) train --preset demo-stage2 --set data.root=.demo/data --set data.pseudo_labels=$(DEMO2_LABELS) --run-dir $(DEMO2_RUN)
+	$(DUPL) evaluate $(DEMO2_RUN)
+	$(DUPL) compare $(DEMO_RUN) $(DEMO2_RUN)
 
 # Most of the suite's time is single-threaded (export tracing, subprocesses, Python), so it runs as
 # one pytest worker per core (at most 8), each with one intra-op thread, rather than one process on all.
