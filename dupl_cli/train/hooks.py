@@ -220,9 +220,8 @@ class ValidationHook(HookBase):
         )
 
 
-class BestModelHook(HookBase):
-    """``train.select = best-val``: after a validation whose best student beats ``state.best``,
-    that state and ``best.safetensors`` with its card. Main process only."""
+class _ModelSaver(HookBase):
+    """What the hooks that write an inference checkpoint share: the model, its card and the save gate."""
 
     def __init__(
         self,
@@ -235,6 +234,11 @@ class BestModelHook(HookBase):
         self.parts, self.settings, self.card = parts, settings, card
         self.progress, self.run_dir = progress, run_dir
         self.gate = SaveGate(parts, settings.train, run_dir)
+
+
+class BestModelHook(_ModelSaver):
+    """``train.select = best-val``: after a validation whose best student beats ``state.best``,
+    that state and ``best.safetensors`` with its card. Main process only."""
 
     def after_step(self, state: TrainState, events: StepEvents) -> None:
         if events.scores is None:
@@ -309,21 +313,9 @@ class CheckpointHook(HookBase):
         runs.save_checkpoint(self.accelerator, self.run_dir, state.step, state.to_json(), self.keep)
 
 
-class FinalModelHook(HookBase):
+class FinalModelHook(_ModelSaver):
     """When the schedule has ended (not at an earlier ``--max-iters``): ``final.safetensors`` with a
     card naming the student and the rule that chose it. Every process waits for the main one."""
-
-    def __init__(
-        self,
-        parts: TrainParts,
-        settings: DuplSettings,
-        card: CardMaker,
-        progress: TrainingProgress,
-        run_dir: Path,
-    ) -> None:
-        self.parts, self.settings, self.card = parts, settings, card
-        self.progress, self.run_dir = progress, run_dir
-        self.gate = SaveGate(parts, settings.train, run_dir)
 
     def after_train(self, state: TrainState) -> None:
         if state.step < self.settings.train.max_iters:
