@@ -210,6 +210,12 @@ class TrainSettings(Section):
     )
     log_every: int = Field(20, ge=1, description="Steps between metrics.jsonl lines / progress updates")
     image_every: int = Field(500, ge=1, description="Steps between image grids sent to trackers")
+    label_quality: bool = Field(
+        False,
+        description="Also log the labels' accuracy against the training split's ground-truth masks "
+        "(refined and learned labels, the noise filter's precision and recall, the consistency targets); "
+        "needs masks on that split, stage 1 only",
+    )
     val_every: int = Field(2000, ge=1, description="Steps between validations")
     val_max_images: int = Field(0, ge=0, description="Cap on validation images (0 = whole split)")
     ckpt_every: int = Field(1000, ge=1, description="Steps between rotating checkpoints")

@@ -47,10 +47,20 @@ class SeededSampler(Sampler):
 class WeakViewDataset(Dataset):
     """Weak views of the adapter's images. ``views=2`` (method.diff_aug): a second independent view
     of the same image, drawn from the same generator after the first, so the first view is the one a
-    one-view dataset gives; each view's ``affine`` (``transforms.ViewSample``) comes with it."""
+    one-view dataset gives; each view's ``affine`` (``transforms.ViewSample``) comes with it.
+    ``gt_masks`` (train.label_quality): each view's ground truth too, through the same geometry
+    (``gt_mask``, ``gt_mask2``; 255 outside the image and for an image without a mask); the views
+    are the same either way."""
 
     def __init__(
-        self, adapter, data_settings, seed: int, indices: Sequence[int] | None = None, *, views: int = 1
+        self,
+        adapter,
+        data_settings,
+        seed: int,
+        indices: Sequence[int] | None = None,
+        *,
+        views: int = 1,
+        gt_masks: bool = False,
     ):
         if views not in (1, 2):
             raise ValueError(f"views must be 1 or 2, not {views}")
@@ -59,6 +69,7 @@ class WeakViewDataset(Dataset):
         self.indices = list(range(len(adapter))) if indices is None else list(indices)
         self.seed = seed
         self.views = views
+        self.gt_masks = gt_masks
         self._fallback: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -75,14 +86,29 @@ class WeakViewDataset(Dataset):
     def __getitem__(self, key) -> dict:
         index, gen = self._generator(key)
         sample = self.adapter[index]
-        first = self.view.sample(sample.image, gen)
+        first, truth = self._view(sample, gen)
         labels = torch.from_numpy(sample.labels)
         item = {"image": first.image, "labels": labels, "img_box": first.img_box, "id": sample.id}
+        if truth is not None:
+            item["gt_mask"] = truth
         if self.views == 2:
-            second = self.view.sample(sample.image, gen)
+            second, truth2 = self._view(sample, gen)
             item |= {"image2": second.image, "img_box2": second.img_box}
             item |= {"affine": first.affine, "affine2": second.affine}
+            if truth2 is not None:
+                item["gt_mask2"] = truth2
         return item
+
+    def _view(self, sample, gen: torch.Generator):
+        """One weak view, with its ground truth when ``gt_masks`` (else None)."""
+        if not self.gt_masks:
+            return self.view.sample(sample.image, gen), None
+        mask = sample.mask
+        if mask is None:  # an image without a mask counts nowhere
+            mask = np.full(sample.image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+        return self.view.sample_with_map(
+            sample.image, mask.astype(np.uint8, copy=False), gen, fill=IGNORE_INDEX
+        )
 
 
 def collate_train(items: list[dict]) -> dict:
@@ -113,14 +139,16 @@ def train_loader(
     sampler: Sampler | None = None,
     indices: Sequence[int] | None = None,
     views: int = 1,
+    gt_masks: bool = False,
 ) -> DataLoader:
     """Weak-view batches {image B×3×S×S, labels B×C, img_box B×4, id, max_present}. Iterate it once per epoch.
 
     ``indices``: the adapter indices to use (e.g. the good ones from ``verify.check_split``).
     ``views=2``: each image's second weak view too (image2, img_box2) and both views' affines (affine,
-    affine2, B×4 float32: ``transforms.ViewSample``), for ``method.diff_aug``.
+    affine2, B×4 float32: ``transforms.ViewSample``), for ``method.diff_aug``. ``gt_masks``: each
+    view's ground truth too (gt_mask[, gt_mask2] B×S×S uint8), for ``train.label_quality``.
     """
-    dataset = WeakViewDataset(adapter, data_settings, seed, indices, views=views)
+    dataset = WeakViewDataset(adapter, data_settings, seed, indices, views=views, gt_masks=gt_masks)
     return seeded_loader(
         dataset, adapter, data_settings, batch_size, seed=seed, num_workers=num_workers,
         drop_last=drop_last, sampler=sampler, collate_fn=collate_train,

@@ -135,6 +135,19 @@ class WeakView:
         x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
         return ViewSample(normalize(x, self.mean, self.std), box, affine)
 
+    def sample_with_map(
+        self, image: np.ndarray, label_map: np.ndarray, gen: torch.Generator, *, fill: int = 0
+    ) -> tuple[ViewSample, torch.Tensor]:
+        """:meth:`sample` (the same draws, the same view) and ``label_map`` (H×W integers) carried
+        through its geometry with nearest resampling -> S×S, ``fill`` outside the image."""
+        pixels = to_tensor(image)
+        geometry = self.draw_geometry(pixels.shape[1], pixels.shape[2], gen)
+        crop, box, affine = self.apply_geometry(pixels, geometry)
+        carried = torch.from_numpy(np.ascontiguousarray(label_map))[None]
+        carried = self.apply_geometry(carried, geometry, fill=fill, nearest=True)[0][0]
+        x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
+        return ViewSample(normalize(x, self.mean, self.std), box, affine), carried
+
     def __call__(self, image: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised view, img_box)."""
         return self.sample(image, gen)[:2]

@@ -2,7 +2,9 @@
 from ``metrics.jsonl`` at each validation; TensorBoard (train.tracker) stays optional.
 
 One figure per concern: the loss terms, the learning rate (log scale), the validation mIoU of each
-student (every validation a marked point), τ_h and the noise share when they were logged. Every chart
+student (every validation a marked point), τ_h, the noise share and the label quality
+(``quality/*``: the consistency mask, and with ``train.label_quality`` the labels' accuracy) when
+they were logged. Every chart
 has labelled axes, a grid, a legend, and the phase boundaries of the run's ``config.toml``
 (``method.t_seg``, ``method.t_anf``) as vertical lines where the run has reached them.
 ``curve_figures`` builds the figures (inspectable); ``write_curves`` saves them. Without matplotlib
@@ -43,6 +45,7 @@ CHARTS = {  # file stem: chart, in the order they are drawn
     "val_miou": Chart("validation mIoU per student", "mIoU (%)", marked=True),
     "tau_h": Chart("τ_h (dynamic foreground threshold)", "τ_h"),
     "noise_share": Chart("noise share (pixels filtered by ANF)", "filtered pixels (%)"),
+    "quality": Chart("label quality on the training views (docs/method.md §8.1)", "pixels (%)"),
 }
 PHASES = {  # method setting: (what starts there (docs/method.md), its line style)
     "t_seg": ("segmentation loss, PAR labels", "--"),
@@ -93,12 +96,14 @@ def chart_series(run_dir: Path) -> dict[str, Series]:
     train, val = _records(run_dir)
     losses = sorted({k for r in train for k in r if k.startswith("loss/") and not k.endswith(("_1", "_2"))})
     scores = sorted({k for r in val for k in r["validation"]})
+    quality = sorted({k for r in train for k in r if k.startswith("quality/")})
     series = {
         "loss": {k.removeprefix("loss/"): v for k, v in _series(train, losses).items()},
         "lr": _series(train, ["lr"]),
         "val_miou": _series(val, scores, field="validation"),
         "tau_h": _series(train, ["tau_h"]),
         "noise_share": _series(train, ["noise_share"], scale=100.0),
+        "quality": {k.removeprefix("quality/"): v for k, v in _series(train, quality, scale=100.0).items()},
     }
     for stem, chart in CHARTS.items():
         if chart.log:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from dupl_cli.core.labels import IGNORE_INDEX
-from dupl_cli.method import losses
+from dupl_cli.method import label_quality, losses
 from dupl_cli.method.cam import backbone_stride, dual_multiscale_cam, merge_flip, normalise_cam
 from dupl_cli.method.noise_filter import noisy_pixels
 from dupl_cli.method.params import PhaseSchedule, StepConfig, ThresholdConfig
@@ -39,6 +39,9 @@ class StepResult(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached scalars: cls, ptc, dis, seg, reg (+ per student)
     stats: dict[str, torch.Tensor]  # detached scalars: tau_h, noise_share
     visuals: dict[str, torch.Tensor]  # first image: image (3×H×W uint8), cam, pseudo_label, prediction (H×W)
+    counts: dict[str, torch.Tensor] | None = (
+        None  # label quality: (hits, pixels) pairs (method.label_quality)
+    )
 
 
 class Views(NamedTuple):
@@ -72,6 +75,7 @@ class LossTerms(NamedTuple):
     dis: Term | None
     seg: Term | None
     reg: Term | None
+    reg_pixels: list[label_quality.ConsistencyPixels] | None = None  # per student, with reg
 
 
 WEIGHTED = ("ptc", "dis", "seg", "reg")
@@ -175,8 +179,9 @@ def training_step(
     """The loss of one iteration, with its logged terms, statistics and first-image visuals.
 
     ``batch``: ``image`` B×3×H×W (normalised), ``labels`` B×C (multi-hot), ``img_box`` B×4 and
-    optionally ``max_present`` (int); with ``diff_aug`` also ``image2``, ``img_box2``, ``affine`` and
-    ``affine2`` (B×4). ``generator`` draws the strong view's ops (L_reg).
+    optionally ``max_present`` (int) and ``gt_mask`` (B×H×W ground truth of the view, for the label
+    quality counts only); with ``diff_aug`` also ``image2``, ``img_box2``, ``affine`` and ``affine2``
+    (B×4) (and ``gt_mask2``). ``generator`` draws the strong view's ops (L_reg).
     """
     phase = phase_at(iteration, config.schedule, config.weights)
     if len(model.students) != config.students:
@@ -209,7 +214,8 @@ def training_step(
     loss = weighted_loss(terms, phase)
     if phase.seg_zero_grad:
         loss = loss + release_zero_weight_seg(seg_weak)
-    return StepResult(loss, logged_terms(terms, zero), stats, visuals)
+    counts = quality_counts(view_truth(batch, views), pseudo, learned, terms.reg_pixels)
+    return StepResult(loss, logged_terms(terms, zero), stats, visuals, counts)
 
 
 def loss_terms(
@@ -234,10 +240,10 @@ def loss_terms(
     dis = discrepancy_term(outs, config.discrepancy) if phase.w_dis > 0 else None
     seg_weak = [out.seg for out in outs]
     seg = segmentation_term(seg_weak, learned) if phase.w_seg > 0 else None
-    reg = None
+    reg, reg_pixels = None, None
     if phase.w_reg > 0:
-        reg = consistency_term(students, images_u8, seg_weak, learned, views, config, generator)
-    return LossTerms(cls, ptc, dis, seg, reg)
+        reg, reg_pixels = consistency_term(students, images_u8, seg_weak, learned, views, config, generator)
+    return LossTerms(cls, ptc, dis, seg, reg, reg_pixels)
 
 
 def weighted_loss(terms: LossTerms, phase: Phase) -> torch.Tensor:
@@ -310,11 +316,11 @@ def consistency_term(
     views: Views,
     config: StepConfig,
     generator: torch.Generator | None,
-) -> Term:
+) -> tuple[Term, list[label_quality.ConsistencyPixels]]:
     """L_reg,k: strong-view CE against student k's own confident weak argmax on the pixels the label
     it learns (``learned[k]``, B×H×W) discards. Per student: ``images_u8`` its view B×3×H×W uint8,
     ``seg_weak`` its B×(C+1)×h×w logits. One strong batch: of the shared view, or with diff_aug of
-    both views (each student segments its own)."""
+    both views (each student segments its own). Also each student's pixels, for the counts."""
     view, reg = config.strong, config.consistency
     own = views.affine is not None
     size = tuple(views.images[0].shape[-2:])
@@ -322,15 +328,52 @@ def consistency_term(
     strong, _ = strong_view(source, view, mean=config.mean, std=config.std, generator=generator)
     strong = downscale(strong, view.scale, multiple=getattr(students[0].backbone, "stride", 1))
     strong = strong.split(images_u8[0].shape[0]) if own else [strong] * len(students)
-    shares = []
+    shares, pixels = [], []
     for k, student in enumerate(students):
-        discarded = learned[k] == IGNORE_INDEX
+        region = torch.ones_like(learned[k], dtype=torch.bool)
         if not reg.include_padding:
-            discarded = discarded & box_mask(views.img_box[k], size)
+            region = box_mask(views.img_box[k], size).expand_as(region)
+        discarded = (learned[k] == IGNORE_INDEX) & region
         target, mask, _ = losses.consistency_target(seg_weak[k], discarded, confidence=reg.confidence)
         strong_logits = undo_on_logits(student.segment(strong[k]), size, flip=view.flip)
         shares.append(losses.consistency_loss(strong_logits, target, mask))
-    return Term(sum(shares), shares)
+        strong_labels = strong_logits.detach().max(1).indices
+        pixels.append(label_quality.ConsistencyPixels(target, mask, strong_labels, region))
+    return Term(sum(shares), shares), pixels
+
+
+def view_truth(batch: dict[str, Any], views: Views) -> list[torch.Tensor] | None:
+    """Each student's ground truth in its view (``gt_mask``, with diff_aug ``gt_mask2``), padded
+    like the view with 255; None when the batch carries none."""
+    if "gt_mask" not in batch:
+        return None
+    keys = ["gt_mask"] * len(views.images) if views.affine is None else ["gt_mask", "gt_mask2"]
+    size = views.images[0].shape[-2:]
+    out = []
+    for key in keys:
+        truth = batch[key].to(views.images[0].device).long()
+        pad = (0, size[1] - truth.shape[-1], 0, size[0] - truth.shape[-2])
+        out.append(torch.nn.functional.pad(truth, pad, value=IGNORE_INDEX) if any(pad) else truth)
+    return out
+
+
+def quality_counts(
+    truth: list[torch.Tensor] | None,
+    pseudo: PseudoLabels,
+    learned: list[torch.Tensor] | None,
+    reg_pixels: list[label_quality.ConsistencyPixels] | None,
+) -> dict[str, torch.Tensor]:
+    """The step's label-quality counts (:mod:`~dupl_cli.method.label_quality`): the consistency
+    mask's whenever L_reg ran; with ``truth`` (per student, B×H×W) also the labels'."""
+    counts = {} if reg_pixels is None else label_quality.consistency_counts(reg_pixels)
+    if truth is None:
+        return counts
+    if pseudo.refined is not None:
+        refined, taught, gt = torch.cat(pseudo.refined), torch.cat(learned), torch.cat(truth)
+        counts |= label_quality.label_counts(refined, taught, pseudo.noise, gt)
+    if reg_pixels is not None:
+        counts |= label_quality.reg_target_counts(reg_pixels, truth)
+    return counts
 
 
 def batch_views(batch: dict[str, Any], config: StepConfig, stride: int) -> Views:

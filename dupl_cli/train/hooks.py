@@ -100,6 +100,8 @@ class LogHook(HookBase):
         values = {f"loss/{k}": v.detach().float() for k, v in result.terms.items()}
         values["loss/total"] = result.loss.detach().float()
         values.update({k: v.detach().float().mean() for k, v in result.stats.items()})
+        for name, (hits, pixels) in (result.counts or {}).items():
+            values[f"quality/{name}{HITS}"], values[f"quality/{name}{PIXELS}"] = hits, pixels
         for key, value in values.items():
             value = torch.where(good, value, torch.zeros_like(value))
             self.sums[key] = self.sums.get(key, torch.zeros((), device=value.device)) + value
@@ -124,7 +126,7 @@ class LogHook(HookBase):
         self._report_guard(state, guard)
         if not keys or count == 0:
             return None
-        record = dict(zip(keys, values[: len(keys)], strict=True))
+        record = pixel_ratios(dict(zip(keys, values[: len(keys)], strict=True)))
         record.setdefault("tau_h", float("nan"))
         record.setdefault("noise_share", 0.0)
         record["lr"] = self.parts.scheduler.get_last_lr()[0]
@@ -149,6 +151,22 @@ class LogHook(HookBase):
         if in_row >= self.train.max_bad_steps:
             what = f"{in_row} non-finite steps in a row, last: {', '.join(names)}"
             raise diverged(last, what, self.train, self.run_dir)
+
+
+HITS, PIXELS = "#hits", "#pixels"
+
+
+def pixel_ratios(record: dict[str, float]) -> dict[str, float]:
+    """The interval's label-quality counts as ratios (hits over pixels, summed over its steps); one
+    with no pixel in the interval is left out."""
+    out = {k: v for k, v in record.items() if not k.endswith((HITS, PIXELS))}
+    for key in record:
+        if key.endswith(HITS):
+            name = key.removesuffix(HITS)
+            pixels = record[name + PIXELS]
+            if pixels > 0:
+                out[name] = record[key] / pixels
+    return out
 
 
 class ImagesHook(HookBase):

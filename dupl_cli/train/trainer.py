@@ -97,6 +97,16 @@ def _datasets(settings: DuplSettings, with_val: bool, report) -> tuple[Any, Any]
     if is_stage2(settings):  # the pseudo-labels as masks, their folder checked against the split first
         train_set = pseudo_label_split(train_set, settings)
     train_set = _checked(train_set, settings.data.on_error, "training", report)
+    if settings.train.label_quality and is_stage2(settings):
+        raise UserError(
+            "train.label_quality measures stage 1's own labels; a stage-2 run learns fixed pseudo-labels "
+            "(score them with dupl pseudo-label --evaluate)"
+        )
+    if settings.train.label_quality and not train_set.has_masks:
+        raise UserError(
+            f"train.label_quality: the training split {settings.data.train_split!r} of data.root "
+            f"{settings.data.root} has no masks to measure the labels against; turn it off"
+        )
     val_set = None
     if with_val:
         val_set = factory(settings.data, settings.data.val_split)
@@ -375,8 +385,9 @@ class Trainer:
             return stage2_loader(train_set, settings.data, batch_size, seed=settings.train.seed,
                                  confidence=confidence, **kwargs)  # fmt: skip
         return train_loader(
-            train_set, settings.data, batch_size, seed=settings.train.seed, views=self._views(), **kwargs
-        )
+            train_set, settings.data, batch_size, seed=settings.train.seed, views=self._views(),
+            gt_masks=settings.train.label_quality, **kwargs,
+        )  # fmt: skip
 
     def _module(self, model: nn.Module) -> nn.Module:
         """What one forward of the step runs: the DuPL step, or in stage 2 the segmenter's."""

@@ -153,3 +153,39 @@ def test_second_view_leaves_the_first_as_it_was(tmp_path):
         (y0, y1), (x0, x1) = sorted((oy, sy * h + oy)), sorted((ox, sx * w + ox))
         expected = [max(0, round(y0)), min(32, round(y1)), max(0, round(x0)), min(32, round(x1))]
         assert batch[box_key][0].tolist() == expected
+
+
+def test_ground_truth_rides_the_same_view(tmp_path):
+    """train.label_quality's loader: each view's mask goes through the view's own rescale, flip and
+    crop (255 outside the image), and the views are the ones the loader gives without it."""
+    from PIL import Image
+
+    from dupl_cli.data.folder import build
+
+    root = make_folder(tmp_path / "f", n=6)
+    for path in sorted((root / "masks").glob("*.png")):  # each image shows its mask: grey level 60 * id
+        mask = np.array(Image.open(path))
+        grey = np.where(mask == 255, 250, mask.astype(np.int64) * 60).astype(np.uint8)
+        Image.fromarray(np.stack([grey] * 3, -1)).save(root / "images" / path.name)
+    d = settings_for(root, "folder", "data.crop_size=48").data
+    ad = build(d, "train")
+    plain = list(train_loader(ad, d, 2, seed=5, num_workers=0, views=2))
+    measured = list(train_loader(ad, d, 2, seed=5, num_workers=0, views=2, gt_masks=True))
+    for a, b in zip(plain, measured, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in ("image", "image2", "img_box", "affine2"))
+        assert b["gt_mask"].shape == b["gt_mask2"].shape == (2, 48, 48) and b["gt_mask"].dtype == torch.uint8
+    geometry_only = ("data.scale_range=[1.0, 1.0]", "data.color_jitter_p=0", "data.grayscale_p=0")
+    d_exact = settings_for(
+        root, "folder", "data.crop_size=48", *geometry_only, "data.blur_radius=[0.0, 0.0]"
+    ).data
+    exact = list(train_loader(build(d_exact, "train"), d_exact, 2, seed=5, num_workers=0, gt_masks=True))
+    mean, std = torch.tensor(d_exact.mean)[:, None, None], torch.tensor(d_exact.std)[:, None, None]
+    for batch in exact:
+        for image, truth, (y0, y1, x0, x1) in zip(
+            batch["image"], batch["gt_mask"], batch["img_box"].tolist(), strict=True
+        ):
+            grey = ((image * std + mean) * 255).round()[0]
+            inside = torch.zeros_like(truth, dtype=torch.bool)
+            inside[y0:y1, x0:x1] = True
+            shown = torch.where(truth == 255, 250, truth.long() * 60)
+            assert torch.equal(grey[inside].long(), shown[inside]) and (truth[~inside] == 255).all()

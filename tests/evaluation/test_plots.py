@@ -72,6 +72,23 @@ def test_curves_are_one_labelled_figure_per_concern(tmp_path):
     np.testing.assert_allclose(noise.get_ydata(), [2.0 * s for s in range(1, 11)])  # in percent
 
 
+def test_label_quality_is_one_chart_in_percent(tmp_path):
+    run = _run(tmp_path)
+    with open(run / "metrics.jsonl", "a") as log:  # after the cut line: training went on
+        log.write("\n" + "".join(
+            json.dumps({"step": s, "quality/label_acc": 0.9, "quality/reg_share": 0.01 * s}) + "\n"
+            for s in (T_ANF, T_ANF + 1)
+        ))  # fmt: skip
+    figures = curve_figures(run)
+    assert list(figures)[-1] == "quality"
+    lines = _lines(figures["quality"].axes[0])
+    assert (
+        list(lines["label_acc"].get_ydata()) == [90.0, 90.0]
+        and figures["quality"].axes[0].get_ylabel() == "pixels (%)"
+    )
+    np.testing.assert_allclose(lines["reg_share"].get_ydata(), [T_ANF, T_ANF + 1])
+
+
 def test_validation_points_are_marked_per_student(tmp_path):
     ax = curve_figures(_run(tmp_path))["val_miou"].axes[0]
     lines = _lines(ax)

@@ -92,6 +92,29 @@ def test_log_hook_averages_good_steps_in_one_host_read(tmp_path):
     assert "warning: step 1: non-finite loss (cls); step skipped" in (tmp_path / "train.log").read_text()
 
 
+def test_log_hook_turns_label_quality_counts_into_pixel_ratios(tmp_path):
+    """Hits and pixels are summed over the interval's good steps and divided once: a step without
+    a count weighs nothing, a skipped step's counts are left out, a ratio with no pixel is not logged."""
+    parts = tiny_parts()
+    hook = _log_hook(parts, tmp_path)
+    steps = [  # (loss, counts)
+        (1.0, {"label_acc": torch.tensor([3.0, 4.0]), "strong_agree": torch.tensor([0.0, 0.0])}),
+        (float("nan"), {"label_acc": torch.tensor([0.0, 100.0])}),
+        (3.0, {"label_acc": torch.tensor([6.0, 6.0])}),
+    ]
+    state, counter = TrainState(), HostSyncCounter()
+    with counter:
+        for cls, counts in steps:
+            outcome = _taken(parts, state.step, cls)
+            outcome = outcome._replace(result=outcome.result._replace(counts=counts))
+            state.step += 1
+            hook.after_step(state, StepEvents(outcome))
+    assert len(counter.events) == 1  # still the interval's one read
+    (record,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record["quality/label_acc"] == pytest.approx(9 / 10) and "quality/strong_agree" not in record
+    assert not any("#" in key for key in record)
+
+
 def test_log_hook_stops_after_too_many_bad_steps_in_a_row(tmp_path):
     parts = tiny_parts()
     hook = _log_hook(parts, tmp_path, log_every=1, max_bad_steps=2)

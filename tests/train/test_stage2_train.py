@@ -127,3 +127,7 @@ def test_stage2_refusals_are_one_line(tiny_run, pseudo, tmp_path):
     other = invoke(*stage2_args(data, pseudo, tmp_path / "R"), "--set", "data.train_split=val", ok=False)
     text = " ".join(other.output.split())
     assert other.exit_code != 0 and "made from split 'train', but data.train_split is 'val'" in text
+    measured = invoke(
+        *stage2_args(data, pseudo, tmp_path / "Q"), "--set", "train.label_quality=true", ok=False
+    )
+    assert measured.exit_code != 0 and "train.label_quality measures stage 1's own labels" in measured.output

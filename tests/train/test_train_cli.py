@@ -45,7 +45,7 @@ def invoke(args: list[str]):
 
 def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
     run = tmp_path / "run"
-    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run)))
+    invoke(tiny_args(tiny_data, tmp_path, "--run-dir", str(run), "--set", "train.label_quality=true"))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     phases = [r["phase"] for r in records if "phase" in r]
     assert {"A", "B", "C"} <= set(phases)
@@ -61,6 +61,13 @@ def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
         "noise_share",
         "images_per_s",
     } <= set(last)
+    # train.label_quality: the labels scored against the ground truth from phase B, the noise filter
+    # and the consistency mask in phase C (a ratio with no pixel, e.g. an empty mask, is left out)
+    quality = {r["phase"]: {k for k in r if k.startswith("quality/")} for r in records if "phase" in r}
+    assert quality["A"] == set() and quality["B"] == {"quality/label_acc", "quality/learned_acc"}
+    assert quality["B"] | {"quality/noise_recall", "quality/reg_share"} <= quality["C"]
+    assert all(0 <= r[k] <= 1 for r in records for k in r if k.startswith("quality/"))
+    assert not any("#" in k for r in records for k in r)  # the counts become ratios
     assert any("validation" in r for r in records)
     # Rotating checkpoints (every 3 steps) and the inference checkpoints with cards.
     assert [step for step, _ in checkpoint_dirs(run)] == [3, 6]
@@ -223,6 +230,25 @@ def test_dry_run_writes_nothing(tiny_data, tmp_path, monkeypatch):
     assert "parameters per_student_trainable" in result.output
     for phase in ("A", "B", "C"):
         assert f"dry run: phase {phase}" in result.output
+
+
+def test_label_quality_needs_masks_on_the_training_split(tmp_path):
+    import shutil
+
+    from dupl_cli.data.demo import write_demo
+
+    root = write_demo(tmp_path / "d", size=48, n_train=4, n_val=2)
+    shutil.rmtree(root / "masks")
+    sets = ["data.adapter=folder", f"data.root={root}", "train.label_quality=true"]
+    result = runner.invoke(
+        app, [*tiny_args(root, tmp_path, "--dry-run"), *(a for x in sets for a in ("--set", x))]
+    )
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code != 0 and len(lines) == 1, result.output
+    assert (
+        lines[0].startswith("error: train.label_quality: the training split 'train_aug'")
+        and "no masks" in lines[0]
+    )
 
 
 def test_diff_aug_trains_from_the_loaders_two_views(tiny_data, tmp_path):
