@@ -4,8 +4,8 @@ Each statistic is a pair of pixel counts (hits, pixels) kept on the device; the 
 over a log interval and divides once, so a step with no pixel to count weighs nothing and an
 interval with none logs nothing. Without ground truth: the consistency mask's share of the image
 and the strong view's agreement with its targets. With each view's ground-truth mask
-(``train.label_quality``): the refined and the learned labels' accuracy, the noise filter's
-precision and recall, and the consistency targets' accuracy.
+(``train.label_quality``): the refined and the learned labels' accuracy and foreground IoU, the
+noise filter's precision and recall, and the consistency targets' accuracy and foreground IoU.
 """
 
 from __future__ import annotations
@@ -30,6 +30,13 @@ def _pair(hits: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
     return torch.stack([hits.sum(), pixels.sum()]).float()
 
 
+def _foreground_iou(label: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Pixels where both say the same foreground class over pixels where either says foreground
+    (both set): background dominates the plain accuracy, this is what mIoU sees."""
+    both = (label != IGNORE_INDEX) & (truth != IGNORE_INDEX)
+    return _pair(both & (label == truth) & (truth != 0), both & ((label != 0) | (truth != 0)))
+
+
 def consistency_counts(parts: list[ConsistencyPixels]) -> dict[str, torch.Tensor]:
     """reg_share: masked pixels of the region; strong_agree: masked pixels where the strong view's
     prediction equals its target (how well the perturbed view lines up with what it learns)."""
@@ -50,7 +57,9 @@ def label_counts(
     wrong = labelled & (refined != truth)
     counts = {
         "label_acc": _pair(labelled & ~wrong, labelled),
+        "label_fg_iou": _foreground_iou(refined, truth),
         "learned_acc": _pair(known & (learned == truth), known & (learned != IGNORE_INDEX)),
+        "learned_fg_iou": _foreground_iou(learned, truth),
     }
     if noise is not None:
         foreground = refined != 0
@@ -67,4 +76,8 @@ def reg_target_counts(parts: list[ConsistencyPixels], truth: list[torch.Tensor])
         known = part.mask & (gt != IGNORE_INDEX)
         hits.append(known & (part.target == gt))
         pixels.append(known)
-    return {"reg_target_acc": _pair(torch.cat(hits), torch.cat(pixels))}
+    targets = torch.cat([p.target.masked_fill(~p.mask, IGNORE_INDEX) for p in parts])
+    return {
+        "reg_target_acc": _pair(torch.cat(hits), torch.cat(pixels)),
+        "reg_target_fg_iou": _foreground_iou(targets, torch.cat(truth)),
+    }

@@ -29,12 +29,15 @@ def test_label_counts_on_a_known_map():
     assert counts["learned_acc"].tolist() == [2.0, 2.0]  # the filter left two, both right
     assert counts["noise_precision"].tolist() == [1.0, 2.0]  # flagged foreground with truth: 1 of 2 wrong
     assert counts["noise_recall"].tolist() == [1.0, 1.0]  # the one wrong foreground pixel was flagged
+    assert counts["label_fg_iou"].tolist() == [2.0, 3.0]  # classes 1 and 2 agree; 2 for 1 is a miss
+    assert counts["learned_fg_iou"].tolist() == [1.0, 1.0]
 
 
 def test_label_counts_before_the_noise_filter_have_no_filter_figures():
     truth = torch.zeros(1, 2, 2, dtype=torch.long)
     counts = label_counts(truth.clone(), truth.clone(), None, truth)
-    assert set(counts) == {"label_acc", "learned_acc"} and ratio(counts["label_acc"]) == 1.0
+    assert set(counts) == {"label_acc", "label_fg_iou", "learned_acc", "learned_fg_iou"}
+    assert ratio(counts["label_acc"]) == 1.0
 
 
 def test_consistency_counts_share_agreement_and_target_accuracy():
@@ -49,6 +52,8 @@ def test_consistency_counts_share_agreement_and_target_accuracy():
     truth = torch.tensor([[[1, 0, 2, IGN]]])
     acc = reg_target_counts(parts, [truth, truth])["reg_target_acc"]
     assert acc.tolist() == [2.0, 4.0]  # per student: first right, second wrong, fourth unknown
+    iou = reg_target_counts(parts, [truth, truth])["reg_target_fg_iou"]
+    assert iou.tolist() == [2.0, 4.0]  # class 1 right, class 1 where the truth is background
 
 
 def test_training_step_counts_from_the_batch_ground_truth():

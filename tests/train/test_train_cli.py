@@ -64,7 +64,8 @@ def test_tiny_cpu_runs_all_three_phases(tiny_data, tmp_path):
     # train.label_quality: the labels scored against the ground truth from phase B, the noise filter
     # and the consistency mask in phase C (a ratio with no pixel, e.g. an empty mask, is left out)
     quality = {r["phase"]: {k for k in r if k.startswith("quality/")} for r in records if "phase" in r}
-    assert quality["A"] == set() and quality["B"] == {"quality/label_acc", "quality/learned_acc"}
+    labels = {f"quality/{k}" for k in ("label_acc", "label_fg_iou", "learned_acc", "learned_fg_iou")}
+    assert quality["A"] == set() and {"quality/label_acc", "quality/learned_acc"} <= quality["B"] <= labels
     assert quality["B"] | {"quality/noise_recall", "quality/reg_share"} <= quality["C"]
     assert all(0 <= r[k] <= 1 for r in records for k in r if k.startswith("quality/"))
     assert not any("#" in k for r in records for k in r)  # the counts become ratios
