@@ -17,9 +17,15 @@ import torch
 from dupl_cli.config.schema import TrainSettings
 from dupl_cli.core.errors import UserError
 from dupl_cli.runs import run_dir as runs
+from dupl_cli.runs.checkpoint import is_stage2
 from dupl_cli.train.loop import TrainParts
 
 LOSS_WEIGHTS = ("method.w_ptc", "method.w_dis", "method.w_seg", "method.w_reg")
+
+
+def loss_weights(settings) -> tuple[str, ...]:
+    """The loss-weight settings a diverged run may blame: stage 1's; a stage-2 run has none."""
+    return () if is_stage2(settings) else LOSS_WEIGHTS
 
 
 def all_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
@@ -34,8 +40,11 @@ def all_finite(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None =
     return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all()
 
 
-def diverged(step: int, what: str, train: TrainSettings, run_dir: Path | None) -> UserError:
-    """The one line a diverged run stops with: the step, the likely cause, the checkpoint to resume from."""
+def diverged(
+    step: int, what: str, train: TrainSettings, run_dir: Path | None, weights: tuple[str, ...] = LOSS_WEIGHTS
+) -> UserError:
+    """The one line a diverged run stops with: the step, the likely cause (``train.lr``, the loss
+    ``weights``, the precision), the checkpoint to resume from."""
     checkpoint = runs.latest_checkpoint(run_dir) if run_dir is not None else None
     resume = (
         f"last good checkpoint: {checkpoint} (resume it with --resume and a lower train.lr)"
@@ -43,9 +52,10 @@ def diverged(step: int, what: str, train: TrainSettings, run_dir: Path | None) -
         else "no good checkpoint was written"
     )
     precision = "" if train.precision == "no" else f", or train.precision = {train.precision} (try no)"
+    blamed = f", or a loss weight too large ({', '.join(weights)})" if weights else ""
     return UserError(
         f"step {step}: training diverged ({what}); stopped without saving. Likely cause: train.lr = "
-        f"{train.lr:g} too high, or a loss weight too large ({', '.join(LOSS_WEIGHTS)}){precision}; {resume}",
+        f"{train.lr:g} too high{blamed}{precision}; {resume}",
         exit_code=1,
     )
 
@@ -53,8 +63,14 @@ def diverged(step: int, what: str, train: TrainSettings, run_dir: Path | None) -
 class SaveGate:
     """Whether a save may go ahead now: weights finite (else the run stops) and no step being skipped."""
 
-    def __init__(self, parts: TrainParts, train: TrainSettings, run_dir: Path | None) -> None:
-        self.parts, self.train, self.run_dir = parts, train, run_dir
+    def __init__(
+        self,
+        parts: TrainParts,
+        train: TrainSettings,
+        run_dir: Path | None,
+        weights: tuple[str, ...] = LOSS_WEIGHTS,
+    ) -> None:
+        self.parts, self.train, self.run_dir, self.weights = parts, train, run_dir, weights
 
     def ready(self, step: int) -> bool:
         """True when a save at ``step`` may be written; False while non-finite steps are being
@@ -63,9 +79,10 @@ class SaveGate:
         finite = all_finite(parts.model, parts.optimizer).float().to(parts.guard.in_row.device)
         in_row, ok = torch.stack([parts.guard.in_row, finite]).tolist()  # the save's one host read
         if not ok:
-            raise diverged(step, "the weights are not finite", self.train, self.run_dir)
+            raise diverged(step, "the weights are not finite", self.train, self.run_dir, self.weights)
         return in_row == 0
 
     def stop(self, step: int) -> UserError:
         """The error when the run ends inside a streak of skipped steps (nothing left to save)."""
-        return diverged(step, "the loss is not finite; the last steps were skipped", self.train, self.run_dir)
+        what = "the loss is not finite; the last steps were skipped"
+        return diverged(step, what, self.train, self.run_dir, self.weights)

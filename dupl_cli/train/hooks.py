@@ -30,7 +30,7 @@ from dupl_cli.method.step import StepResult
 from dupl_cli.runs import run_dir as runs
 from dupl_cli.runs.card import Card
 from dupl_cli.runs.checkpoint import save_model
-from dupl_cli.train.divergence import SaveGate, diverged
+from dupl_cli.train.divergence import LOSS_WEIGHTS, SaveGate, diverged, loss_weights
 from dupl_cli.train.loop import HookBase, StepEvents, TrainParts
 from dupl_cli.train.progress import TrainingProgress, append_line
 from dupl_cli.train.stage2 import PHASE
@@ -140,6 +140,7 @@ class LogHook(HookBase):
         read here) and stop after ``train.max_bad_steps`` in a row."""
         guard = self.parts.guard
         in_row, skipped, last, names = guard.read(values if values is not None else guard.state().tolist())
+        last += 1  # the guard keeps the iteration index; lines count steps taken, as metrics.jsonl does
         state.bad_in_row = in_row
         if skipped == 1:
             self.progress.message(f"warning: step {last}: non-finite loss ({', '.join(names)}); step skipped")
@@ -150,7 +151,8 @@ class LogHook(HookBase):
             )
         if in_row >= self.train.max_bad_steps:
             what = f"{in_row} non-finite steps in a row, last: {', '.join(names)}"
-            raise diverged(last, what, self.train, self.run_dir)
+            weights = LOSS_WEIGHTS if self.schedule is not None else ()  # stage 2 has no schedule
+            raise diverged(last, what, self.train, self.run_dir, weights)
 
 
 HITS, PIXELS = "#hits", "#pixels"
@@ -251,7 +253,7 @@ class _ModelSaver(HookBase):
     ) -> None:
         self.parts, self.settings, self.card = parts, settings, card
         self.progress, self.run_dir = progress, run_dir
-        self.gate = SaveGate(parts, settings.train, run_dir)
+        self.gate = SaveGate(parts, settings.train, run_dir, loss_weights(settings))
 
 
 class BestModelHook(_ModelSaver):

@@ -37,7 +37,7 @@ from dupl_cli.runs.resume import load_resume
 from dupl_cli.runs.run_lock import RunLock, clean_leftovers
 from dupl_cli.train.accel import make_accelerator
 from dupl_cli.train.compile import compile_from_settings
-from dupl_cli.train.divergence import SaveGate
+from dupl_cli.train.divergence import SaveGate, loss_weights
 from dupl_cli.train.hooks import (
     BestModelHook,
     CheckpointHook,
@@ -363,7 +363,7 @@ class Trainer:
         if run_dir is not None:
             checkpoints = CheckpointHook(
                 parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop,
-                gate=SaveGate(parts, train, run_dir),
+                gate=SaveGate(parts, train, run_dir, loss_weights(settings)),
             )  # fmt: skip
             hooks += [checkpoints, FinalModelHook(parts, settings, card, progress, run_dir)]
         return hooks

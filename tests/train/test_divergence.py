@@ -94,3 +94,18 @@ def test_a_set_up_failure_after_the_start_marks_the_run_crashed(tiny_data, tmp_p
     assert result.exit_code != 0
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "crashed" and "optimizer broke" in info["error"], info
+
+
+def test_the_stop_blames_only_settings_the_run_has():
+    """Stage 1's line names its loss weights; a stage-2 run (no such weights) names the LR alone."""
+    from dupl_cli.config.sources import load_settings
+    from dupl_cli.train.divergence import diverged, loss_weights
+
+    stage1 = load_settings("demo", assignments=[], environ={}).settings
+    stage2 = load_settings("demo-stage2", assignments=["data.pseudo_labels=/p"], environ={}).settings
+    assert loss_weights(stage1) == ("method.w_ptc", "method.w_dis", "method.w_seg", "method.w_reg")
+    assert loss_weights(stage2) == ()
+    one = str(diverged(7, "x", stage1.train, None, loss_weights(stage1)))
+    two = str(diverged(7, "x", stage2.train, None, loss_weights(stage2)))
+    assert "a loss weight too large (method.w_ptc" in one and "train.lr = " in one
+    assert "method.w_" not in two and "loss weight" not in two and "train.lr = " in two

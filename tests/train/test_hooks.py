@@ -89,7 +89,7 @@ def test_log_hook_averages_good_steps_in_one_host_read(tmp_path):
     )  # NaN step left out
     assert record["tau_h"] == 0.5 and record["phase"] == "B"
     assert hook.sums == {} and hook.count == 0 and state.bad_in_row == 0
-    assert "warning: step 1: non-finite loss (cls); step skipped" in (tmp_path / "train.log").read_text()
+    assert "warning: step 2: non-finite loss (cls); step skipped" in (tmp_path / "train.log").read_text()
 
 
 def test_log_hook_turns_label_quality_counts_into_pixel_ratios(tmp_path):
@@ -120,7 +120,7 @@ def test_log_hook_stops_after_too_many_bad_steps_in_a_row(tmp_path):
     hook = _log_hook(parts, tmp_path, log_every=1, max_bad_steps=2)
     state = _run_steps(hook, parts, [1.0, float("nan")])
     assert state.bad_in_row == 1
-    stopped = r"step 2: training diverged \(2 non-finite steps in a row, last: cls\); stopped"
+    stopped = r"step 3: training diverged \(2 non-finite steps in a row, last: cls\); stopped"
     with pytest.raises(UserError, match=stopped + r".*train\.lr = .*method\.w_ptc.*no good checkpoint"):
         _run_steps(hook, parts, [float("nan")], state)
     assert state.bad_in_row == 2
@@ -135,7 +135,7 @@ def test_log_hook_reads_the_guard_before_a_checkpoint_and_when_the_optimiser_can
     host_dir.mkdir()
     state = _run_steps(_log_hook(host, host_dir), host, [float("nan")])
     assert state.bad_in_row == 1  # the verdict was read on the host: reported at once
-    assert "warning: step 0: non-finite loss (cls); step skipped" in (host_dir / "train.log").read_text()
+    assert "warning: step 1: non-finite loss (cls); step skipped" in (host_dir / "train.log").read_text()
 
 
 def _state_with_validation(step: int, seg: tuple[float, float]) -> tuple[TrainState, StepEvents]:
