@@ -35,6 +35,9 @@ an interrupted run resumes from its last checkpoint.
 
     python benchmarks/bench_ablation.py --out /tmp/ablation [--rows baseline reg] [--seeds 3]
     python benchmarks/bench_ablation.py --out /tmp/hard --data /tmp/hard-data --iters 450
+
+With ``--set train.label_quality=true`` (data with training masks) it also prints each row's
+label quality in phase C (``quality/*`` of docs/method.md §8.1, mean of the log lines).
 """
 
 from __future__ import annotations
@@ -224,14 +227,27 @@ def read_scores(run: Path) -> dict[str, float]:
     return out
 
 
-def summary(runs: dict[str, list[Path]]) -> str:
-    """Mean ± std (sample, n - 1) per row and evaluation, as a Markdown table."""
-    tags = sorted({t for paths in runs.values() for p in paths for t in read_scores(p)})
+def read_quality(run: Path) -> dict[str, float]:
+    """Each ``quality/*`` figure (%, docs/method.md §8.1) averaged over the run's phase-C log lines."""
+    values: dict[str, list[float]] = {}
+    path = run / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line)
+        if record.get("phase") == "C":
+            for key, value in record.items():
+                if key.startswith("quality/"):
+                    values.setdefault(key.removeprefix("quality/"), []).append(100.0 * value)
+    return {key: statistics.fmean(v) for key, v in values.items()}
+
+
+def summary(runs: dict[str, list[Path]], read=read_scores) -> str:
+    """Mean ± std (sample, n - 1) per row of each figure ``read`` gives a run, as a Markdown table."""
+    tags = sorted({t for paths in runs.values() for p in paths for t in read(p)})
     lines = ["| row | n | " + " | ".join(tags) + " |", "|---|---|" + "---|" * len(tags)]
     for row, paths in runs.items():
         cells = []
         for tag in tags:
-            values = [s[tag] for s in map(read_scores, paths) if tag in s]
+            values = [s[tag] for s in map(read, paths) if tag in s]
             std = f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""
             cells.append(f"{statistics.fmean(values):.1f}{std}" if values else "–")
         lines.append(f"| {row} | {len(paths)} | " + " | ".join(cells) + " |")
@@ -251,12 +267,17 @@ def main(argv=None) -> None:
     for row, run in done:
         runs.setdefault(row, []).append(run)
     table = summary(runs)
-    (args.out / "summary.md").write_text(table + "\n")
     print(
         f"\nmIoU % (val, single scale, no CRF; student {args.student} of the final checkpoint, and "
         "the best-by-val checkpoint and student), mean ± std over seeds:\n" + table,
         flush=True,
     )
+    quality = summary(runs, read_quality)
+    if any(read_quality(p) for paths in runs.values() for p in paths):
+        table += "\n\nLabel quality, % (phase C, training views):\n" + quality
+        print("\nLabel quality % (mean of the phase-C log lines, training views, both students; "
+              "docs/method.md §8.1), mean ± std over seeds:\n" + quality, flush=True)  # fmt: skip
+    (args.out / "summary.md").write_text(table + "\n")
     compare = ["compare", *(str(r) for _, r in done), "--csv", str(args.out / "compare.csv")]
     subprocess.run([*DUPL, *compare], check=True, **cli_env(args))
 
