@@ -48,3 +48,27 @@ def test_hard_data_is_a_folder_dataset(tmp_path):
     assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
     present = {classes[k - 1] for k in np.unique(mask) if 0 < k <= len(classes)}
     assert present == set(rows[0].split(",")[1].split())
+
+
+def test_quality_table_averages_phase_c_lines_per_row(tmp_path):
+    import json
+
+    bench = _module("bench_ablation")
+    runs = []
+    for seed, acc in ((0, 0.6), (1, 0.8)):
+        run = tmp_path / f"reg-s{seed}"
+        run.mkdir()
+        lines = [
+            {"step": 1, "phase": "B", "quality/label_acc": 0.1},
+            {"step": 2, "phase": "C", "quality/label_acc": acc, "quality/reg_share": 0.05},
+            {"step": 3, "phase": "C", "quality/label_acc": acc + 0.1},
+            {"step": 3, "validation": {"seg_s1": 50.0}},
+        ]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        runs.append(run)
+    assert bench.read_quality(runs[0]) == {"label_acc": 65.0, "reg_share": 5.0}
+    table = bench.summary({"reg": runs}, bench.read_quality).splitlines()
+    assert (
+        table[0] == "| row | n | label_acc | reg_share |"
+        and table[2] == "| reg | 2 | 75.0 ± 14.1 | 5.0 ± 0.0 |"
+    )
