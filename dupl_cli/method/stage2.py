@@ -52,6 +52,7 @@ class Stage2Result(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached scalars: seg
     stats: dict[str, torch.Tensor]  # detached scalars: noise_share, uncertain_share
     visuals: dict[str, torch.Tensor]  # first image: image (uint8 3×H×W), pseudo_label, prediction (H×W)
+    counts: dict[str, torch.Tensor] | None = None  # no label-quality counts: its labels are fixed
 
 
 def stage2_loss(
