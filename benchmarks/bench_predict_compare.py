@@ -27,7 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from worktree_rounds import head_commit, interleaved_rounds
+
 COMMANDS = ("evaluate", "infer", "pseudo-label")
 
 
@@ -200,29 +201,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     from dupl_cli.data.demo import write_demo
 
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
     with tempfile.TemporaryDirectory() as tmp:
         data = write_demo(Path(tmp) / "data", size=args.size, n_train=1, n_val=args.images)
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True
-        )
-        try:
-            trees = {"base": base, "this": ROOT}
-            runs: dict[str, list[dict]] = {"base": [], "this": []}
-            for r in range(args.rounds):
-                for name in ["base", "this"] if r % 2 == 0 else ["this", "base"]:
-                    runs[name].append(_run(trees[name], data, args))
-                    print(
-                        f"round {r + 1} {name}: "
-                        + " ".join(f"{k} {runs[name][-1][k]:.2f}" for k in COMMANDS),
-                        flush=True,
-                    )
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
-    _report(args, head.stdout.strip(), runs)
+        runs = interleaved_rounds(
+            args.base, args.rounds, Path(tmp), lambda tree: _run(tree, data, args),
+            lambda result: " ".join(f"{k} {result[k]:.2f}" for k in COMMANDS),
+        )  # fmt: skip
+    _report(args, head_commit(), runs)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from worktree_rounds import head_commit, interleaved_rounds
 
 
 def worker(tree: Path, steps: int) -> dict:
@@ -76,32 +76,16 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker, args.steps)))
         return
-    head = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    )
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "base"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(base), args.base], check=True
-        )
-        try:
-            trees = {"base": base, "this": ROOT}
-            runs: dict[str, list[dict]] = {"base": [], "this": []}
-            for r in range(args.rounds):
-                for name in ["base", "this"] if r % 2 == 0 else ["this", "base"]:
-                    runs[name].append(_run(trees[name], args.steps))
-                    print(
-                        f"round {r + 1} {name}: "
-                        + " ".join(f"{k} {v:.3f}" for k, v in runs[name][-1].items()),
-                        flush=True,
-                    )
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False)
+        runs = interleaved_rounds(
+            args.base, args.rounds, Path(tmp), lambda tree: _run(tree, args.steps),
+            lambda result: " ".join(f"{k} {v:.3f}" for k, v in result.items()),
+        )  # fmt: skip
     import platform
 
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-        f"base {args.base} vs this tree ({head.stdout.strip()}), {args.rounds} rounds interleaved"
+        f"base {args.base} vs this tree ({head_commit()}), {args.rounds} rounds interleaved"
     )
     print(f"{'phase':<6}{'base s/step':>12}{'this s/step':>12}{'speed-up':>10}   (per round: base | this)")
     for phase in runs["base"][0]:
