@@ -106,9 +106,8 @@ class WeakViewDataset(Dataset):
         mask = sample.mask
         if mask is None:  # an image without a mask counts nowhere
             mask = np.full(sample.image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        return self.view.sample_with_map(
-            sample.image, mask.astype(np.uint8, copy=False), gen, fill=IGNORE_INDEX
-        )
+        view, (truth,) = self.view.sample_with_maps(sample.image, gen, (mask, IGNORE_INDEX))
+        return view, truth
 
 
 def collate_train(items: list[dict]) -> dict:

@@ -33,7 +33,6 @@ from dupl_cli.core.textfile import read_text
 from dupl_cli.data.base import Sample
 from dupl_cli.data.images import read_mask
 from dupl_cli.data.loader import WeakViewDataset, seeded_loader
-from dupl_cli.data.transforms import normalize, to_tensor
 
 META_FILE = "pseudo_labels.json"
 INDEX_FILE = "index.csv"
@@ -201,18 +200,14 @@ class LabelledViewDataset(WeakViewDataset):
     def __getitem__(self, key) -> dict:
         index, gen = self._generator(key)
         sample = self.adapter[index]
-        view = self.view
-        image = to_tensor(sample.image)
-        geometry = view.draw_geometry(image.shape[1], image.shape[2], gen)
-        crop, box, _ = view.apply_geometry(image, geometry)
-        mask = torch.from_numpy(np.ascontiguousarray(sample.mask))[None]
-        mask = view.apply_geometry(mask, geometry, fill=IGNORE_INDEX, nearest=True)[0][0]
-        x = view.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
-        item = {"image": normalize(x, view.mean, view.std), "mask": mask, "img_box": box, "id": sample.id}
+        maps = [(sample.mask, IGNORE_INDEX)]
+        if self.with_confidence:
+            maps.append((self.adapter.confidence(sample.id, sample.mask.shape), 0))
+        view, carried = self.view.sample_with_maps(sample.image, gen, *maps)
+        item = {"image": view.image, "mask": carried[0], "img_box": view.img_box, "id": sample.id}
         item["labels"] = torch.from_numpy(sample.labels)
         if self.with_confidence:
-            conf = torch.from_numpy(self.adapter.confidence(sample.id, sample.mask.shape))[None]
-            item["confidence"] = view.apply_geometry(conf, geometry, nearest=True)[0][0].float().div_(255.0)
+            item["confidence"] = carried[1].float().div_(255.0)
         return item
 
 

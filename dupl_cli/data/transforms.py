@@ -131,20 +131,23 @@ class WeakView:
         return x
 
     def sample(self, image: np.ndarray, gen: torch.Generator) -> ViewSample:
-        crop, box, affine = self.geometry(to_tensor(image), gen)
-        x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
-        return ViewSample(normalize(x, self.mean, self.std), box, affine)
+        return self.sample_with_maps(image, gen)[0]
 
-    def sample_with_map(
-        self, image: np.ndarray, label_map: np.ndarray, gen: torch.Generator, *, fill: int = 0
-    ) -> tuple[ViewSample, torch.Tensor]:
-        """:meth:`sample` (the same draws, the same view) and ``label_map`` (H×W integers) carried
-        through its geometry with nearest resampling -> S×S, ``fill`` outside the image."""
+    def sample_with_maps(
+        self, image: np.ndarray, gen: torch.Generator, *maps: tuple[np.ndarray, int]
+    ) -> tuple[ViewSample, list[torch.Tensor]]:
+        """The view of ``image`` and each (H×W uint8 map, fill) of ``maps`` carried through its
+        geometry with nearest resampling -> S×S, the fill outside the image. The maps draw nothing:
+        the view is the one :meth:`sample` gives."""
         pixels = to_tensor(image)
         geometry = self.draw_geometry(pixels.shape[1], pixels.shape[2], gen)
         crop, box, affine = self.apply_geometry(pixels, geometry)
-        carried = torch.from_numpy(np.ascontiguousarray(label_map))[None]
-        carried = self.apply_geometry(carried, geometry, fill=fill, nearest=True)[0][0]
+        carried = [
+            self.apply_geometry(
+                torch.from_numpy(np.ascontiguousarray(m))[None], geometry, fill=fill, nearest=True
+            )[0][0]
+            for m, fill in maps
+        ]
         x = self.photometric(crop.float().div_(255.0), gen).clamp_(0, 1)
         return ViewSample(normalize(x, self.mean, self.std), box, affine), carried
 

@@ -39,9 +39,8 @@ class StepResult(NamedTuple):
     terms: dict[str, torch.Tensor]  # detached scalars: cls, ptc, dis, seg, reg (+ per student)
     stats: dict[str, torch.Tensor]  # detached scalars: tau_h, noise_share
     visuals: dict[str, torch.Tensor]  # first image: image (3×H×W uint8), cam, pseudo_label, prediction (H×W)
-    counts: dict[str, torch.Tensor] | None = (
-        None  # label quality: (hits, pixels) pairs (method.label_quality)
-    )
+    # label quality: (hits, pixels) pairs by name (method.label_quality)
+    counts: dict[str, torch.Tensor] | None = None
 
 
 class Views(NamedTuple):
@@ -330,9 +329,10 @@ def consistency_term(
     strong = strong.split(images_u8[0].shape[0]) if own else [strong] * len(students)
     shares, pixels = [], []
     for k, student in enumerate(students):
-        region = torch.ones_like(learned[k], dtype=torch.bool)
-        if not reg.include_padding:
-            region = box_mask(views.img_box[k], size).expand_as(region)
+        if reg.include_padding:
+            region = torch.ones_like(learned[k], dtype=torch.bool)
+        else:
+            region = box_mask(views.img_box[k], size)
         discarded = (learned[k] == IGNORE_INDEX) & region
         target, mask, _ = losses.consistency_target(seg_weak[k], discarded, confidence=reg.confidence)
         strong_logits = undo_on_logits(student.segment(strong[k]), size, flip=view.flip)
