@@ -78,9 +78,10 @@ class LogHook(HookBase):
         train: TrainSettings,
         run_dir: Path | None,
         stop: int,
+        weights: tuple[str, ...] = LOSS_WEIGHTS,  # the loss weights a divergence stop names
     ) -> None:
         self.parts, self.progress, self.schedule, self.train = parts, progress, schedule, train
-        self.run_dir, self.stop = run_dir, stop
+        self.run_dir, self.stop, self.weights = run_dir, stop, weights
         self.sums: dict[str, torch.Tensor] = {}  # device scalars over the interval's good steps
         self.count: torch.Tensor | int = 0  # good steps in the interval, on the device
 
@@ -151,8 +152,7 @@ class LogHook(HookBase):
             )
         if in_row >= self.train.max_bad_steps:
             what = f"{in_row} non-finite steps in a row, last: {', '.join(names)}"
-            weights = LOSS_WEIGHTS if self.schedule is not None else ()  # stage 2 has no schedule
-            raise diverged(last, what, self.train, self.run_dir, weights)
+            raise diverged(last, what, self.train, self.run_dir, self.weights)
 
 
 HITS, PIXELS = "#hits", "#pixels"

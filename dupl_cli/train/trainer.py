@@ -348,7 +348,8 @@ class Trainer:
         tracked = bool(tracker_names(train.tracker)) and own_dir is not None
         images = TrackerImages(parts.accelerator, tracker_names(train.tracker), own_dir) if tracked else None
         schedule = getattr(self.config, "schedule", None)  # none in stage 2: its phase is PHASE
-        hooks: list[HookBase] = [LogHook(parts, progress, schedule, train, run_dir, stop)]
+        weights = loss_weights(settings)
+        hooks: list[HookBase] = [LogHook(parts, progress, schedule, train, run_dir, stop, weights)]
         if tracked:
             hooks.append(ImagesHook(images, train_set.palette, train.image_every))
         if val_set is not None:
@@ -363,7 +364,7 @@ class Trainer:
         if run_dir is not None:
             checkpoints = CheckpointHook(
                 parts.accelerator, run_dir, train.ckpt_every, train.keep_checkpoints, stop,
-                gate=SaveGate(parts, train, run_dir, loss_weights(settings)),
+                gate=SaveGate(parts, train, run_dir, weights),
             )  # fmt: skip
             hooks += [checkpoints, FinalModelHook(parts, settings, card, progress, run_dir)]
         return hooks
